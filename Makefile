@@ -1,0 +1,44 @@
+# reach: two commands for a newcomer (make run, make test); the rest for developers.
+# Works on a fresh machine with only Python 3.11+ and make: the virtualenv is built on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help run test check format lint types demo bench clean
+
+help:
+	@echo "make run     start reach (all services, one process, SQLite in ./reach-data)"
+	@echo "make test    run the whole test suite"
+	@echo "make check   format check, lint, strict types, then the tests"
+	@echo "make format  rewrite the code in the project's format"
+
+$(STAMP): pyproject.toml
+	@sh scripts/bootstrap-venv.sh "$(PYTHON)" "$(VENV)"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/reach serve
+
+test: $(STAMP)
+	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m coverage report --fail-under=90 --skip-covered --skip-empty
+
+format: $(STAMP)
+	$(BIN)/ruff format services tests migrations bench
+	$(BIN)/ruff check --fix services tests migrations bench
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check services tests migrations bench
+	$(BIN)/ruff check services tests migrations bench
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+check: lint types test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

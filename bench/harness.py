@@ -1,0 +1,241 @@
+"""What every benchmark needs: the machine and versions it ran on, servers started in
+their own processes pinned to a core, wrk pinned to another, CPU accounting from /proc
+(to show which side was the bottleneck), and fresh databases.
+
+Benchmarks print; they never assert. They exit non-zero only when they cannot run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+POSTGRES_ADMIN_URL = os.environ.get(
+    "REACH_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+BENCH_SECRET = "bench-secret-for-people-tokens-0123456789"
+BENCH_INTERNAL_SECRET = "bench-secret-for-service-tokens-012345678"
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+PACKAGES = ("fastapi", "starlette", "uvicorn", "pydantic", "sqlalchemy", "aiosqlite", "asyncpg",
+            "websockets", "httpx")  # fmt: skip
+
+
+def fail(message: str) -> None:
+    print(f"cannot run: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def machine_report() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = ", ".join(f"{name} {_version(name)}" for name in PACKAGES)
+    lines = [
+        f"machine   {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        f"python    {platform.python_version()}; {versions}",
+        f"pinning   servers on core {SERVER_CPU}, load generator on core {LOAD_CPU}"
+        + ("" if can_pin() else " (taskset unavailable: not pinned)"),
+    ]
+    return "\n".join(lines)
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def can_pin() -> bool:
+    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+
+
+def pinned(command: list[str], cpu: str) -> list[str]:
+    return ["taskset", "-c", cpu, *command] if can_pin() else command
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log: Path
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+
+@contextlib.contextmanager
+def serve(command: list[str], *, env: dict[str, str], port: int, name: str) -> Iterator[Server]:
+    """Run a server on core SERVER_CPU until the block ends; wait for /readyz or /docs."""
+    log = Path(tempfile.gettempdir()) / f"reach-bench-{name}.log"
+    base = f"http://127.0.0.1:{port}"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            pinned(command, SERVER_CPU), env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                fail(f"{name} exited early; see {log}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/docs", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            fail(f"{name} did not start; see {log}")
+        yield Server(process, base, log)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REACH_")}
+    env.update(
+        REACH_JWT_SECRET=BENCH_SECRET,
+        REACH_INTERNAL_SECRET=BENCH_INTERNAL_SECRET,
+        REACH_LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    errors: int
+    load_cpu_share: float
+
+
+def run_wrk(url: str, script: Path, *, connections: int, seconds: int) -> WrkResult:
+    if shutil.which("wrk") is None:
+        fail("wrk is not installed (Debian package wrk)")
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    completed = subprocess.run(
+        pinned(command, LOAD_CPU), capture_output=True, text=True, timeout=seconds + 30, check=False
+    )
+    elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The load generator's own CPU over the run: near 100% would mean it, not the server,
+    # set the pace.
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return _parse_wrk(completed.stdout, used / elapsed)
+
+
+def _parse_wrk(output: str, load_share: float) -> WrkResult:
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+        if not match:
+            return float("nan")
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    errors = int(non_2xx.group(1)) if non_2xx else 0
+    if socket_errors:
+        errors += sum(int(group) for group in socket_errors.groups())
+    return WrkResult(
+        requests_per_second=float(rps.group(1)) if rps else 0.0,
+        p50_ms=latency("50"),
+        p90_ms=latency("90"),
+        p99_ms=latency("99"),
+        errors=errors,
+        load_cpu_share=load_share,
+    )
+
+
+async def _recreate_database(name: str) -> str:
+    dsn = (
+        make_url(POSTGRES_ADMIN_URL)
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
+    )
+    connection = await asyncpg.connect(dsn, timeout=5)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def fresh_postgres(name: str) -> str | None:
+    """A new empty PostgreSQL database, or None when no server answers."""
+    try:
+        return asyncio.run(_recreate_database(name))
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return None
+
+
+def fresh_sqlite(name: str) -> str:
+    folder = Path(tempfile.mkdtemp(prefix=f"reach-bench-{name}-"))
+    return f"sqlite+aiosqlite:///{folder / 'reach.db'}"
+
+
+def migrate(url: str) -> None:
+    subprocess.run(
+        [PYTHON, "-m", "services.cli", "migrate", "--database-url", url],
+        check=True, env=base_env(), cwd=ROOT, capture_output=True,
+    )  # fmt: skip

@@ -1,0 +1,141 @@
+"""Case submission throughput: reach's `POST /v1/cases` (validation, NEWS2, idempotency,
+the case, its stream event, outbox rows, metrics) against a baseline FastAPI app that
+validates the same body and inserts one ORM row, measured side by side in one run, at a
+fixed concurrency, on SQLite and on PostgreSQL.
+
+Targets: reach >= 1.0x the baseline's requests per second, and reach's p99 <= 10x its p50.
+
+    python -m bench.submit_throughput [--connections 16] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.harness import (
+    BENCH_SECRET,
+    PYTHON,
+    WrkResult,
+    base_env,
+    fail,
+    free_port,
+    fresh_postgres,
+    fresh_sqlite,
+    machine_report,
+    migrate,
+    run_wrk,
+    serve,
+)
+from services.shared.auth import mint_token
+from services.shared.clock import SystemClock
+from tests.factories import case_body
+
+WARM_UP_SECONDS = 3
+
+LUA = """
+counter = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
+wrk.body = '%(body)s'
+request = function()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = string.format("bench-%%d-%%d", math.random(2000000000), counter)
+  return wrk.format()
+end
+"""
+
+
+@dataclass
+class Row:
+    backend: str
+    app: str
+    result: WrkResult
+    server_cpu_share: float
+
+
+def wrk_script() -> Path:
+    token = mint_token(BENCH_SECRET, sub="crew-bench", role="paramedic", clock=SystemClock())
+    body = json.dumps(case_body()).replace("'", "\\'")
+    path = Path(tempfile.gettempdir()) / "reach-bench-submit.lua"
+    path.write_text(LUA % {"token": token, "body": body})
+    return path
+
+
+def measure(
+    app: str, url: str, script: Path, *, connections: int, seconds: int
+) -> tuple[WrkResult, float]:
+    port = free_port()
+    if app == "reach":
+        migrate(url)
+        command = [
+            PYTHON,
+            "-m",
+            "services.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--database-url",
+            url,
+        ]
+        env = base_env()
+    else:
+        command = [PYTHON, "-m", "uvicorn", "--factory", "bench.baseline_app:create_app",
+                   "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+        env = base_env(REACH_DATABASE_URL=url)
+    with serve(command, env=env, port=port, name=app) as server:
+        target = f"{server.base_url}/v1/cases"
+        run_wrk(target, script, connections=connections, seconds=WARM_UP_SECONDS)
+        cpu_before = server.cpu()
+        result = run_wrk(target, script, connections=connections, seconds=seconds)
+        server_share = (server.cpu() - cpu_before) / seconds
+    return result, server_share
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    print(machine_report())
+    print(f"load      wrk, 1 thread, {args.connections} connections, {args.seconds}s after a "
+          f"{WARM_UP_SECONDS}s warm-up; the same body for both apps")  # fmt: skip
+    script = wrk_script()
+    rows: list[Row] = []
+    backends = {"sqlite": lambda name: fresh_sqlite(name), "postgresql": fresh_postgres}
+    for backend, fresh in backends.items():
+        for app in ("baseline", "reach"):
+            url = fresh(f"reach_bench_{app}")
+            if url is None:
+                print(f"skipping {backend}: no PostgreSQL server answers")
+                break
+            result, server_share = measure(
+                app, url, script, connections=args.connections, seconds=args.seconds
+            )
+            rows.append(Row(backend, app, result, server_share))
+    if not rows:
+        fail("nothing could be measured")
+    print()
+    print(f"{'backend':<11}{'app':<10}{'req/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+          f"{'errors':>8}{'server CPU':>12}{'wrk CPU':>9}")  # fmt: skip
+    for row in rows:
+        r = row.result
+        print(f"{row.backend:<11}{row.app:<10}{r.requests_per_second:>8.0f}{r.p50_ms:>9.1f}{r.p90_ms:>9.1f}"
+              f"{r.p99_ms:>9.1f}{r.errors:>8}{row.server_cpu_share:>11.0%}{r.load_cpu_share:>9.0%}")  # fmt: skip
+    print()
+    for backend in ("sqlite", "postgresql"):
+        pair = {row.app: row.result for row in rows if row.backend == backend}
+        if set(pair) != {"baseline", "reach"}:
+            continue
+        ratio = pair["reach"].requests_per_second / max(pair["baseline"].requests_per_second, 1e-9)
+        tail = pair["reach"].p99_ms / max(pair["reach"].p50_ms, 1e-9)
+        print(f"{backend:<11} reach/baseline throughput {ratio:.2f}x (target >= 1.0)   "
+              f"reach p99/p50 {tail:.1f}x (target <= 10)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

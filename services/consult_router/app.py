@@ -1,0 +1,127 @@
+"""The consult_router app factory: `uvicorn --factory services.consult_router.app:create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.consult_router import SERVICE_NAME, api_consultant, api_rota, cases, ws
+from services.consult_router.context import (
+    CONSULTANT_CHANNEL,
+    QUEUE_CHANNEL,
+    WORK_CHANNEL,
+    RouterContext,
+    RouterMetrics,
+)
+from services.consult_router.engine import RoutingEngine
+from services.consult_router.metrics import refresh_gauges
+from services.consult_router.settings import RouterSettings
+from services.shared.auth import ServiceTokenSigner
+from services.shared.clients.peers import EVENTS_PATH, Peer, PeerClient
+from services.shared.db.models import ConsultInbox, ConsultOutbox
+from services.shared.db.session import unit_of_work
+from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, events_router
+from services.shared.outbox.writer import outbox_channel
+from services.shared.resources import Resources, open_resources
+from services.shared.schemas.events import Event, EventType
+from services.shared.web import background_tasks, install_common
+
+
+def triage_event_handlers(ctx: RouterContext) -> dict[str, EventHandler]:
+    async def handle(session: AsyncSession, event: Event) -> None:
+        await cases.apply_snapshot(session, ctx=ctx, event=event)
+
+    return dict.fromkeys(
+        (
+            EventType.CASE_SUBMITTED,
+            EventType.CASE_UPDATED,
+            EventType.CASE_CANCELLED,
+            EventType.CASE_ACKNOWLEDGED,
+        ),
+        handle,
+    )
+
+
+def create_app(
+    settings: RouterSettings | None = None, *, resources: Resources | None = None
+) -> FastAPI:
+    """Build consult_router. With `resources` (the embedded app, tests) it uses them and
+    leaves closing them to their owner; without, it builds its own from `settings`."""
+    settings = settings or RouterSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            res = resources
+            if res is None:
+                res = await stack.enter_async_context(open_resources(settings))
+            app.state.resources = res
+            outbox = Outbox(
+                service=SERVICE_NAME, model=ConsultOutbox, notifier=res.notifier, clock=res.clock
+            )
+            ctx = RouterContext(
+                settings=settings,
+                outbox=outbox,
+                notifier=res.notifier,
+                clock=res.clock,
+                metrics=RouterMetrics(res.registry),
+            )
+            app.state.router = ctx
+            app.state.event_handlers = triage_event_handlers(ctx)
+            engine = RoutingEngine(ctx=ctx, sessionmaker=res.sessionmaker)
+            app.state.engine = engine
+            delivery = OutboxDelivery(
+                outbox=outbox,
+                sessionmaker=res.sessionmaker,
+                peers=PeerClient(
+                    res.peer_http,
+                    res.peers,
+                    ServiceTokenSigner(res.internal_secret, service=SERVICE_NAME, clock=res.clock),
+                    timeout_seconds=settings.peer_timeout_seconds,
+                ),
+                notifier=res.notifier,
+                clock=res.clock,
+                settings=settings,
+                metrics=res.outbox_metrics,
+            )
+            app.state.outbox_delivery = delivery
+            app.state.refresh_metrics = partial(_refresh_metrics, res, ctx, delivery)
+            for channel in (
+                WORK_CHANNEL,
+                CONSULTANT_CHANNEL,
+                QUEUE_CHANNEL,
+                outbox_channel(SERVICE_NAME),
+            ):
+                await res.notifier.listen(channel)
+            tasks = await stack.enter_async_context(background_tasks())
+            if settings.background_tasks:
+                tasks.start(f"{SERVICE_NAME}-routing", engine.run)
+                tasks.start(f"{SERVICE_NAME}-outbox", delivery.run)
+            yield
+
+    app = FastAPI(
+        title="reach consult_router",
+        summary="Gets every waiting crew a consultant: rota, live offers, escalation.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_common(app, service=SERVICE_NAME, max_body_bytes=settings.max_body_bytes)
+    app.include_router(api_rota.router)
+    app.include_router(api_consultant.router)
+    app.include_router(
+        events_router(path=EVENTS_PATH[Peer.CONSULT_ROUTER], inbox_model=ConsultInbox)
+    )
+    app.add_api_websocket_route("/v1/consultant/stream", ws.consultant_stream)
+    return app
+
+
+async def _refresh_metrics(
+    resources: Resources, ctx: RouterContext, delivery: OutboxDelivery
+) -> None:
+    async with unit_of_work(resources.sessionmaker) as session:
+        await delivery.refresh_metrics(session)
+        await refresh_gauges(session, ctx)

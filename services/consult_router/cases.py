@@ -1,0 +1,150 @@
+"""Cases as triage_api reports them: new, updated, cancelled, closed.
+
+Snapshots carry a `version`; only a newer one changes anything, so late, repeated or
+reordered deliveries are harmless. The router decides offered, accepted and advised;
+from triage_api it takes the clinical content and the crew's cancelling or closing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.consult_router import outbound
+from services.consult_router.context import RouterContext
+from services.consult_router.repository import cases as case_repo
+from services.consult_router.views import case_summary, full_case
+from services.shared.db.models import ConsultCase
+from services.shared.errors import Unprocessable
+from services.shared.schemas.cases import CaseSnapshot
+from services.shared.schemas.events import Event
+
+_ENDED = ("closed", "cancelled")
+
+
+async def apply_snapshot(session: AsyncSession, *, ctx: RouterContext, event: Event) -> None:
+    try:
+        snapshot = CaseSnapshot.model_validate(event.data)
+    except ValidationError:
+        raise Unprocessable("the case snapshot is malformed", code="bad_event") from None
+    if snapshot.id != event.subject_id:
+        raise Unprocessable("the snapshot is not the event's subject", code="bad_event")
+    case = await case_repo.get_case(session, snapshot.id, for_update=True)
+    if case is None:
+        await _open_case(session, ctx, snapshot)
+        return
+    if snapshot.version <= case.version:
+        return  # a late or repeated snapshot: we already have newer
+    _copy_clinical(case, snapshot)
+    if snapshot.status == "cancelled" and case.status not in _ENDED:
+        await _cancel(session, ctx, case)
+    elif snapshot.status == "closed":
+        case.status = "closed"
+    else:
+        await _tell_holders(session, ctx, case)
+        await outbound.wake_routing(session, ctx)
+    await outbound.queue_changed(session, ctx)
+
+
+async def _open_case(session: AsyncSession, ctx: RouterContext, snapshot: CaseSnapshot) -> None:
+    now = ctx.clock.now()
+    status = snapshot.status if snapshot.status in _ENDED else "queued"
+    case = ConsultCase(
+        id=snapshot.id,
+        version=0,
+        reference=snapshot.reference,
+        status=status,
+        priority=snapshot.priority,
+        specialty=str(snapshot.requested_specialty),
+        call_category=str(snapshot.call_category),
+        news2_score=None,
+        snapshot={},
+        created_at=snapshot.created_at,
+        received_at=now,
+        broadcast=False,
+        offer_round=1,
+        escalate_at=None
+        if status in _ENDED
+        else snapshot.created_at + timedelta(seconds=ctx.settings.escalate_after_seconds),
+        escalations=0,
+        router_version=0,
+        accepted_at=None,
+    )
+    _copy_clinical(case, snapshot)
+    session.add(case)
+    await session.flush()
+    await outbound.wake_routing(session, ctx)
+    await outbound.queue_changed(session, ctx)
+
+
+def _copy_clinical(case: ConsultCase, snapshot: CaseSnapshot) -> None:
+    case.version = snapshot.version
+    case.priority = snapshot.priority
+    case.snapshot = snapshot.model_dump(mode="json")
+    case.news2_score = snapshot.news2.score if snapshot.news2 else None
+
+
+async def _cancel(session: AsyncSession, ctx: RouterContext, case: ConsultCase) -> None:
+    """The crew withdrew the request: every offer is withdrawn, a holder is told."""
+    now = ctx.clock.now()
+    case.status = "cancelled"
+    case.escalate_at = None
+    for offer in await case_repo.open_offers_for_case(session, case.id):
+        await withdraw_offer(session, ctx, offer_id=offer.id, case=case, reason="cancelled")
+    consult = await case_repo.consult_for_case(session, case.id)
+    if consult is not None and consult.advised_at is None and consult.ended_at is None:
+        consult.ended_at = now
+        consult.advice_due_at = None
+        await outbound.tell_consultant(
+            session,
+            ctx,
+            consult.consultant_id,
+            "case_updated",
+            {"consult_id": consult.id, "status": "cancelled", "case": full_case(case)},
+        )
+    await outbound.wake_routing(session, ctx)
+
+
+async def _tell_holders(session: AsyncSession, ctx: RouterContext, case: ConsultCase) -> None:
+    """New observations: whoever is looking at the case sees them at once."""
+    consult = await case_repo.consult_for_case(session, case.id)
+    if consult is not None and consult.advised_at is None and consult.ended_at is None:
+        await outbound.tell_consultant(
+            session,
+            ctx,
+            consult.consultant_id,
+            "case_updated",
+            {"consult_id": consult.id, "status": "accepted", "case": full_case(case)},
+        )
+    for offer in await case_repo.open_offers_for_case(session, case.id):
+        await outbound.tell_consultant(
+            session,
+            ctx,
+            offer.consultant_id,
+            "case_updated",
+            {"offer_id": offer.id, "case": case_summary(case).model_dump(mode="json")},
+        )
+
+
+async def withdraw_offer(
+    session: AsyncSession, ctx: RouterContext, *, offer_id: str, case: ConsultCase, reason: str
+) -> bool:
+    """Close an open offer as withdrawn, tell its consultant and audit; False if it had
+    already closed."""
+    now = ctx.clock.now()
+    if not await case_repo.close_offer(session, offer_id, state="withdrawn", reason=reason, at=now):
+        return False
+    offer = await case_repo.get_offer(session, offer_id)
+    assert offer is not None  # noqa: S101 -- closed just now, in this transaction
+    outbound.count_offer(session, ctx, "withdrawn")
+    await outbound.tell_consultant(
+        session,
+        ctx,
+        offer.consultant_id,
+        "offer_withdrawn",
+        {"offer_id": offer.id, "reason": reason},
+    )
+    await outbound.announce_offer(session, ctx, offer, case, "offer.withdrawn", reason=reason)
+    return True

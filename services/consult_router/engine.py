@@ -1,0 +1,131 @@
+"""The routing loop: every timer and every waiting case, claimed from the database.
+
+One pass (`run_once`) expires offers past their deadline, lets go of presences whose
+process died, raises escalations that are due, and offers waiting cases to consultants.
+Each step runs in short transactions that claim their rows with `FOR UPDATE SKIP LOCKED`
+on PostgreSQL, so any number of replicas share the work and a replica that dies loses
+nothing. The loop is woken at once by changes that make work, and polls every few
+seconds as the safety net. Tests call `run_once` directly after moving the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.consult_router import outbound, presence
+from services.consult_router.context import WORK_CHANNEL, RouterContext
+from services.consult_router.repository import cases as case_repo
+from services.consult_router.repository import messages as message_repo
+from services.consult_router.routing import RoutingView, route_case
+from services.shared.db.session import SessionMaker, after_commit, unit_of_work
+from services.shared.observability import log_failure
+from services.shared.schemas.events import EventType
+
+logger = logging.getLogger("reach.router.engine")
+
+BATCH = 200
+PURGE_EVERY = timedelta(minutes=10)
+
+
+class RoutingEngine:
+    def __init__(self, *, ctx: RouterContext, sessionmaker: SessionMaker) -> None:
+        self._ctx = ctx
+        self._maker = sessionmaker
+        self._last_purge: datetime | None = None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Route until `stopping` is set."""
+        ctx = self._ctx
+        with ctx.notifier.subscribe(WORK_CHANNEL) as wake:
+            while not stopping.is_set():
+                try:
+                    await self.run_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the database is away: keep the loop alive
+                    log_failure(logger, "routing pass failed", exc)
+                await wake.wait(ctx.settings.router_poll_seconds, stopping=stopping)
+
+    async def run_once(self) -> None:
+        """One pass over every kind of due work."""
+        now = self._ctx.clock.now()
+        async with unit_of_work(self._maker) as session:
+            await self._expire_offers(session, now)
+        async with unit_of_work(self._maker) as session:
+            await presence.reap_stale(session, self._ctx, now=now)
+        async with unit_of_work(self._maker) as session:
+            await self._escalate(session, now)
+        await self._route(now)
+        await self._purge_if_due(now)
+
+    async def _expire_offers(self, session: AsyncSession, now: datetime) -> None:
+        for offer in await case_repo.expired_offers(session, now=now, limit=BATCH):
+            case = await case_repo.get_case(session, offer.case_id, for_update=True)
+            if case is None:
+                continue
+            if not await case_repo.close_offer(
+                session, offer.id, state="expired", reason="expired", at=now
+            ):
+                continue
+            outbound.count_offer(session, self._ctx, "expired")
+            await outbound.tell_consultant(
+                session, self._ctx, offer.consultant_id, "offer_withdrawn",
+                {"offer_id": offer.id, "reason": "expired"},
+            )  # fmt: skip
+            await outbound.announce_offer(session, self._ctx, offer, case, EventType.OFFER_EXPIRED)
+
+    async def _escalate(self, session: AsyncSession, now: datetime) -> None:
+        ctx = self._ctx
+        every = timedelta(seconds=ctx.settings.escalate_after_seconds)
+        for case in await case_repo.due_escalations(session, now=now, limit=BATCH):
+            case.escalations += 1
+            case.escalate_at = now + every
+            waited = (now - case.created_at).total_seconds()
+            await outbound.announce_status(
+                session, ctx, case, EventType.CONSULT_ESCALATED,
+                reason="not_accepted", waited_seconds=waited,
+            )  # fmt: skip
+            _count_escalation(session, ctx, "not_accepted")
+            await outbound.queue_changed(session, ctx)
+        overdue = timedelta(seconds=ctx.settings.advice_overdue_seconds)
+        for consult in await case_repo.due_advice(session, now=now, limit=BATCH):
+            held = await case_repo.get_case(session, consult.case_id, for_update=True)
+            if held is None:
+                continue
+            case = held
+            consult.advice_due_at = now + overdue
+            waited = (now - consult.accepted_at).total_seconds()
+            await outbound.announce_status(
+                session, ctx, case, EventType.CONSULT_ESCALATED, consult=consult,
+                reason="no_advice", waited_seconds=waited,
+            )  # fmt: skip
+            _count_escalation(session, ctx, "no_advice")
+
+    async def _route(self, now: datetime) -> None:
+        """Offer waiting cases, most urgent first, one short transaction per case."""
+        async with unit_of_work(self._maker) as session:
+            view = await RoutingView.load(session, self._ctx, now=now)
+            waiting = view.queue_order(await case_repo.open_cases(session, limit=BATCH))
+        for case_id, status in waiting:
+            # With nobody free there is nothing to offer; only offered cases may need
+            # their status (and their holders' shifts) looked at.
+            if status == "queued" and not view.anyone_free():
+                continue
+            async with unit_of_work(self._maker) as session:
+                await route_case(session, self._ctx, view, case_id=case_id, now=now)
+
+    async def _purge_if_due(self, now: datetime) -> None:
+        if self._last_purge is not None and now - self._last_purge < PURGE_EVERY:
+            return
+        self._last_purge = now
+        keep = timedelta(hours=self._ctx.settings.message_retention_hours)
+        async with unit_of_work(self._maker) as session:
+            await message_repo.purge_before(session, now - keep)
+
+
+def _count_escalation(session: AsyncSession, ctx: RouterContext, reason: str) -> None:
+    after_commit(session, lambda: ctx.metrics.escalations.labels(reason).inc())

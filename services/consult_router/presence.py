@@ -1,0 +1,77 @@
+"""Consultants' live connections, across processes.
+
+Each socket is a row, refreshed while it lives. When a consultant's last connection
+closes — or the process holding it dies and its rows lapse — their open offers move on
+at once and they are marked away, so nothing is offered to someone who is not looking.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.consult_router import outbound
+from services.consult_router.cases import withdraw_offer
+from services.consult_router.context import RouterContext
+from services.consult_router.repository import cases as case_repo
+from services.consult_router.repository import rota as rota_repo
+from services.shared.db.models import ConsultConnection
+from services.shared.domain.vocabulary import ConsultantStatus
+
+
+async def connect(session: AsyncSession, ctx: RouterContext, consultant_id: str) -> str:
+    now = ctx.clock.now()
+    connection = ConsultConnection(
+        id=str(uuid.uuid4()),
+        consultant_id=consultant_id,
+        replica_id=ctx.replica_id,
+        connected_at=now,
+        last_seen_at=now,
+    )
+    await rota_repo.add_connection(session, connection)
+    return connection.id
+
+
+async def heartbeat(session: AsyncSession, ctx: RouterContext, connection_id: str) -> None:
+    await rota_repo.touch_connection(session, connection_id, at=ctx.clock.now())
+
+
+async def disconnect(session: AsyncSession, ctx: RouterContext, connection_id: str) -> None:
+    consultant_id = await rota_repo.remove_connection(session, connection_id)
+    if consultant_id is not None:
+        await _if_gone(session, ctx, consultant_id, now=ctx.clock.now())
+
+
+async def reap_stale(session: AsyncSession, ctx: RouterContext, *, now: datetime) -> None:
+    """Presences of processes that died: let them go, as if their sockets closed."""
+    cutoff = now - timedelta(seconds=ctx.settings.presence_stale_seconds)
+    for consultant_id in await rota_repo.remove_stale_connections(session, seen_before=cutoff):
+        await _if_gone(session, ctx, consultant_id, now=now)
+
+
+async def _if_gone(
+    session: AsyncSession, ctx: RouterContext, consultant_id: str, *, now: datetime
+) -> None:
+    seen_since = now - timedelta(seconds=ctx.settings.presence_stale_seconds)
+    if await rota_repo.connection_count(session, consultant_id, seen_since=seen_since):
+        return  # another device is still connected
+    consultant = await rota_repo.get_consultant(session, consultant_id, for_update=True)
+    if consultant is None:
+        return
+    await release_offers(session, ctx, consultant_id, reason="reassigned")
+    if consultant.status == ConsultantStatus.AVAILABLE:
+        consultant.status = ConsultantStatus.AWAY
+        consultant.status_changed_at = now
+    await outbound.wake_routing(session, ctx)
+
+
+async def release_offers(
+    session: AsyncSession, ctx: RouterContext, consultant_id: str, *, reason: str
+) -> None:
+    """Withdraw every open offer the consultant holds, so each case moves on now."""
+    for offer in await case_repo.open_offers_for_consultant(session, consultant_id):
+        case = await case_repo.get_case(session, offer.case_id, for_update=True)
+        if case is not None:
+            await withdraw_offer(session, ctx, offer_id=offer.id, case=case, reason=reason)

@@ -1,0 +1,1 @@
+"""consult_router's queries, one module per aggregate. Nothing else writes SQL."""

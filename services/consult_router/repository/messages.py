@@ -1,0 +1,68 @@
+"""Each consultant's numbered message log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.db.models import ConsultConsultant, ConsultMessage
+
+
+async def append(
+    session: AsyncSession,
+    consultant_id: str,
+    *,
+    type: str,
+    payload: dict[str, Any],
+    at: datetime,
+) -> int:
+    """Add a message to the consultant's log; returns its seq.
+
+    The counter is bumped with one UPDATE ... RETURNING, which holds the consultant's
+    row until commit: two processes never hand out the same seq.
+    """
+    result = await session.execute(
+        update(ConsultConsultant)
+        .where(ConsultConsultant.id == consultant_id)
+        .values(message_seq=ConsultConsultant.message_seq + 1)
+        .returning(ConsultConsultant.message_seq)
+    )
+    seq = int(result.scalar_one())
+    await session.execute(
+        insert(ConsultMessage),
+        [
+            {
+                "consultant_id": consultant_id,
+                "seq": seq,
+                "type": type,
+                "payload": payload,
+                "created_at": at,
+            }
+        ],
+    )
+    return seq
+
+
+async def after(
+    session: AsyncSession, consultant_id: str, *, seq: int, limit: int
+) -> list[ConsultMessage]:
+    statement = (
+        select(ConsultMessage)
+        .where(ConsultMessage.consultant_id == consultant_id, ConsultMessage.seq > seq)
+        .order_by(ConsultMessage.seq)
+        .limit(limit)
+    )
+    return list((await session.execute(statement)).scalars())
+
+
+async def last_seq(session: AsyncSession, consultant_id: str) -> int:
+    statement = select(ConsultConsultant.message_seq).where(ConsultConsultant.id == consultant_id)
+    value = (await session.execute(statement)).scalar_one_or_none()
+    return int(value or 0)
+
+
+async def purge_before(session: AsyncSession, moment: datetime) -> None:
+    await session.execute(delete(ConsultMessage).where(ConsultMessage.created_at < moment))

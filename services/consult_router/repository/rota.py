@@ -1,0 +1,170 @@
+"""Consultants, shifts and presence."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.db.models import (
+    ConsultConnection,
+    ConsultConsult,
+    ConsultConsultant,
+    ConsultShift,
+)
+
+
+async def get_consultant(
+    session: AsyncSession, consultant_id: str, *, for_update: bool = False
+) -> ConsultConsultant | None:
+    statement = select(ConsultConsultant).where(ConsultConsultant.id == consultant_id)
+    if for_update:
+        statement = statement.with_for_update()
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def lock_consultant_if_free(
+    session: AsyncSession, consultant_id: str
+) -> ConsultConsultant | None:
+    """The consultant's row, locked; None if another process holds it right now."""
+    statement = (
+        select(ConsultConsultant)
+        .where(ConsultConsultant.id == consultant_id)
+        .with_for_update(skip_locked=True)
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def list_consultants(session: AsyncSession) -> list[ConsultConsultant]:
+    statement = select(ConsultConsultant).order_by(ConsultConsultant.name, ConsultConsultant.id)
+    return list((await session.execute(statement)).scalars())
+
+
+async def consultants_by_id(
+    session: AsyncSession, ids: Iterable[str]
+) -> dict[str, ConsultConsultant]:
+    wanted = list(set(ids))
+    if not wanted:
+        return {}
+    statement = select(ConsultConsultant).where(ConsultConsultant.id.in_(wanted))
+    return {row.id: row for row in (await session.execute(statement)).scalars()}
+
+
+async def get_shift(session: AsyncSession, shift_id: str) -> ConsultShift | None:
+    return await session.get(ConsultShift, shift_id)
+
+
+async def list_shifts(
+    session: AsyncSession,
+    *,
+    overlapping_from: datetime | None,
+    overlapping_to: datetime | None,
+    specialty: str | None,
+) -> list[ConsultShift]:
+    statement = select(ConsultShift)
+    if overlapping_from is not None:
+        statement = statement.where(ConsultShift.ends_at > overlapping_from)
+    if overlapping_to is not None:
+        statement = statement.where(ConsultShift.starts_at < overlapping_to)
+    if specialty is not None:
+        statement = statement.where(ConsultShift.specialty == specialty)
+    statement = statement.order_by(ConsultShift.starts_at, ConsultShift.id).limit(1000)
+    return list((await session.execute(statement)).scalars())
+
+
+async def shifts_on_at(
+    session: AsyncSession, *, specialties: Iterable[str], at: datetime
+) -> list[tuple[ConsultShift, ConsultConsultant]]:
+    """Shifts covering `at` in the given specialties, with their consultants."""
+    statement = (
+        select(ConsultShift, ConsultConsultant)
+        .join(ConsultConsultant, ConsultConsultant.id == ConsultShift.consultant_id)
+        .where(
+            ConsultShift.specialty.in_(list(specialties)),
+            ConsultShift.starts_at <= at,
+            ConsultShift.ends_at > at,
+        )
+        .order_by(ConsultConsultant.name, ConsultConsultant.id)
+    )
+    return [(shift, consultant) for shift, consultant in (await session.execute(statement)).all()]
+
+
+async def active_consult_counts(
+    session: AsyncSession, consultant_ids: Iterable[str]
+) -> dict[str, int]:
+    """Consults each holds: accepted, not yet advised, case not ended."""
+    wanted = list(set(consultant_ids))
+    if not wanted:
+        return {}
+    statement = (
+        select(ConsultConsult.consultant_id, func.count())
+        .where(
+            ConsultConsult.consultant_id.in_(wanted),
+            ConsultConsult.advised_at.is_(None),
+            ConsultConsult.ended_at.is_(None),
+        )
+        .group_by(ConsultConsult.consultant_id)
+    )
+    counts = {
+        consultant_id: int(count) for consultant_id, count in await session.execute(statement)
+    }
+    return {consultant_id: counts.get(consultant_id, 0) for consultant_id in wanted}
+
+
+async def connected_consultants(session: AsyncSession, *, seen_since: datetime) -> set[str]:
+    statement = select(ConsultConnection.consultant_id).where(
+        ConsultConnection.last_seen_at >= seen_since
+    )
+    return set((await session.execute(statement)).scalars())
+
+
+async def add_connection(session: AsyncSession, connection: ConsultConnection) -> None:
+    session.add(connection)
+    await session.flush()
+
+
+async def touch_connection(session: AsyncSession, connection_id: str, *, at: datetime) -> None:
+    await session.execute(
+        update(ConsultConnection)
+        .where(ConsultConnection.id == connection_id)
+        .values(last_seen_at=at)
+    )
+
+
+async def remove_connection(session: AsyncSession, connection_id: str) -> str | None:
+    """Delete one connection; returns its consultant's id (None if already gone)."""
+    connection = await session.get(ConsultConnection, connection_id)
+    if connection is None:
+        return None
+    consultant_id = connection.consultant_id
+    await session.delete(connection)
+    await session.flush()
+    return consultant_id
+
+
+async def connection_count(
+    session: AsyncSession, consultant_id: str, *, seen_since: datetime
+) -> int:
+    statement = select(func.count()).where(
+        ConsultConnection.consultant_id == consultant_id,
+        ConsultConnection.last_seen_at >= seen_since,
+    )
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def remove_stale_connections(session: AsyncSession, *, seen_before: datetime) -> set[str]:
+    """Delete presences nobody has refreshed (their process died); returns whose."""
+    statement = (
+        select(ConsultConnection.id, ConsultConnection.consultant_id)
+        .where(ConsultConnection.last_seen_at < seen_before)
+        .with_for_update(skip_locked=True)
+    )
+    rows = (await session.execute(statement)).all()
+    if not rows:
+        return set()
+    await session.execute(
+        delete(ConsultConnection).where(ConsultConnection.id.in_([row.id for row in rows]))
+    )
+    return {row.consultant_id for row in rows}

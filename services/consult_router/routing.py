@@ -1,0 +1,237 @@
+"""Choosing who gets a case.
+
+Eligible: on shift now for the case's specialty, status available, under the consult
+limit, and not already being offered something. Sequential first: the best eligible
+consultant who has not been tried this round (fewest active consults, then longest idle)
+gets the offer, with a deadline. When nobody untried is free in the specialty — everyone
+was tried, or nobody is on call — the case is offered to everyone free in the specialty
+and in the fallback specialty at once, and the first accept wins.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.consult_router import outbound
+from services.consult_router.cases import withdraw_offer
+from services.consult_router.context import RouterContext
+from services.consult_router.repository import cases as case_repo
+from services.consult_router.repository import rota as rota_repo
+from services.consult_router.views import offer_read
+from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOffer
+from services.shared.domain.priority import aged_priority
+from services.shared.domain.vocabulary import FALLBACK_SPECIALTY, ConsultantStatus, Specialty
+from services.shared.schemas.events import EventType
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass
+class RoutingView:
+    """Who is on call and free, read once per routing pass and kept current as the
+    pass makes offers. Offers re-check under row locks, so a stale view costs a skip,
+    never a double offer."""
+
+    consultants: dict[str, ConsultConsultant]
+    on_call: dict[str, set[str]]
+    active: dict[str, int]
+    offered: set[str]
+    consult_limit: int
+    ageing_step_seconds: float
+    now: datetime
+    made: list[str] = field(default_factory=list)
+
+    @classmethod
+    async def load(cls, session: AsyncSession, ctx: RouterContext, *, now: datetime) -> RoutingView:
+        rows = await rota_repo.shifts_on_at(
+            session, specialties=[str(s) for s in Specialty], at=now
+        )
+        on_call: dict[str, set[str]] = {}
+        consultants: dict[str, ConsultConsultant] = {}
+        for shift, consultant in rows:
+            on_call.setdefault(shift.specialty, set()).add(consultant.id)
+            consultants[consultant.id] = consultant
+        return cls(
+            consultants=consultants,
+            on_call=on_call,
+            active=await rota_repo.active_consult_counts(session, consultants),
+            offered=await case_repo.consultants_with_open_offers(session),
+            consult_limit=ctx.settings.consult_limit,
+            ageing_step_seconds=ctx.settings.ageing_step_seconds,
+            now=now,
+        )
+
+    def is_free(self, consultant_id: str) -> bool:
+        consultant = self.consultants.get(consultant_id)
+        return (
+            consultant is not None
+            and consultant.status == ConsultantStatus.AVAILABLE
+            and self.active.get(consultant_id, 0) < self.consult_limit
+            and consultant_id not in self.offered
+        )
+
+    def free_in(self, specialty: str) -> set[str]:
+        return {c for c in self.on_call.get(specialty, set()) if self.is_free(c)}
+
+    def anyone_free(self) -> bool:
+        return any(self.is_free(c) for c in self.consultants)
+
+    def on_shift_for(self, consultant_id: str, specialties: set[str]) -> bool:
+        return any(consultant_id in self.on_call.get(s, set()) for s in specialties)
+
+    def best_of(self, candidates: set[str]) -> str:
+        """Fewest active consults, then longest idle, then a stable order."""
+        return min(
+            candidates,
+            key=lambda c: (
+                self.active.get(c, 0),
+                self.consultants[c].last_assigned_at or _NEVER,
+                c,
+            ),
+        )
+
+    def queue_order(self, cases: list[ConsultCase]) -> list[tuple[str, str]]:
+        """Most urgent first: priority raised by waiting, then NEWS2, then the oldest."""
+
+        def urgency(case: ConsultCase) -> tuple[int, int, datetime, str]:
+            waited = (self.now - case.created_at).total_seconds()
+            level = aged_priority(
+                case.priority, waited_seconds=waited, ageing_step_seconds=self.ageing_step_seconds
+            )
+            return (level, -(case.news2_score or 0), case.created_at, case.id)
+
+        return [(case.id, case.status) for case in sorted(cases, key=urgency)]
+
+    def take(self, consultant_id: str) -> None:
+        self.offered.add(consultant_id)
+        self.made.append(consultant_id)
+
+
+async def route_case(
+    session: AsyncSession, ctx: RouterContext, view: RoutingView, *, case_id: str, now: datetime
+) -> None:
+    case = await case_repo.lock_open_case(session, case_id)
+    if case is None:
+        return  # taken, ended, or another process is routing it
+    open_offers = await _drop_holders_off_shift(session, ctx, view, case)
+    made = 0
+    if not case.broadcast:
+        if open_offers:
+            return  # someone is being asked; their deadline or answer moves it on
+        tried = {
+            o.consultant_id
+            for o in await case_repo.offers_in_round(session, case.id, case.offer_round)
+        }
+        untried = view.free_in(case.specialty) - tried
+        if untried:
+            made = await _offer_each(session, ctx, view, case, [view.best_of(untried)], now=now)
+        else:
+            case.broadcast = True
+    if case.broadcast:
+        made = await _broadcast(session, ctx, view, case, open_offers, now=now)
+    await _settle_status(session, ctx, case, still_open=bool(open_offers) or made > 0, made=made)
+
+
+def _specialties_for(case: ConsultCase) -> set[str]:
+    return {case.specialty, str(FALLBACK_SPECIALTY)} if case.broadcast else {case.specialty}
+
+
+async def _drop_holders_off_shift(
+    session: AsyncSession, ctx: RouterContext, view: RoutingView, case: ConsultCase
+) -> list[ConsultOffer]:
+    """Withdraw offers held by consultants whose shift has ended (a handover): the case
+    moves on at once rather than waiting out the deadline."""
+    still_open = []
+    for offer in await case_repo.open_offers_for_case(session, case.id):
+        if view.on_shift_for(offer.consultant_id, _specialties_for(case)):
+            still_open.append(offer)
+        else:
+            await withdraw_offer(session, ctx, offer_id=offer.id, case=case, reason="reassigned")
+            view.offered.discard(offer.consultant_id)
+    return still_open
+
+
+async def _broadcast(
+    session: AsyncSession,
+    ctx: RouterContext,
+    view: RoutingView,
+    case: ConsultCase,
+    open_offers: list[ConsultOffer],
+    *,
+    now: datetime,
+) -> int:
+    """Everyone free in the specialty and the fallback, except those holding an offer for
+    it already, and those who declined it moments ago (no ping-pong of declines; one who
+    merely let an offer lapse is asked again)."""
+    holders = {o.consultant_id for o in open_offers}
+    cooling_since = now - timedelta(seconds=ctx.settings.offer_timeout_seconds)
+    recent = {
+        o.consultant_id
+        for o in await case_repo.offers_in_round(session, case.id, case.offer_round)
+        if o.state == "declined" and o.closed_at is not None and o.closed_at > cooling_since
+    }
+    candidates = (
+        (view.free_in(case.specialty) | view.free_in(str(FALLBACK_SPECIALTY))) - holders - recent
+    )
+    return await _offer_each(session, ctx, view, case, sorted(candidates), now=now)
+
+
+async def _offer_each(
+    session: AsyncSession,
+    ctx: RouterContext,
+    view: RoutingView,
+    case: ConsultCase,
+    consultant_ids: list[str],
+    *,
+    now: datetime,
+) -> int:
+    made = 0
+    deadline = now + timedelta(seconds=ctx.settings.offer_timeout_seconds)
+    for consultant_id in consultant_ids:
+        consultant = await rota_repo.lock_consultant_if_free(session, consultant_id)
+        if consultant is None or consultant.status != ConsultantStatus.AVAILABLE:
+            continue
+        if await case_repo.open_offers_for_consultant(session, consultant_id):
+            view.offered.add(consultant_id)
+            continue  # another process offered them something meanwhile
+        offer = ConsultOffer(
+            id=str(uuid.uuid4()),
+            case_id=case.id,
+            consultant_id=consultant_id,
+            round=case.offer_round,
+            broadcast=case.broadcast,
+            state="open",
+            created_at=now,
+            expires_at=deadline,
+            closed_at=None,
+            close_reason=None,
+        )
+        session.add(offer)
+        await session.flush()
+        view.take(consultant_id)
+        made += 1
+        outbound.count_offer(session, ctx, "made")
+        await outbound.tell_consultant(
+            session, ctx, consultant_id, "offer", offer_read(offer, case).model_dump(mode="json")
+        )
+        await outbound.announce_offer(session, ctx, offer, case, EventType.OFFER_MADE)
+    return made
+
+
+async def _settle_status(
+    session: AsyncSession, ctx: RouterContext, case: ConsultCase, *, still_open: bool, made: int
+) -> None:
+    """The crew sees `offered` while someone is being asked and `queued` while nobody
+    is free; only changes are announced."""
+    if made and case.status == "queued":
+        case.status = "offered"
+        await outbound.announce_status(session, ctx, case, EventType.CONSULT_OFFERED)
+        await outbound.queue_changed(session, ctx)
+    elif not still_open and case.status == "offered":
+        case.status = "queued"
+        await outbound.announce_status(session, ctx, case, EventType.CONSULT_QUEUED)
+        await outbound.queue_changed(session, ctx)

@@ -1,0 +1,339 @@
+"""`WS /v1/consultant/stream`: a consultant's live line to the router.
+
+After `hello` the server sends `welcome` (the consultant, their status, open offers and
+consults) and the open `queue`, then — if the hello carried `after` — every logged
+message the consultant missed, then live ones. Logged messages (`offer`,
+`offer_withdrawn`, `assigned`, `case_updated`) are numbered per consultant and read from
+the database, so every device of the consultant, on any process, receives each one and a
+reconnect misses nothing. Replies (`pong`, `error`, `status`) and snapshots (`welcome`,
+`queue`) carry the newest seq without adding one.
+
+The client may send `status`, `accept`, `decline` and `ping`, each handled in its own
+short transaction. Messages are limited in size and rate; a socket that says nothing
+(not even `ping`) for too long, or lives too long, is closed (1001) and reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from services.consult_router import consults, presence, snapshots
+from services.consult_router.context import CONSULTANT_CHANNEL, QUEUE_CHANNEL, RouterContext
+from services.consult_router.repository import messages as message_repo
+from services.consult_router.repository import rota as rota_repo
+from services.consult_router.schemas import ConsultantSnapshot, QueueItem
+from services.shared.auth import Principal
+from services.shared.db.session import in_transaction
+from services.shared.domain.vocabulary import ConsultantStatus, Role
+from services.shared.errors import AppError
+from services.shared.notify import Subscription
+from services.shared.observability import log_failure
+from services.shared.resources import Resources
+from services.shared.ws import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NOT_FOUND,
+    CLOSE_POLICY,
+    CloseConnection,
+    MessageTooLarge,
+    Sender,
+    authenticate,
+    parse_after,
+    receive_message,
+    run_until_first_ends,
+)
+
+logger = logging.getLogger("reach.router.stream")
+
+_BATCH = 200
+_QUEUE_DEBOUNCE_SECONDS = 0.2
+_DROPPED_BEFORE_CLOSING = 200
+
+
+class _StatusMessage(BaseModel):
+    status: ConsultantStatus
+
+
+class _OfferMessage(BaseModel):
+    offer_id: str = Field(min_length=1, max_length=64)
+    reason: str | None = Field(default=None, max_length=500)
+
+
+@dataclass
+class _Line:
+    """One socket's state, shared by its tasks."""
+
+    websocket: WebSocket
+    sender: Sender
+    principal: Principal
+    connection_id: str
+    last_seq: int
+    tokens: float
+    refilled_at: float = field(default_factory=time.monotonic)
+    dropped: int = 0
+
+    async def send(self, kind: str, **body: Any) -> None:
+        await self.sender.send({"type": kind, "seq": self.last_seq, **body})
+
+
+async def consultant_stream(websocket: WebSocket) -> None:
+    resources: Resources = websocket.app.state.resources
+    ctx: RouterContext = websocket.app.state.router
+    try:
+        line, replay_from = await _open(websocket, resources, ctx)
+    except CloseConnection as close:
+        await websocket.close(close.code, close.reason)
+        return
+    try:
+        await _serve(line, resources, ctx, replay_from)
+    finally:
+        with contextlib.suppress(Exception):
+            await in_transaction(
+                resources.sessionmaker,
+                lambda session: presence.disconnect(session, ctx, line.connection_id),
+            )
+
+
+async def _open(
+    websocket: WebSocket, resources: Resources, ctx: RouterContext
+) -> tuple[_Line, int | None]:
+    settings = ctx.settings
+    principal, hello = await authenticate(
+        websocket,
+        resources.tokens,
+        roles=frozenset({Role.CONSULTANT}),
+        hello_timeout=settings.websocket_hello_timeout_seconds,
+        max_bytes=settings.websocket_max_message_bytes,
+    )
+    try:
+        replay_from = parse_after(hello.get("after") if hello else _query_after(websocket))
+    except ValueError:
+        raise CloseConnection(CLOSE_POLICY, "after must be a non-negative integer") from None
+
+    async def connect(session: AsyncSession) -> str:
+        consultant = await rota_repo.get_consultant(session, principal.sub)
+        if consultant is None:
+            raise CloseConnection(CLOSE_NOT_FOUND, "not on the rota")
+        return await presence.connect(session, ctx, consultant.id)
+
+    connection_id = await in_transaction(resources.sessionmaker, connect)
+    line = _Line(
+        websocket=websocket,
+        sender=Sender(websocket),
+        principal=principal,
+        connection_id=connection_id,
+        last_seq=0,
+        tokens=2 * settings.websocket_messages_per_second,
+    )
+    return line, replay_from
+
+
+def _query_after(websocket: WebSocket) -> int | None:
+    raw = websocket.query_params.get("after")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise ValueError("after")
+    return int(raw)
+
+
+async def _serve(
+    line: _Line, resources: Resources, ctx: RouterContext, replay_from: int | None
+) -> None:
+    consultant_id = line.principal.sub
+    with (
+        ctx.notifier.subscribe(CONSULTANT_CHANNEL, consultant_id) as mine,
+        ctx.notifier.subscribe(QUEUE_CHANNEL) as queue,
+    ):
+        await _welcome(line, resources, ctx, replay_from)
+        done, _ = await run_until_first_ends(
+            _pump(line, resources, ctx, mine),
+            _listen(line, resources, ctx),
+            _queue(line, resources, ctx, queue),
+            _heartbeat(line, resources, ctx),
+            lifetime=ctx.settings.websocket_max_lifetime_seconds,
+        )
+    reason = "reconnect with after"
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, CloseConnection):
+            with contextlib.suppress(Exception):
+                await line.websocket.close(error.code, error.reason)
+            return
+        if error is not None and not isinstance(error, WebSocketDisconnect):
+            log_failure(logger, "consultant stream failed", error)
+            reason = "server error"
+    with contextlib.suppress(Exception):
+        await line.websocket.close(CLOSE_GOING_AWAY, reason)
+
+
+async def _welcome(
+    line: _Line, resources: Resources, ctx: RouterContext, replay_from: int | None
+) -> None:
+
+    async def read(
+        session: AsyncSession,
+    ) -> tuple[ConsultantSnapshot, list[QueueItem]]:
+        consultant = await consults.registered(session, line.principal.sub)
+        snapshot = await snapshots.consultant_snapshot(session, ctx, consultant)
+        return snapshot, await snapshots.open_queue(session, ctx)
+
+    snapshot, items = await in_transaction(resources.sessionmaker, read)
+    # A fresh connection starts from now; a reconnection replays what it missed.
+    line.last_seq = (
+        snapshot.last_seq if replay_from is None else min(replay_from, snapshot.last_seq)
+    )
+    body = snapshot.model_dump(mode="json")
+    await line.sender.send(
+        {"type": "welcome", "seq": snapshot.last_seq, "replay_from": replay_from, **body}
+    )
+    await line.send("queue", items=[item.model_dump(mode="json") for item in items])
+
+
+async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Subscription) -> None:
+    while True:
+        logged = await in_transaction(
+            resources.sessionmaker,
+            partial(
+                message_repo.after,
+                consultant_id=line.principal.sub,
+                seq=line.last_seq,
+                limit=_BATCH,
+            ),
+        )
+        for message in logged:
+            line.last_seq = message.seq
+            await line.sender.send({"type": message.type, "seq": message.seq, **message.payload})
+        if len(logged) < _BATCH:
+            await wake.wait(timeout=ctx.settings.stream_poll_seconds)
+
+
+async def _queue(line: _Line, resources: Resources, ctx: RouterContext, wake: Subscription) -> None:
+    while True:
+        await wake.wait(timeout=None)
+        await asyncio.sleep(_QUEUE_DEBOUNCE_SECONDS)  # one refresh for a burst of changes
+        wake.drain_keys()
+        items = await in_transaction(
+            resources.sessionmaker, lambda session: snapshots.open_queue(session, ctx)
+        )
+        await line.send("queue", items=[item.model_dump(mode="json") for item in items])
+
+
+async def _heartbeat(line: _Line, resources: Resources, ctx: RouterContext) -> None:
+    while True:
+        await asyncio.sleep(ctx.settings.presence_heartbeat_seconds)
+        await in_transaction(
+            resources.sessionmaker,
+            lambda session: presence.heartbeat(session, ctx, line.connection_id),
+        )
+
+
+async def _listen(line: _Line, resources: Resources, ctx: RouterContext) -> None:
+    settings = ctx.settings
+    while True:
+        try:
+            message = await asyncio.wait_for(
+                receive_message(line.websocket, max_bytes=settings.websocket_max_message_bytes),
+                timeout=settings.websocket_idle_timeout_seconds,
+            )
+        except TimeoutError:
+            raise CloseConnection(CLOSE_GOING_AWAY, "idle: send ping to stay connected") from None
+        except WebSocketDisconnect:
+            return
+        except MessageTooLarge:
+            limit = settings.websocket_max_message_bytes
+            await line.send(
+                "error", error="message_too_large", detail=f"messages are limited to {limit} bytes"
+            )
+            continue
+        except (ValueError, json.JSONDecodeError):
+            await line.send(
+                "error", error="malformed_message", detail="send JSON objects with a 'type'"
+            )
+            continue
+        if not _within_rate(line, settings.websocket_messages_per_second):
+            line.dropped += 1
+            if line.dropped > _DROPPED_BEFORE_CLOSING:
+                raise CloseConnection(CLOSE_POLICY, "too many messages")
+            await line.send("error", error="rate_limited", detail="slow down")
+            continue
+        await _handle(line, resources, ctx, message)
+
+
+def _within_rate(line: _Line, per_second: float) -> bool:
+    """A token bucket: `per_second` sustained, twice that in a burst."""
+    now = time.monotonic()
+    line.tokens = min(2 * per_second, line.tokens + (now - line.refilled_at) * per_second)
+    line.refilled_at = now
+    if line.tokens < 1:
+        return False
+    line.tokens -= 1
+    return True
+
+
+async def _handle(
+    line: _Line, resources: Resources, ctx: RouterContext, message: dict[str, Any]
+) -> None:
+    kind = message["type"]
+    try:
+        if kind == "ping":
+            await line.send("pong")
+        elif kind == "hello":
+            return  # already said
+        elif kind == "status":
+            wanted = _StatusMessage.model_validate(message)
+            await in_transaction(
+                resources.sessionmaker,
+                lambda session: consults.set_status(
+                    session, ctx=ctx, actor=line.principal, status=wanted.status
+                ),
+            )
+            await line.send("status", status=wanted.status)
+        elif kind in ("accept", "decline"):
+            await _answer_offer(line, resources, ctx, kind, _OfferMessage.model_validate(message))
+        else:
+            await line.send(
+                "error", error="unsupported_message", detail=f"unknown message type {kind[:32]!r}"
+            )
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+        await line.send(
+            "error", error="bad_message", detail=f"invalid or missing: {fields}", about=kind
+        )
+    except AppError as exc:
+        await line.send(
+            "error", error=exc.code, detail=exc.detail, about=kind, **_offer_ref(message)
+        )
+
+
+def _offer_ref(message: dict[str, Any]) -> dict[str, Any]:
+    offer_id = message.get("offer_id")
+    return {"offer_id": offer_id} if isinstance(offer_id, str) and len(offer_id) <= 64 else {}
+
+
+async def _answer_offer(
+    line: _Line, resources: Resources, ctx: RouterContext, kind: str, message: _OfferMessage
+) -> None:
+
+    async def answer(session: AsyncSession) -> None:
+        if kind == "accept":
+            await consults.accept_offer(
+                session, ctx=ctx, actor=line.principal, offer_id=message.offer_id
+            )
+        else:
+            await consults.decline_offer(
+                session, ctx=ctx, actor=line.principal, offer_id=message.offer_id,
+                has_reason=bool(message.reason),
+            )  # fmt: skip
+
+    await in_transaction(resources.sessionmaker, answer)

@@ -1,0 +1,1 @@
+"""Typed httpx clients services use to call each other."""

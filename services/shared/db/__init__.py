@@ -1,0 +1,1 @@
+"""Database base, engine, sessions and every service's ORM models."""

@@ -1,0 +1,119 @@
+"""Sessions: one transaction per request or per unit of work.
+
+Services and repositories `flush()` and never `commit()`. An HTTP request's session is
+committed by `TransactionalRoute` after the endpoint has returned and before the response
+is sent, so a client never sees 201 for a case that failed to commit. (FastAPI runs the
+teardown of request-scoped dependencies only after the response has gone out.) A 4xx or
+5xx raised by the endpoint rolls everything back. Websocket messages and background loops
+use `unit_of_work`, a short session per message or per batch.
+
+`after_commit(session, callback)` runs a callback once the transaction is durable: wake-ups
+of local loops and live streams are sent only for changes that really happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+_AFTER_COMMIT = "reach_after_commit"
+_REQUEST_SESSION = "reach_session"
+
+SessionMaker = async_sessionmaker[AsyncSession]
+T = TypeVar("T")
+
+
+class ReachSession(Session):
+    """The sync session under every `AsyncSession`, carrying after-commit callbacks."""
+
+
+@event.listens_for(ReachSession, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    callbacks: list[Callable[[], None]] = session.info.pop(_AFTER_COMMIT, [])
+    for callback in callbacks:
+        callback()
+
+
+@event.listens_for(ReachSession, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
+
+
+def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
+    """Run `callback` (synchronous, quick) when this session's transaction commits."""
+    session.sync_session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
+    return async_sessionmaker(
+        engine, expire_on_commit=False, autoflush=False, sync_session_class=ReachSession
+    )
+
+
+@asynccontextmanager
+async def unit_of_work(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """A session whose work commits on clean exit and rolls back on error."""
+    async with maker() as session, session.begin():
+        yield session
+
+
+async def in_transaction(maker: SessionMaker, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `work` in its own unit of work, shielded from the caller's cancellation.
+
+    A socket's tasks are cancelled the moment the socket closes. Cancelled half-way
+    through a transaction, a task would abandon its pooled connection mid-statement, and
+    SQLite has one connection per process: everyone else would queue behind it until the
+    pool timed out. Shielded, the transaction finishes (or rolls back) and the connection
+    goes back to the pool; only the caller stops waiting for the result.
+    """
+
+    async def attempt() -> T:
+        async with unit_of_work(maker) as session:
+            return await work(session)
+
+    return await asyncio.shield(attempt())
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """The request's session. Committed by `TransactionalRoute`, rolled back on error."""
+    maker: SessionMaker = request.app.state.resources.sessionmaker
+    async with maker() as session:
+        request.state.__dict__[_REQUEST_SESSION] = session
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        finally:
+            request.state.__dict__.pop(_REQUEST_SESSION, None)
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+class TransactionalRoute(APIRoute):
+    """Commits the request's session once the endpoint has returned a response."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def commit_then_respond(request: Request) -> Response:
+            response = await handler(request)
+            session: AsyncSession | None = request.state.__dict__.get(_REQUEST_SESSION)
+            if session is not None:
+                if session.in_transaction():
+                    await session.commit()
+                # Hand the connection back before the response is written: on SQLite the
+                # process has only one.
+                await session.close()
+            return response
+
+        return commit_then_respond

@@ -1,0 +1,34 @@
+"""Statements whose SQL differs between SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def dialect_name(session: AsyncSession) -> str:
+    bind = session.get_bind()
+    return bind.dialect.name
+
+
+@functools.cache
+def _insert_ignoring_conflicts(dialect: str, table: Table) -> Any:
+    # Built once per table: the values travel as parameters, so the compiled statement
+    # is reused from SQLAlchemy's cache on every call.
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+async def insert_if_absent(session: AsyncSession, model: Any, values: dict[str, Any]) -> bool:
+    """Insert a row unless one of its unique keys exists; True if this call inserted it.
+
+    Concurrent callers with the same key serialise on the key: exactly one gets True.
+    """
+    statement = _insert_ignoring_conflicts(dialect_name(session), model.__table__)
+    result = await session.execute(statement, values)
+    return bool(getattr(result, "rowcount", 0) == 1)

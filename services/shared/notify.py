@@ -1,0 +1,255 @@
+"""Wake-ups: "something changed, look at the database".
+
+The database is the source of truth; a notification only says where to look, so a lost
+one costs at most a poll interval. Changes announce themselves with `publish(session,
+channel, key)` inside their transaction; subscribers on this process wake when it commits.
+
+- `LocalNotifier` (SQLite, one process): delivered in-process after commit.
+- `PostgresNotifier` (any number of replicas): `pg_notify` in the transaction, which
+  PostgreSQL delivers at commit to every replica's LISTEN connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Protocol
+
+import asyncpg
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.db.session import after_commit
+
+logger = logging.getLogger("reach.notify")
+
+CHANNEL_PREFIX = "reach_"
+
+
+class Subscription:
+    """A coalescing wake-up: many notifications before a wait count as one."""
+
+    def __init__(self, hub: Hub, channel: str, key: str | None) -> None:
+        self._hub = hub
+        self.channel = channel
+        self.key = key
+        self._event = asyncio.Event()
+        self.keys: set[str] = set()
+
+    def _signal(self, key: str) -> None:
+        self.keys.add(key)
+        self._event.set()
+
+    def wake(self) -> None:
+        """Wake the waiter as if notified (after a reconnect, nothing says what changed)."""
+        self._event.set()
+
+    async def wait(
+        self, timeout: float | None = None, *, stopping: asyncio.Event | None = None
+    ) -> bool:
+        """Wait for a notification; True if one came, False on timeout or when `stopping`
+        is set (a background loop shutting down)."""
+        if not self._event.is_set():
+            if stopping is None:
+                try:
+                    await asyncio.wait_for(self._event.wait(), timeout)
+                except TimeoutError:
+                    return False
+            elif not await _first_of(self._event, stopping, timeout):
+                return False
+        self._event.clear()
+        return True
+
+    def drain_keys(self) -> set[str]:
+        keys, self.keys = self.keys, set()
+        return keys
+
+    def close(self) -> None:
+        self._hub.unsubscribe(self)
+
+
+async def _first_of(wanted: asyncio.Event, stopping: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until `wanted` or `stopping` is set; True if `wanted` is."""
+    if stopping.is_set():
+        return False
+    waiters = {asyncio.ensure_future(wanted.wait()), asyncio.ensure_future(stopping.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return wanted.is_set()
+
+
+class Hub:
+    """Local subscribers by channel, optionally narrowed to one key (a case id...)."""
+
+    def __init__(self) -> None:
+        self._by_channel: dict[str, set[Subscription]] = defaultdict(set)
+        self._by_key: dict[tuple[str, str], set[Subscription]] = defaultdict(set)
+
+    def subscribe(self, channel: str, key: str | None = None) -> Subscription:
+        subscription = Subscription(self, channel, key)
+        if key is None:
+            self._by_channel[channel].add(subscription)
+        else:
+            self._by_key[(channel, key)].add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription.key is None:
+            bucket = self._by_channel.get(subscription.channel)
+            if bucket is not None:
+                bucket.discard(subscription)
+                if not bucket:
+                    del self._by_channel[subscription.channel]
+        else:
+            index = (subscription.channel, subscription.key)
+            keyed = self._by_key.get(index)
+            if keyed is not None:
+                keyed.discard(subscription)
+                if not keyed:
+                    del self._by_key[index]
+
+    def dispatch(self, channel: str, key: str) -> None:
+        for subscription in self._by_channel.get(channel, ()):
+            subscription._signal(key)
+        for subscription in self._by_key.get((channel, key), ()):
+            subscription._signal(key)
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._by_channel.values()) + sum(
+            len(s) for s in self._by_key.values()
+        )
+
+
+class Notifier(Protocol):
+    hub: Hub
+
+    async def publish(self, session: AsyncSession, channel: str, key: str) -> None: ...
+
+    @contextlib.contextmanager
+    def subscribe(self, channel: str, key: str | None = None) -> Iterator[Subscription]: ...
+
+    async def listen(self, channel: str) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class LocalNotifier:
+    def __init__(self) -> None:
+        self.hub = Hub()
+
+    async def publish(self, session: AsyncSession, channel: str, key: str) -> None:
+        after_commit(session, lambda: self.hub.dispatch(channel, key))
+
+    @contextlib.contextmanager
+    def subscribe(self, channel: str, key: str | None = None) -> Iterator[Subscription]:
+        subscription = self.hub.subscribe(channel, key)
+        try:
+            yield subscription
+        finally:
+            subscription.close()
+
+    async def listen(self, channel: str) -> None:  # noqa: ARG002 -- nothing to register locally
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+class PostgresNotifier(LocalNotifier):
+    """LISTEN on one dedicated connection per process; NOTIFY inside transactions.
+
+    Services register their channels with `listen` at start-up; a reconnect listens to
+    all of them again. Notifications sent while the connection was down are lost, so every
+    subscriber is woken once it is back and looks at the database.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        super().__init__()
+        self._dsn = _asyncpg_dsn(database_url)
+        self._channels: set[str] = set()
+        self._connection: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    async def listen(self, channel: str) -> None:
+        if channel in self._channels:
+            return
+        self._channels.add(channel)
+        if self._connection is not None and not self._connection.is_closed():
+            await self._connection.add_listener(CHANNEL_PREFIX + channel, self._on_notify)
+
+    async def publish(self, session: AsyncSession, channel: str, key: str) -> None:
+        await session.execute(select(func.pg_notify(CHANNEL_PREFIX + channel, key)))
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._listen_forever(), name="reach-pg-listen")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.connected.wait(), timeout=5)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _listen_forever(self) -> None:
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                async with self._listening() as closed:
+                    delay = 0.2
+                    await closed.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a dropped or refused connection: retry with back-off
+                logger.warning("LISTEN connection lost (%s); retrying", type(exc).__name__)
+            self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    @contextlib.asynccontextmanager
+    async def _listening(self) -> AsyncIterator[asyncio.Event]:
+        connection = await asyncpg.connect(self._dsn, timeout=5)
+        closed = asyncio.Event()
+        connection.add_termination_listener(lambda _conn: closed.set())
+        try:
+            for channel in sorted(self._channels):
+                await connection.add_listener(CHANNEL_PREFIX + channel, self._on_notify)
+            self._connection = connection
+            self.connected.set()
+            self._wake_everyone()
+            yield closed
+        finally:
+            self._connection = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), timeout=2)
+
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        self.hub.dispatch(channel.removeprefix(CHANNEL_PREFIX), payload)
+
+    def _wake_everyone(self) -> None:
+        """After (re)connecting, nothing says what was missed: wake every subscriber."""
+        for bucket in list(self.hub._by_channel.values()) + list(self.hub._by_key.values()):
+            for subscription in bucket:
+                subscription.wake()
+
+
+def _asyncpg_dsn(database_url: str) -> str:
+    url = make_url(database_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)

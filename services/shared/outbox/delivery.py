@@ -1,0 +1,284 @@
+"""The delivery loop: claims due outbox rows, posts them to their peers, records results.
+
+A claim is a lease (`claimed_until`) taken in a short transaction with `FOR UPDATE SKIP
+LOCKED` on PostgreSQL, so replicas share the work and a replica that dies mid-delivery
+leaves rows that another picks up once the lease lapses. No database connection is held
+while posting. A peer that fails is paused with exponential back-off (and its rows keep
+their place); a receiver that rejects an event as invalid marks that row dead, which is
+counted and alerted on, and never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.clients.peers import Peer, PeerClient, PeerUnavailable
+from services.shared.clock import Clock
+from services.shared.db.session import SessionMaker, unit_of_work
+from services.shared.notify import Notifier
+from services.shared.observability import log_failure
+from services.shared.outbox.writer import Outbox, outbox_channel
+from services.shared.settings import OutboxSettings
+
+logger = logging.getLogger("reach.outbox")
+
+DELIVERED_RETENTION = timedelta(days=3)
+PURGE_EVERY = timedelta(minutes=10)
+_KNOWN_OUTCOMES = frozenset({"accepted", "duplicate", "ignored", "rejected"})
+
+
+class OutboxMetrics:
+    """Outbox health for every service on one registry (label `service`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pending = Gauge(
+            "reach_outbox_pending",
+            "Outbox events not yet delivered.",
+            ["service"],
+            registry=registry,
+        )
+        self.oldest_pending = Gauge(
+            "reach_outbox_oldest_pending_seconds",
+            "Age of the oldest undelivered outbox event.",
+            ["service"],
+            registry=registry,
+        )
+        self.delivered = Counter(
+            "reach_outbox_delivered",
+            "Outbox events delivered, by destination.",
+            ["service", "destination"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "reach_outbox_delivery_failures",
+            "Failed delivery attempts (the events are retried), by destination.",
+            ["service", "destination"],
+            registry=registry,
+        )
+        self.dead = Counter(
+            "reach_outbox_dead",
+            "Outbox events refused by their receiver as invalid (never retried).",
+            ["service", "destination"],
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    id: int
+    event_id: str
+    destination: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+class OutboxDelivery:
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        sessionmaker: SessionMaker,
+        peers: PeerClient,
+        notifier: Notifier,
+        clock: Clock,
+        settings: OutboxSettings,
+        metrics: OutboxMetrics,
+    ) -> None:
+        self._outbox = outbox
+        self._model = outbox.model
+        self._maker = sessionmaker
+        self._peers = peers
+        self._notifier = notifier
+        self._clock = clock
+        self._settings = settings
+        self._metrics = metrics
+        self._service = outbox.service
+        # Destinations that just failed, and when to try them again.
+        self._paused_until: dict[str, datetime] = {}
+        self._failures_in_a_row: dict[str, int] = defaultdict(int)
+        self._last_purge: datetime | None = None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Deliver until `stopping` is set; wakes on new events, polls as a safety net."""
+        with self._notifier.subscribe(outbox_channel(self._service)) as wake:
+            while not stopping.is_set():
+                try:
+                    sent_full_batch = await self.deliver_due()
+                    await self._purge_if_due()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the database is away: keep the loop alive
+                    log_failure(logger, f"outbox delivery pass failed for {self._service}", exc)
+                    sent_full_batch = False
+                if not sent_full_batch:
+                    await wake.wait(self._settings.outbox_poll_seconds, stopping=stopping)
+
+    async def deliver_due(self) -> bool:
+        """One pass. True when a full batch was claimed (more may be waiting)."""
+        claimed = await self._claim()
+        by_destination: dict[str, list[_Claimed]] = defaultdict(list)
+        for row in claimed:
+            by_destination[row.destination].append(row)
+        if by_destination:
+            await asyncio.gather(
+                *(self._deliver(dest, rows) for dest, rows in by_destination.items())
+            )
+        return len(claimed) >= self._settings.outbox_batch_size
+
+    async def refresh_metrics(self, session: AsyncSession) -> None:
+        model = self._model
+        count, oldest = (
+            await session.execute(
+                select(func.count(), func.min(model.created_at)).where(
+                    model.delivered_at.is_(None), model.dead_at.is_(None)
+                )
+            )
+        ).one()
+        self._metrics.pending.labels(self._service).set(count)
+        age = 0.0 if oldest is None else (self._clock.now() - oldest).total_seconds()
+        self._metrics.oldest_pending.labels(self._service).set(max(age, 0.0))
+
+    async def _claim(self) -> list[_Claimed]:
+        model = self._model
+        now = self._clock.now()
+        paused = [dest for dest, until in self._paused_until.items() if until > now]
+        due = (
+            select(model.id)
+            .where(
+                model.delivered_at.is_(None),
+                model.dead_at.is_(None),
+                model.next_attempt_at <= now,
+                or_(model.claimed_until.is_(None), model.claimed_until < now),
+            )
+            .order_by(model.id)
+            .limit(self._settings.outbox_batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        if paused:
+            due = due.where(model.destination.not_in(paused))
+        lease = now + timedelta(seconds=self._settings.outbox_lease_seconds)
+        async with unit_of_work(self._maker) as session:
+            ids = list((await session.execute(due)).scalars())
+            if not ids:
+                return []
+            await session.execute(
+                update(model).where(model.id.in_(ids)).values(claimed_until=lease)
+            )
+            rows = await session.execute(
+                select(model.id, model.event_id, model.destination, model.payload, model.attempts)
+                .where(model.id.in_(ids))
+                .order_by(model.id)
+            )
+            return [_Claimed(*row) for row in rows]
+
+    async def _deliver(self, destination: str, rows: list[_Claimed]) -> None:
+        try:
+            result = await self._peers.post_events(Peer(destination), [row.payload for row in rows])
+        except (PeerUnavailable, ValueError) as exc:
+            await self._record_failure(destination, rows, str(exc))
+            return
+        outcomes = {item.id: item for item in result.results}
+        delivered: list[_Claimed] = []
+        rejected: list[_Claimed] = []
+        unanswered: list[_Claimed] = []
+        for row in rows:
+            outcome = outcomes.get(row.event_id)
+            if outcome is None or outcome.outcome not in _KNOWN_OUTCOMES:
+                unanswered.append(row)
+            elif outcome.outcome == "rejected":
+                rejected.append(row)
+            else:
+                delivered.append(row)
+        self._paused_until.pop(destination, None)
+        self._failures_in_a_row.pop(destination, None)
+        await self._record_results(destination, delivered, rejected, outcomes)
+        if unanswered:
+            await self._record_failure(destination, unanswered, "no result for the event")
+
+    async def _record_results(
+        self,
+        destination: str,
+        delivered: list[_Claimed],
+        rejected: list[_Claimed],
+        outcomes: dict[str, Any],
+    ) -> None:
+        model = self._model
+        now = self._clock.now()
+        async with unit_of_work(self._maker) as session:
+            if delivered:
+                await session.execute(
+                    update(model)
+                    .where(model.id.in_([r.id for r in delivered]))
+                    .values(delivered_at=now, claimed_until=None, attempts=model.attempts + 1)
+                )
+            for row in rejected:
+                detail = (outcomes[row.event_id].detail or "rejected")[:500]
+                await session.execute(
+                    update(model)
+                    .where(model.id == row.id)
+                    .values(dead_at=now, claimed_until=None, last_error=detail)
+                )
+        self._metrics.delivered.labels(self._service, destination).inc(len(delivered))
+        if rejected:
+            self._metrics.dead.labels(self._service, destination).inc(len(rejected))
+            logger.error(
+                "%s: %d event(s) refused by %s as invalid",
+                self._service,
+                len(rejected),
+                destination,
+            )
+
+    async def _record_failure(self, destination: str, rows: list[_Claimed], reason: str) -> None:
+        now = self._clock.now()
+        self._failures_in_a_row[destination] += 1
+        pause = self._backoff(self._failures_in_a_row[destination])
+        self._paused_until[destination] = now + pause
+        self._metrics.failures.labels(self._service, destination).inc()
+        logger.warning(
+            "%s: delivery to %s failed (%s); retrying in %.1fs",
+            self._service,
+            destination,
+            reason,
+            pause.total_seconds(),
+        )
+        # Every failed row waits out the destination's pause, so when the peer is back its
+        # backlog goes in the order it was written.
+        model = self._model
+        async with unit_of_work(self._maker) as session:
+            await session.execute(
+                update(model)
+                .where(model.id.in_([row.id for row in rows]))
+                .values(
+                    attempts=model.attempts + 1,
+                    next_attempt_at=now + pause,
+                    claimed_until=None,
+                    last_error=reason[:500],
+                )
+            )
+
+    def _backoff(self, attempts: int) -> timedelta:
+        base = self._settings.outbox_base_backoff_seconds * (2 ** min(attempts - 1, 20))
+        capped = min(base, self._settings.outbox_max_backoff_seconds)
+        # Jitter spreads the retries of many replicas after a shared outage.
+        return timedelta(seconds=capped * random.uniform(0.5, 1.0))  # noqa: S311
+
+    async def _purge_if_due(self) -> None:
+        now = self._clock.now()
+        if self._last_purge is not None and now - self._last_purge < PURGE_EVERY:
+            return
+        self._last_purge = now
+        model = self._model
+        async with unit_of_work(self._maker) as session:
+            await session.execute(
+                delete(model).where(model.delivered_at < now - DELIVERED_RETENTION)
+            )

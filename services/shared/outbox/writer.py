@@ -1,0 +1,62 @@
+"""Writing events into a service's outbox, in the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.clock import Clock
+from services.shared.db.models.outbox import OutboxRowMixin
+from services.shared.notify import Notifier
+from services.shared.schemas.events import Event
+
+
+def outbox_channel(service: str) -> str:
+    return f"{service}_outbox"
+
+
+class Outbox:
+    """A service's outbox. `enqueue` adds rows; nothing is sent until the caller commits."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        model: type[OutboxRowMixin],
+        notifier: Notifier,
+        clock: Clock,
+    ) -> None:
+        self.service = service
+        self.model = model
+        self._notifier = notifier
+        self._clock = clock
+
+    async def enqueue(
+        self, session: AsyncSession, event: Event, *, destinations: Iterable[str]
+    ) -> None:
+        await self.enqueue_each(session, [(event, tuple(destinations))])
+
+    async def enqueue_each(
+        self, session: AsyncSession, items: Iterable[tuple[Event, Iterable[str]]]
+    ) -> None:
+        """Several events (each to its own destinations) in one statement."""
+        now = self._clock.now()
+        rows = [
+            {
+                "event_id": event.id,
+                "event_type": event.type,
+                "destination": destination,
+                "payload": event.model_dump(mode="json"),
+                "created_at": now,
+                "next_attempt_at": now,
+                "attempts": 0,
+            }
+            for event, destinations in items
+            for destination in destinations
+        ]
+        if not rows:
+            return
+        await session.execute(insert(self.model), rows)
+        await self._notifier.publish(session, outbox_channel(self.service), "")

@@ -1,0 +1,1 @@
+"""Pydantic wire contracts used by more than one service."""

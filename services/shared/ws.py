@@ -1,0 +1,143 @@
+"""Websocket plumbing shared by the crew's and the consultants' streams: the hello
+handshake, message size limits, serialised sends and the close codes of the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from services.shared.auth import Principal, TokenVerifier
+from services.shared.domain.vocabulary import Role
+from services.shared.errors import AppError
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+class CloseConnection(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class MessageTooLarge(Exception):
+    pass
+
+
+class Sender:
+    """Sends JSON on one socket, one message at a time, from any task."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+        self._lock = asyncio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._lock:
+            await self._websocket.send_text(json.dumps(message, separators=(",", ":")))
+
+    async def error(self, code: str, detail: str) -> None:
+        await self.send({"type": "error", "error": code, "detail": detail})
+
+
+async def receive_message(websocket: WebSocket, *, max_bytes: int) -> dict[str, Any]:
+    """The next client message as a JSON object.
+
+    Raises `MessageTooLarge` for an oversized message and `ValueError` for one that is not
+    a JSON object; `WebSocketDisconnect` when the client has gone.
+    """
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(code=message.get("code", CLOSE_NORMAL))
+    raw: str | bytes | None = message.get("text")
+    if raw is None:
+        raw = message.get("bytes") or b""
+    if len(raw) > max_bytes:
+        raise MessageTooLarge()
+    parsed = json.loads(raw)
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("type"), str):
+        raise ValueError("a message is a JSON object with a 'type'")
+    return parsed
+
+
+async def authenticate(
+    websocket: WebSocket,
+    verifier: TokenVerifier,
+    *,
+    roles: frozenset[Role],
+    hello_timeout: float,
+    max_bytes: int,
+) -> tuple[Principal, dict[str, Any]]:
+    """Accept the socket and establish who is on it.
+
+    An `Authorization` header authenticates at once (the hello, if any, comes later);
+    otherwise the first message must be `hello` with a token within `hello_timeout`.
+    Returns the principal and the hello (an empty dict after header auth).
+    """
+    header = websocket.headers.get("authorization")
+    await websocket.accept()
+    hello: dict[str, Any] = {}
+    try:
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise CloseConnection(CLOSE_UNAUTHORIZED, "bad authorization header")
+        else:
+            try:
+                hello = await asyncio.wait_for(
+                    receive_message(websocket, max_bytes=max_bytes), timeout=hello_timeout
+                )
+            except TimeoutError:
+                raise CloseConnection(CLOSE_UNAUTHORIZED, "no hello in time") from None
+            except (ValueError, MessageTooLarge):
+                raise CloseConnection(
+                    CLOSE_UNAUTHORIZED, "the first message must be hello"
+                ) from None
+            offered = hello.get("token") if hello.get("type") == "hello" else None
+            if not isinstance(offered, str):
+                raise CloseConnection(CLOSE_UNAUTHORIZED, "the first message must be hello")
+            token = offered
+        principal = await verifier.verify(token.strip())
+    except AppError:
+        raise CloseConnection(CLOSE_UNAUTHORIZED, "invalid token") from None
+    if principal.role not in roles:
+        raise CloseConnection(CLOSE_FORBIDDEN, "role not allowed")
+    return principal, hello
+
+
+def parse_after(value: Any) -> int | None:
+    """A non-negative integer `after`, or None when absent; ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("after must be a non-negative integer")
+    return value
+
+
+async def run_until_first_ends(
+    *coroutines: Coroutine[Any, Any, None], lifetime: float
+) -> tuple[set[asyncio.Task[None]], bool]:
+    """Run a socket's tasks (reader, writer...) until one ends or `lifetime` passes.
+
+    Returns the finished tasks and whether the lifetime ran out. Every other task is
+    cancelled and awaited before this returns — also when the caller itself is cancelled
+    (a server shutting down) — so no task outlives its socket holding a connection.
+    """
+    tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=lifetime, return_when=asyncio.FIRST_COMPLETED)
+        return done, not done
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

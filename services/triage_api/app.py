@@ -1,0 +1,112 @@
+"""The triage_api app factory: `uvicorn --factory services.triage_api.app:create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.auth import ServiceTokenSigner
+from services.shared.clients.peers import EVENTS_PATH, Peer, PeerClient
+from services.shared.db.models import TriageInbox, TriageOutbox
+from services.shared.db.session import unit_of_work
+from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, events_router
+from services.shared.outbox.writer import outbox_channel
+from services.shared.pages import mount_page
+from services.shared.resources import Resources, open_resources
+from services.shared.schemas.events import Event, EventType
+from services.shared.web import background_tasks, install_common
+from services.triage_api import SERVICE_NAME, lifecycle, router, ws
+from services.triage_api.context import STREAM_CHANNEL, TriageContext, TriageMetrics
+from services.triage_api.settings import TriageSettings
+
+WEB = Path(__file__).parent / "web"
+
+
+def router_event_handlers(ctx: TriageContext) -> dict[str, EventHandler]:
+    async def handle(session: AsyncSession, event: Event) -> None:
+        await lifecycle.apply_router_event(session, ctx=ctx, event=event)
+
+    return dict.fromkeys(
+        (
+            EventType.CONSULT_QUEUED,
+            EventType.CONSULT_OFFERED,
+            EventType.CONSULT_ACCEPTED,
+            EventType.CONSULT_ADVISED,
+            EventType.CONSULT_ESCALATED,
+        ),
+        handle,
+    )
+
+
+def create_app(
+    settings: TriageSettings | None = None, *, resources: Resources | None = None
+) -> FastAPI:
+    """Build triage_api. With `resources` (the embedded app, tests) it uses them and leaves
+    closing them to their owner; without, it builds its own from `settings`."""
+    settings = settings or TriageSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            res = resources
+            if res is None:
+                res = await stack.enter_async_context(open_resources(settings))
+            app.state.resources = res
+            outbox = Outbox(
+                service=SERVICE_NAME, model=TriageOutbox, notifier=res.notifier, clock=res.clock
+            )
+            ctx = TriageContext(
+                settings=settings,
+                outbox=outbox,
+                notifier=res.notifier,
+                clock=res.clock,
+                metrics=TriageMetrics(res.registry),
+            )
+            app.state.triage = ctx
+            app.state.event_handlers = router_event_handlers(ctx)
+            delivery = OutboxDelivery(
+                outbox=outbox,
+                sessionmaker=res.sessionmaker,
+                peers=PeerClient(
+                    res.peer_http,
+                    res.peers,
+                    ServiceTokenSigner(res.internal_secret, service=SERVICE_NAME, clock=res.clock),
+                    timeout_seconds=settings.peer_timeout_seconds,
+                ),
+                notifier=res.notifier,
+                clock=res.clock,
+                settings=settings,
+                metrics=res.outbox_metrics,
+            )
+            app.state.outbox_delivery = delivery
+            app.state.refresh_metrics = partial(_refresh_metrics, res, delivery)
+            for channel in (STREAM_CHANNEL, outbox_channel(SERVICE_NAME)):
+                await res.notifier.listen(channel)
+            tasks = await stack.enter_async_context(background_tasks())
+            if settings.background_tasks:
+                tasks.start(f"{SERVICE_NAME}-outbox", delivery.run)
+            yield
+
+    app = FastAPI(
+        title="reach triage_api",
+        summary="Paramedics ask for a consultant's advice and follow their case live.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_common(app, service=SERVICE_NAME, max_body_bytes=settings.max_body_bytes)
+    app.include_router(router.router)
+    app.include_router(events_router(path=EVENTS_PATH[Peer.TRIAGE_API], inbox_model=TriageInbox))
+    app.add_api_websocket_route("/v1/cases/{case_id}/stream", ws.case_stream)
+    # The crew's page: a demonstration and training client of the API above.
+    mount_page(app, prefix="/crew", html=WEB / "crew.html", assets=WEB)
+    return app
+
+
+async def _refresh_metrics(resources: Resources, delivery: OutboxDelivery) -> None:
+    async with unit_of_work(resources.sessionmaker) as session:
+        await delivery.refresh_metrics(session)

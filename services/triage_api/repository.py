@@ -1,0 +1,95 @@
+"""triage_api's queries. Nothing else in the service writes SQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.db.models import TriageCase, TriageCaseEvent, TriageObservation
+from services.shared.db.statements import insert_if_absent
+
+
+async def get_case(
+    session: AsyncSession, case_id: str, *, for_update: bool = False
+) -> TriageCase | None:
+    statement = select(TriageCase).where(TriageCase.id == case_id)
+    if for_update:
+        # Every change to a case takes its row lock first, so stream seqs never collide.
+        statement = statement.with_for_update()
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def find_by_idempotency_key(
+    session: AsyncSession, *, paramedic_id: str, key: str
+) -> TriageCase | None:
+    statement = select(TriageCase).where(
+        TriageCase.paramedic_id == paramedic_id, TriageCase.idempotency_key == key
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def list_cases(
+    session: AsyncSession,
+    *,
+    paramedic_id: str | None,
+    before: tuple[datetime, str] | None,
+    limit: int,
+) -> list[TriageCase]:
+    """Newest first; `before` is the (created_at, id) of the last case already shown."""
+    statement = select(TriageCase)
+    if paramedic_id is not None:
+        statement = statement.where(TriageCase.paramedic_id == paramedic_id)
+    if before is not None:
+        created_at, case_id = before
+        statement = statement.where(
+            or_(
+                TriageCase.created_at < created_at,
+                and_(TriageCase.created_at == created_at, TriageCase.id < case_id),
+            )
+        )
+    statement = statement.order_by(TriageCase.created_at.desc(), TriageCase.id.desc()).limit(limit)
+    return list((await session.execute(statement)).scalars())
+
+
+async def insert_case_if_new(session: AsyncSession, values: dict[str, Any]) -> bool:
+    """Insert a case unless its idempotency key or reference is taken; True if inserted."""
+    return await insert_if_absent(session, TriageCase, values)
+
+
+async def insert_first_rows(
+    session: AsyncSession, *, observation: dict[str, Any] | None, event: dict[str, Any]
+) -> None:
+    """A new case's first observation set (if any) and the first event of its stream."""
+    if observation is not None:
+        await session.execute(insert(TriageObservation), [observation])
+    await session.execute(insert(TriageCaseEvent), [event])
+
+
+async def append_event(
+    session: AsyncSession,
+    case: TriageCase,
+    *,
+    type: str,
+    at: datetime,
+    data: dict[str, Any],
+) -> TriageCaseEvent:
+    """The next event on the case's stream. The caller holds the case's row lock."""
+    case.event_seq += 1
+    event = TriageCaseEvent(case_id=case.id, seq=case.event_seq, type=type, at=at, data=data)
+    session.add(event)
+    return event
+
+
+async def events_after(
+    session: AsyncSession, case_id: str, *, after: int, limit: int
+) -> list[TriageCaseEvent]:
+    statement = (
+        select(TriageCaseEvent)
+        .where(TriageCaseEvent.case_id == case_id, TriageCaseEvent.seq > after)
+        .order_by(TriageCaseEvent.seq)
+        .limit(limit)
+    )
+    return list((await session.execute(statement)).scalars())

@@ -1,0 +1,323 @@
+"""triage_api's rules: submitting, reading and following a case.
+
+Service functions flush and never commit; the request (or unit of work) commits once.
+Every change locks the case row, appends to the crew's stream and writes outbox events in
+the same transaction; every read writes a `case.viewed` event for the audit trail.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.auth import Principal
+from services.shared.db.models import TriageCase, TriageCaseEvent
+from services.shared.db.session import after_commit
+from services.shared.domain.news2 import (
+    News2Result,
+    Observations,
+    derived_risk_flags,
+    is_validated_population,
+    score_news2,
+)
+from services.shared.domain.priority import case_priority
+from services.shared.domain.reference import new_case_reference
+from services.shared.domain.vocabulary import (
+    CallCategory,
+    CaseEventType,
+    CaseStatus,
+    PresentingComplaint,
+    RiskFlag,
+    Role,
+)
+from services.shared.errors import BadRequest, Conflict, NotFound, Unprocessable
+from services.shared.schemas.cases import News2Read
+from services.shared.schemas.events import EventType
+from services.triage_api import repository
+from services.triage_api.context import TriageContext
+from services.triage_api.outbound import announce_change, audit_reads
+from services.triage_api.schemas import CaseCreate, ObservationSet
+
+_REFERENCE_ATTEMPTS = 8
+_SEES_EVERY_CASE = frozenset({Role.COORDINATOR, Role.ADMIN})
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the server concludes from an observation set."""
+
+    news2: News2Result | None
+    risk_flags: list[RiskFlag]
+    priority: int
+
+
+def assess(
+    observations: ObservationSet | None,
+    *,
+    reported_flags: Iterable[RiskFlag],
+    age_years: int | None,
+    complaint: PresentingComplaint,
+    call_category: CallCategory,
+) -> Assessment:
+    obs = _domain_observations(observations)
+    validated = is_validated_population(
+        age_years=age_years, pregnant=complaint == PresentingComplaint.PREGNANCY
+    )
+    news2 = score_news2(obs, validated=validated)
+    flags = sorted(set(reported_flags) | derived_risk_flags(obs))
+    priority = case_priority(news2=news2, call_category=call_category, risk_flags=flags)
+    return Assessment(news2=news2, risk_flags=flags, priority=priority)
+
+
+def _domain_observations(observations: ObservationSet | None) -> Observations:
+    if observations is None:
+        return Observations()
+    return Observations(
+        respiration_rate=observations.respiration_rate,
+        spo2=observations.spo2,
+        spo2_scale=observations.spo2_scale,
+        on_oxygen=observations.on_oxygen,
+        systolic_bp=observations.systolic_bp,
+        pulse=observations.pulse,
+        consciousness=observations.consciousness,
+        temperature=observations.temperature,
+    )
+
+
+def fingerprint(payload: CaseCreate) -> str:
+    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def check_taken_at(observations: ObservationSet | None, ctx: TriageContext) -> None:
+    if observations is None or observations.taken_at is None:
+        return
+    tolerance = timedelta(seconds=ctx.settings.observation_future_tolerance_seconds)
+    if observations.taken_at > ctx.clock.now() + tolerance:
+        raise Unprocessable(
+            "observations cannot be taken in the future",
+            extra={"fields": [{"path": "observations.taken_at", "message": "is in the future"}]},
+        )
+
+
+def news2_document(news2: News2Result | None) -> dict[str, Any] | None:
+    return None if news2 is None else News2Read.of(news2).model_dump(mode="json")
+
+
+async def create_case(
+    session: AsyncSession,
+    *,
+    ctx: TriageContext,
+    payload: CaseCreate,
+    idempotency_key: str,
+    actor: Principal,
+) -> tuple[TriageCase, bool]:
+    """Store a new case, or replay the one this key already made. Returns (case, replayed).
+
+    Everything is computed before the first statement, and the case is inserted with
+    `ON CONFLICT DO NOTHING`: on the usual path that is one round trip, and concurrent
+    requests with one key serialise on the (paramedic, key) unique constraint — one
+    inserts, the others find its case and replay it.
+    """
+    digest = fingerprint(payload)
+    check_taken_at(payload.observations, ctx)
+    assessment = assess(
+        payload.observations,
+        reported_flags=payload.risk_flags,
+        age_years=payload.patient.age_years,
+        complaint=payload.presenting_complaint,
+        call_category=payload.incident.call_category,
+    )
+    now = ctx.clock.now()
+    for _ in range(_REFERENCE_ATTEMPTS):
+        values = _new_case(
+            payload, assessment, actor=actor, key=idempotency_key, digest=digest, now=now
+        )
+        if await repository.insert_case_if_new(session, values):
+            break
+        existing = await repository.find_by_idempotency_key(
+            session, paramedic_id=actor.sub, key=idempotency_key
+        )
+        if existing is not None:
+            return _replay(existing, digest), True
+        # Not this key: the reference was taken. Draw another.
+    else:
+        raise Conflict("could not allocate a case reference; retry", code="try_again")
+    case = TriageCase(**values)
+    queued = {"status": case.status, "priority": case.priority, "news2": case.news2}
+    await repository.insert_first_rows(
+        session,
+        observation=_observation_row(case.id, payload.observations, assessment, actor, now),
+        event={
+            "case_id": case.id,
+            "seq": 1,
+            "type": CaseEventType.QUEUED,
+            "at": now,
+            "data": queued,
+        },
+    )
+    await announce_change(session, ctx, case, event_type=EventType.CASE_SUBMITTED, actor=actor)
+    specialty, category = case.requested_specialty, case.call_category
+    after_commit(session, lambda: ctx.metrics.cases_submitted.labels(specialty, category).inc())
+    return case, False
+
+
+def _replay(case: TriageCase, digest: str) -> TriageCase:
+    if case.request_fingerprint != digest:
+        raise Conflict(
+            "this Idempotency-Key was used for a different request",
+            code="idempotency_key_reused",
+        )
+    return case
+
+
+def _new_case(
+    payload: CaseCreate,
+    assessment: Assessment,
+    *,
+    actor: Principal,
+    key: str,
+    digest: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """The new case's row: the first event of its stream (seq 1, queued) is counted in."""
+    location = payload.incident.location
+    observations = payload.observations
+    return {
+        "id": str(uuid.uuid4()),
+        "reference": new_case_reference(),
+        "paramedic_id": actor.sub,
+        "paramedic_name": actor.name,
+        "idempotency_key": key,
+        "request_fingerprint": digest,
+        "status": CaseStatus.QUEUED,
+        "priority": assessment.priority,
+        "call_category": payload.incident.call_category,
+        "cad_reference": payload.incident.cad_reference,
+        "callsign": payload.incident.callsign,
+        "location_lat": location.lat if location else None,
+        "location_lon": location.lon if location else None,
+        "age_years": payload.patient.age_years,
+        "sex": payload.patient.sex,
+        "nhs_number": payload.patient.nhs_number,
+        "presenting_complaint": payload.presenting_complaint,
+        "requested_specialty": payload.requested_specialty,
+        "handover_format": payload.handover.format if payload.handover else None,
+        "handover_text": payload.handover.text if payload.handover else None,
+        "proposed_disposition": payload.proposed_disposition,
+        "reported_risk_flags": [str(flag) for flag in payload.risk_flags],
+        "risk_flags": [str(flag) for flag in assessment.risk_flags],
+        "observations": observations.model_dump(mode="json") if observations else None,
+        "news2": news2_document(assessment.news2),
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+        "router_version": 0,
+        "event_seq": 1,
+        "assigned_consultant_id": None,
+        "assigned_consultant_name": None,
+        "advice": None,
+        "cancel_reason": None,
+        "advice_followed": None,
+        "not_followed_reason": None,
+    }
+
+
+def _observation_row(
+    case_id: str,
+    observations: ObservationSet | None,
+    assessment: Assessment,
+    actor: Principal,
+    now: datetime,
+) -> dict[str, Any] | None:
+    if observations is None:
+        return None
+    return {
+        "case_id": case_id,
+        "recorded_at": now,
+        "recorded_by": actor.sub,
+        "values": observations.model_dump(mode="json"),
+        "news2": news2_document(assessment.news2),
+    }
+
+
+def can_see(actor: Principal, case: TriageCase) -> bool:
+    return actor.role in _SEES_EVERY_CASE or case.paramedic_id == actor.sub
+
+
+async def visible_case(
+    session: AsyncSession, *, case_id: str, actor: Principal, for_update: bool = False
+) -> TriageCase:
+    """The case if the caller may see it; 404 otherwise, never confirming it exists."""
+    case = await repository.get_case(session, case_id, for_update=for_update)
+    if case is None or not can_see(actor, case):
+        raise NotFound("no such case")
+    return case
+
+
+async def read_case(
+    session: AsyncSession, *, ctx: TriageContext, case_id: str, actor: Principal, via: str
+) -> TriageCase:
+    case = await visible_case(session, case_id=case_id, actor=actor)
+    await audit_reads(session, ctx, [case], actor=actor, via=via)
+    return case
+
+
+async def list_cases(
+    session: AsyncSession,
+    *,
+    ctx: TriageContext,
+    actor: Principal,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[TriageCase], str | None]:
+    """The caller's cases (every case for coordinators), newest first."""
+    before = decode_cursor(cursor) if cursor else None
+    only_mine = None if actor.role in _SEES_EVERY_CASE else actor.sub
+    cases = await repository.list_cases(
+        session, paramedic_id=only_mine, before=before, limit=limit + 1
+    )
+    page, more = cases[:limit], len(cases) > limit
+    await audit_reads(session, ctx, page, actor=actor, via="list")
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more and page else None
+    return page, next_cursor
+
+
+def encode_cursor(created_at: datetime, case_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), case_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, case_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None or not isinstance(case_id, str):
+            raise ValueError
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise BadRequest("the cursor is not one this server gave out", code="bad_cursor") from None
+    return moment, case_id
+
+
+async def case_events(
+    session: AsyncSession,
+    *,
+    ctx: TriageContext,
+    case_id: str,
+    actor: Principal,
+    after: int,
+    limit: int,
+) -> tuple[list[TriageCaseEvent], int]:
+    """The crew's stream after `after`, and the newest seq there is."""
+    case = await read_case(session, ctx=ctx, case_id=case_id, actor=actor, via="events")
+    events = await repository.events_after(session, case.id, after=after, limit=limit)
+    return events, case.event_seq

@@ -1,0 +1,282 @@
+"""Routing scenarios in the spirit of GoAlert's smoke tests: a real app, a real
+database, the clock jumped forward. Each asserts exactly which consultant got which
+offer and when, and that nothing else was sent."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from services.consult_router.engine import RoutingEngine
+from services.shared.clock import ManualClock
+from services.shared.resources import Resources
+from tests.consult_router.conftest import Desk, snapshot
+from tests.support import FakePeer, token
+
+
+def kinds(log: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [kind for kind, _ in log]
+
+
+def offered_case(log: list[tuple[str, dict[str, Any]]], index: int = -1) -> str:
+    offers = [payload for kind, payload in log if kind == "offer"]
+    case_id: str = offers[index]["case"]["id"]
+    return case_id
+
+
+class TestSequentialOffers:
+    async def test_a_decline_moves_the_case_to_the_next_consultant_at_once(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        for name in ("dr-a", "dr-b"):
+            await desk.consultant(name, ["frailty"])
+        case = snapshot(clock)
+        await desk.send_case(case)
+        await engine.run_once()
+        assert kinds(await desk.log("dr-a")) == ["offer"]
+        assert await desk.log("dr-b") == []
+        [offer] = await desk.offers("dr-a")
+        assert offer["case"]["id"] == case["id"]
+        assert offer["expires_at"] == (clock.now() + timedelta(seconds=30)).isoformat().replace(
+            "+00:00", "Z"
+        )
+
+        await desk.decline("dr-a", offer["offer_id"])
+        await engine.run_once()
+        assert kinds(await desk.log("dr-a")) == ["offer"]  # nothing more for the decliner
+        assert kinds(await desk.log("dr-b")) == ["offer"]
+        assert offered_case(await desk.log("dr-b")) == case["id"]
+
+    async def test_a_timeout_moves_the_case_on_and_tells_the_first_consultant(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        for name in ("dr-a", "dr-b"):
+            await desk.consultant(name, ["frailty"])
+        await desk.send_case(snapshot(clock))
+        await engine.run_once()
+        clock.advance(timedelta(seconds=29))
+        await engine.run_once()
+        assert await desk.log("dr-b") == []  # not yet
+        clock.advance(timedelta(seconds=1))
+        await engine.run_once()
+        log_a = await desk.log("dr-a")
+        assert kinds(log_a) == ["offer", "offer_withdrawn"]
+        assert log_a[1][1]["reason"] == "expired"
+        assert kinds(await desk.log("dr-b")) == ["offer"]
+
+    async def test_fewest_active_consults_then_longest_idle_is_chosen_first(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        for name in ("dr-a", "dr-b", "dr-c"):
+            await desk.consultant(name, ["frailty"])
+        first = snapshot(clock)
+        await desk.send_case(first)
+        await engine.run_once()
+        [offer] = await desk.offers("dr-a")
+        assert (await desk.accept("dr-a", offer["offer_id"])).status_code == 200
+        clock.advance(timedelta(minutes=1))
+        # dr-a is busy (at the consult limit); dr-b and dr-c never took a case: dr-b by id.
+        await desk.send_case(snapshot(clock))
+        await engine.run_once()
+        assert kinds(await desk.log("dr-b")) == ["offer"]
+        assert await desk.log("dr-c") == []
+
+
+class TestExhaustionAndFallback:
+    async def test_after_everyone_in_the_specialty_the_case_goes_to_all_at_once(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        for name in ("dr-a", "dr-b"):
+            await desk.consultant(name, ["frailty"])
+        await desk.consultant("dr-em", ["emergency_medicine"])
+        await desk.send_case(snapshot(clock))
+        await engine.run_once()
+        clock.advance(timedelta(seconds=30))
+        await engine.run_once()  # dr-a expired, dr-b offered
+        clock.advance(timedelta(seconds=30))
+        await engine.run_once()  # dr-b expired: everyone tried, so everyone at once
+        assert kinds(await desk.log("dr-a")) == ["offer", "offer_withdrawn", "offer"]
+        assert kinds(await desk.log("dr-b")) == ["offer", "offer_withdrawn", "offer"]
+        assert kinds(await desk.log("dr-em")) == ["offer"]
+        broadcast = next(p for k, p in await desk.log("dr-em") if k == "offer")
+        assert broadcast["broadcast"] is True
+
+        [winning] = await desk.offers("dr-em")
+        assert (await desk.accept("dr-em", winning["offer_id"])).status_code == 200
+        for loser in ("dr-a", "dr-b"):
+            last_kind, last = (await desk.log(loser))[-1]
+            assert (last_kind, last["reason"]) == ("offer_withdrawn", "accepted_elsewhere")
+
+    async def test_nobody_on_call_for_the_specialty_means_the_fallback_at_once(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        await desk.consultant("dr-em1", ["emergency_medicine"])
+        await desk.consultant("dr-em2", ["emergency_medicine"])
+        await desk.consultant("dr-stroke", ["stroke"], on_shift_for=[])  # on the rota, not on shift
+        await desk.send_case(snapshot(clock, specialty="stroke"))
+        await engine.run_once()
+        assert kinds(await desk.log("dr-em1")) == ["offer"]
+        assert kinds(await desk.log("dr-em2")) == ["offer"]
+        assert await desk.log("dr-stroke") == []
+
+    async def test_a_decliner_is_not_asked_again_at_once_in_a_broadcast(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"])
+        await desk.send_case(snapshot(clock))
+        await engine.run_once()
+        [offer] = await desk.offers("dr-a")
+        await desk.decline("dr-a", offer["offer_id"])
+        await engine.run_once()
+        assert kinds(await desk.log("dr-a")) == ["offer"]
+        clock.advance(timedelta(seconds=31))
+        await engine.run_once()  # asked again once the cooling-off has passed
+        assert kinds(await desk.log("dr-a")) == ["offer", "offer"]
+
+
+class TestEscalation:
+    async def test_a_case_nobody_accepts_escalates_and_is_still_offered(
+        self,
+        desk: Desk,
+        engine: RoutingEngine,
+        clock: ManualClock,
+        fake_peers: FakePeer,
+        resources: Resources,
+        router_app: Any,
+    ) -> None:
+        case = snapshot(clock)
+        await desk.send_case(case)
+        await engine.run_once()
+        clock.advance(timedelta(seconds=119))
+        await engine.run_once()
+        await router_app.state.outbox_delivery.deliver_due()
+        assert fake_peers.of_type("consult.escalated") == []
+        clock.advance(timedelta(seconds=1))
+        await engine.run_once()
+        await router_app.state.outbox_delivery.deliver_due()
+        escalations = fake_peers.of_type("consult.escalated")
+        assert [e["peer"] for e in escalations] == [
+            "/internal/triage/events",
+            "/internal/audit/events",
+        ]
+        assert escalations[0]["data"]["reason"] == "not_accepted"
+        assert escalations[0]["data"]["waited_seconds"] == 120
+        sample = resources.registry.get_sample_value(
+            "reach_escalations_total", {"reason": "not_accepted"}
+        )
+        assert sample == 1
+
+        clock.advance(timedelta(seconds=120))
+        await engine.run_once()  # and again, for as long as it waits
+        assert (
+            resources.registry.get_sample_value(
+                "reach_escalations_total", {"reason": "not_accepted"}
+            )
+            == 2
+        )
+
+        await desk.consultant("dr-late", ["frailty"])
+        await engine.run_once()
+        assert offered_case(await desk.log("dr-late")) == case["id"]
+
+    async def test_an_accepted_case_without_advice_escalates(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"])
+        await desk.send_case(snapshot(clock))
+        await engine.run_once()
+        [offer] = await desk.offers("dr-a")
+        await desk.accept("dr-a", offer["offer_id"])
+        clock.advance(timedelta(seconds=900))
+        await engine.run_once()
+        assert (
+            resources.registry.get_sample_value("reach_escalations_total", {"reason": "no_advice"})
+            == 1
+        )
+        assert (
+            resources.registry.get_sample_value(
+                "reach_escalations_total", {"reason": "not_accepted"}
+            )
+            is None
+        )
+
+
+class TestPriorityAndChanges:
+    async def test_worse_observations_move_a_case_up_the_queue(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        older, newer = snapshot(clock, priority=3), None
+        await desk.send_case(older)
+        clock.advance(timedelta(seconds=10))
+        newer = snapshot(clock, priority=3)
+        await desk.send_case(newer)
+        worse = {**newer, "version": 2, "priority": 1}
+        await desk.send_case(worse)
+        await desk.status("dr-a", "available")
+        await engine.run_once()
+        assert offered_case(await desk.log("dr-a")) == newer["id"]
+
+    async def test_a_waiting_case_ages_into_priority(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        patient_one = snapshot(clock, priority=4)
+        await desk.send_case(patient_one)
+        clock.advance(timedelta(minutes=11))  # two ageing steps: 4 -> 2
+        urgent_later = snapshot(clock, priority=3)
+        await desk.send_case(urgent_later)
+        await desk.status("dr-a", "available")
+        await engine.run_once()
+        assert offered_case(await desk.log("dr-a")) == patient_one["id"]
+
+    async def test_cancelling_withdraws_every_offer_and_sends_nothing_else(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        await desk.consultant("dr-em1", ["emergency_medicine"])
+        await desk.consultant("dr-em2", ["emergency_medicine"])
+        case = snapshot(clock, specialty="stroke")
+        await desk.send_case(case)
+        await engine.run_once()
+        await desk.send_case({**case, "version": 2, "status": "cancelled"})
+        await engine.run_once()
+        for name in ("dr-em1", "dr-em2"):
+            log = await desk.log(name)
+            assert kinds(log) == ["offer", "offer_withdrawn"]
+            assert log[1][1]["reason"] == "cancelled"
+        assert await desk.offers("dr-em1") == []
+
+    async def test_a_stale_or_repeated_snapshot_changes_nothing(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"])
+        case = snapshot(clock)
+        await desk.send_case({**case, "version": 2, "priority": 1})
+        assert await desk.send_case({**case, "version": 1, "priority": 4}) == ["accepted"]
+        response = await desk.http.get("/v1/queue", headers={"Authorization": f"Bearer {_coord()}"})
+        assert [item["priority"] for item in response.json()["items"]] == [1]
+
+
+def _coord() -> str:
+    return token("coordinator", "ops")
+
+
+class TestHandover:
+    async def test_an_offer_held_across_the_end_of_a_shift_moves_to_the_next_shift(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        await desk.consultant("dr-night", ["frailty"], on_shift_for=[])
+        await desk.consultant("dr-day", ["frailty"], on_shift_for=[])
+        handover = clock.now() + timedelta(minutes=5)
+        await desk.shift("dr-night", "frailty", handover - timedelta(hours=12), hours=12)
+        await desk.shift("dr-day", "frailty", handover, hours=12)
+        await desk.send_case(snapshot(clock))
+        clock.advance(timedelta(minutes=4, seconds=50))
+        await engine.run_once()
+        assert kinds(await desk.log("dr-night")) == ["offer"]
+        clock.advance(timedelta(seconds=10))  # 10 s into the offer, the night shift ends
+        await engine.run_once()
+        night = await desk.log("dr-night")
+        assert kinds(night) == ["offer", "offer_withdrawn"]
+        assert night[1][1]["reason"] == "reassigned"
+        assert kinds(await desk.log("dr-day")) == ["offer"]

@@ -1,0 +1,241 @@
+"""The consultants' websocket over a real uvicorn on 127.0.0.1, with the routing loop
+running: auth, welcome, live offers to every device, accept, replay after a reconnect,
+presence, and bad, big, fast or silent clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from services.consult_router.app import create_app
+from services.embedded import EmbeddedSettings
+from services.shared.clock import ManualClock
+from services.shared.resources import Resources
+from tests.consult_router.conftest import Desk, snapshot
+from tests.support import running_server, token
+
+
+@pytest.fixture
+def live_settings(settings: EmbeddedSettings) -> EmbeddedSettings:
+    return settings.model_copy(update={"websocket_idle_timeout_seconds": 2.0})
+
+
+@pytest.fixture
+async def server(live_settings: EmbeddedSettings, resources: Resources) -> AsyncIterator[str]:
+    async with running_server(create_app(live_settings, resources=resources)) as address:
+        yield address
+
+
+@pytest.fixture
+async def live_desk(server: str, clock: ManualClock, resources: Resources) -> AsyncIterator[Desk]:
+    async with httpx.AsyncClient(base_url=f"http://{server}") as client:
+        yield Desk(client, clock, resources)
+
+
+async def receive(socket: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), timeout))
+    return message
+
+
+async def receive_type(socket: ClientConnection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The next message of a kind, passing over queue refreshes."""
+    while True:
+        message = await receive(socket, timeout)
+        if message["type"] == kind:
+            return message
+        assert message["type"] == "queue", message
+
+
+async def close_code(socket: ClientConnection) -> int:
+    async def drain() -> None:
+        while True:
+            await asyncio.wait_for(socket.recv(), 10)
+
+    with pytest.raises(ConnectionClosed) as closed:
+        await drain()
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code
+
+
+async def hello(
+    server: str, name: str, *, after: int | None = None
+) -> tuple[ClientConnection, dict[str, Any]]:
+    socket = await connect(f"ws://{server}/v1/consultant/stream")
+    greeting: dict[str, Any] = {"type": "hello", "token": token("consultant", name)}
+    if after is not None:
+        greeting["after"] = after
+    await socket.send(json.dumps(greeting))
+    welcome = await receive(socket)
+    assert welcome["type"] == "welcome", welcome
+    assert (await receive(socket))["type"] == "queue"
+    return socket, welcome
+
+
+class TestHandshake:
+    async def test_refusals_close_with_the_contracts_codes(
+        self, server: str, live_desk: Desk
+    ) -> None:
+        async with connect(f"ws://{server}/v1/consultant/stream") as silent:
+            assert await close_code(silent) == 4401
+        async with connect(f"ws://{server}/v1/consultant/stream") as crew:
+            await crew.send(json.dumps({"type": "hello", "token": token("paramedic", "crew")}))
+            assert await close_code(crew) == 4403
+        async with connect(f"ws://{server}/v1/consultant/stream") as stranger:
+            await stranger.send(
+                json.dumps({"type": "hello", "token": token("consultant", "dr-nobody")})
+            )
+            assert await close_code(stranger) == 4404
+
+    async def test_welcome_carries_the_consultant_and_their_state(
+        self, server: str, live_desk: Desk
+    ) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+        socket, welcome = await hello(server, "dr-a")
+        async with socket:
+            assert welcome["consultant"]["id"] == "dr-a"
+            assert welcome["consultant"]["status"] == "available"
+            assert welcome["consultant"]["connected"] is True
+            assert (welcome["offers"], welcome["consults"]) == ([], [])
+
+
+class TestLiveOffers:
+    async def test_an_offer_reaches_every_device_and_accepting_assigns_the_case(
+        self, server: str, live_desk: Desk, clock: ManualClock
+    ) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+        tablet, _ = await hello(server, "dr-a")
+        phone, _ = await hello(server, "dr-a")
+        async with tablet, phone:
+            case = snapshot(clock)
+            await live_desk.send_case(case)
+            on_tablet = await receive_type(tablet, "offer")
+            on_phone = await receive_type(phone, "offer")
+            assert on_tablet == on_phone
+            assert on_tablet["case"]["id"] == case["id"]
+            await phone.send(json.dumps({"type": "accept", "offer_id": on_phone["offer_id"]}))
+            assigned = await receive_type(tablet, "assigned")
+            assert assigned["case"]["id"] == case["id"]
+            assert assigned["seq"] == on_tablet["seq"] + 1
+
+    async def test_a_broadcast_winner_withdraws_the_others(
+        self, server: str, live_desk: Desk, clock: ManualClock
+    ) -> None:
+        await live_desk.consultant("dr-a", ["emergency_medicine"])
+        await live_desk.consultant("dr-b", ["emergency_medicine"])
+        first, _ = await hello(server, "dr-a")
+        second, _ = await hello(server, "dr-b")
+        async with first, second:
+            await live_desk.send_case(snapshot(clock, specialty="stroke"))
+            offer_a = await receive_type(first, "offer")
+            await receive_type(second, "offer")
+            await first.send(json.dumps({"type": "accept", "offer_id": offer_a["offer_id"]}))
+            withdrawn = await receive_type(second, "offer_withdrawn")
+            assert withdrawn["reason"] == "accepted_elsewhere"
+
+    async def test_a_late_accept_is_an_error_and_the_socket_lives_on(
+        self, server: str, live_desk: Desk, clock: ManualClock
+    ) -> None:
+        await live_desk.consultant("dr-a", ["emergency_medicine"])
+        await live_desk.consultant("dr-b", ["emergency_medicine"])
+        first, _ = await hello(server, "dr-a")
+        second, _ = await hello(server, "dr-b")
+        async with first, second:
+            await live_desk.send_case(snapshot(clock, specialty="stroke"))
+            offer_a = await receive_type(first, "offer")
+            offer_b = await receive_type(second, "offer")
+            await first.send(json.dumps({"type": "accept", "offer_id": offer_a["offer_id"]}))
+            await receive_type(second, "offer_withdrawn")
+            await second.send(json.dumps({"type": "accept", "offer_id": offer_b["offer_id"]}))
+            error = await receive_type(second, "error")
+            assert (error["error"], error["offer_id"]) == ("offer_taken", offer_b["offer_id"])
+            await second.send(json.dumps({"type": "ping"}))
+            assert (await receive_type(second, "pong"))["type"] == "pong"
+
+
+class TestReconnection:
+    async def test_a_device_that_reconnects_with_after_misses_nothing(
+        self, server: str, live_desk: Desk, clock: ManualClock
+    ) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+        await live_desk.consultant("dr-b", ["frailty"])
+        tablet, _ = await hello(server, "dr-a")  # stays connected, so dr-a stays present
+        async with tablet:
+            phone, _ = await hello(server, "dr-a")
+            first_case = snapshot(clock)
+            await live_desk.send_case(first_case)
+            seen = await receive_type(phone, "offer")
+            assert (await receive_type(tablet, "offer"))["offer_id"] == seen["offer_id"]
+            await phone.close()
+            # While the phone is in a lift: the offer is declined on the tablet, another comes.
+            await tablet.send(json.dumps({"type": "decline", "offer_id": seen["offer_id"]}))
+            second_case = snapshot(clock)
+            await live_desk.send_case(second_case)
+            assert (await receive_type(tablet, "offer"))["case"]["id"] == second_case["id"]
+            phone, welcome = await hello(server, "dr-a", after=seen["seq"])
+            async with phone:
+                assert welcome["replay_from"] == seen["seq"]
+                replayed = await receive_type(phone, "offer")
+                assert replayed["seq"] > seen["seq"]
+                assert replayed["case"]["id"] == second_case["id"]
+                assert [o["case"]["id"] for o in welcome["offers"]] == [second_case["id"]]
+
+    async def test_when_the_last_device_goes_the_offer_moves_on_at_once(
+        self, server: str, live_desk: Desk, clock: ManualClock
+    ) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+        await live_desk.consultant("dr-b", ["frailty"])
+        only_a, _ = await hello(server, "dr-a")
+        b_socket, _ = await hello(server, "dr-b")
+        async with b_socket:
+            await live_desk.send_case(snapshot(clock))
+            await receive_type(only_a, "offer")
+            await only_a.close()
+            moved = await receive_type(b_socket, "offer")
+            assert moved["broadcast"] is False
+        admin = {"Authorization": f"Bearer {token('admin', 'x')}"}
+        listed = (await live_desk.http.get("/v1/consultants", headers=admin)).json()
+        assert {c["id"]: c["status"] for c in listed}["dr-a"] == "away"
+
+
+class TestMisbehaviour:
+    async def test_bad_messages_get_errors_and_the_connection_survives(
+        self, server: str, live_desk: Desk
+    ) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+        socket, _ = await hello(server, "dr-a")
+        async with socket:
+            await socket.send("{not json")
+            assert (await receive_type(socket, "error"))["error"] == "malformed_message"
+            await socket.send(json.dumps({"type": "ping", "pad": "x" * 70_000}))
+            assert (await receive_type(socket, "error"))["error"] == "message_too_large"
+            await socket.send(json.dumps({"type": "teleport"}))
+            assert (await receive_type(socket, "error"))["error"] == "unsupported_message"
+            await socket.send(json.dumps({"type": "status", "status": "asleep"}))
+            assert (await receive_type(socket, "error"))["error"] == "bad_message"
+            await socket.send(json.dumps({"type": "accept"}))
+            assert (await receive_type(socket, "error"))["error"] == "bad_message"
+            await socket.send(json.dumps({"type": "status", "status": "busy"}))
+            assert (await receive_type(socket, "status"))["status"] == "busy"
+
+    async def test_a_flood_is_rate_limited(self, server: str, live_desk: Desk) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+        socket, _ = await hello(server, "dr-a")
+        async with socket:
+            for _ in range(40):
+                await socket.send(json.dumps({"type": "ping"}))
+            replies = [await receive(socket) for _ in range(40)]
+            kinds = {reply.get("error", reply["type"]) for reply in replies}
+            assert kinds == {"pong", "rate_limited"}
+
+    async def test_a_silent_socket_is_closed_as_idle(self, server: str, live_desk: Desk) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+        socket, _ = await hello(server, "dr-a")
+        async with socket:
+            assert await close_code(socket) == 1001

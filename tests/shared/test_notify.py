@@ -1,0 +1,110 @@
+"""Wake-ups fire only for committed changes, reach the right subscribers, and on
+PostgreSQL cross from one process's connection to another's (two replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from services.shared.db.engine import create_engine
+from services.shared.db.session import create_sessionmaker, unit_of_work
+from services.shared.notify import LocalNotifier, PostgresNotifier
+from tests.support import asyncpg_dsn, eventually
+
+
+class TestLocal:
+    async def test_only_committed_changes_wake_subscribers(self, database_url: str) -> None:
+        engine = create_engine(database_url)
+        maker = create_sessionmaker(engine)
+        notifier = LocalNotifier()
+        try:
+            with (
+                notifier.subscribe("cases", "case-1") as mine,
+                notifier.subscribe("cases", "case-2") as other,
+            ):
+
+                async def rolled_back() -> None:
+                    async with unit_of_work(maker) as session:
+                        await notifier.publish(session, "cases", "case-1")
+                        raise RuntimeError("rolled back")
+
+                with pytest.raises(RuntimeError):
+                    await rolled_back()
+                assert not await mine.wait(timeout=0.05)
+                async with unit_of_work(maker) as session:
+                    await notifier.publish(session, "cases", "case-1")
+                    assert not await mine.wait(timeout=0.01)  # not before the commit
+                assert await mine.wait(timeout=1)
+                assert not await other.wait(timeout=0.05)
+        finally:
+            await engine.dispose()
+
+    async def test_many_notifications_before_a_wait_count_once(self) -> None:
+        notifier = LocalNotifier()
+        with notifier.subscribe("outbox") as everything:
+            for key in ("a", "b", "c"):
+                notifier.hub.dispatch("outbox", key)
+            assert await everything.wait(timeout=0.1)
+            assert everything.drain_keys() == {"a", "b", "c"}
+            assert not await everything.wait(timeout=0.05)
+        assert notifier.hub.subscriber_count() == 0
+
+    async def test_a_stopping_loop_is_not_kept_waiting(self) -> None:
+        notifier = LocalNotifier()
+        stopping = asyncio.Event()
+        with notifier.subscribe("outbox") as wake:
+            waiter = asyncio.create_task(wake.wait(timeout=30, stopping=stopping))
+            await asyncio.sleep(0.01)
+            stopping.set()
+            assert await asyncio.wait_for(waiter, timeout=1) is False
+
+
+@pytest.fixture
+async def two_replicas(
+    postgres_url: str,
+) -> AsyncIterator[tuple[PostgresNotifier, PostgresNotifier]]:
+    first, second = PostgresNotifier(postgres_url), PostgresNotifier(postgres_url)
+    for notifier in (first, second):
+        await notifier.listen("cases")
+        await notifier.start()
+    yield first, second
+    for notifier in (first, second):
+        await notifier.stop()
+
+
+@pytest.mark.postgres
+class TestPostgres:
+    async def test_a_commit_on_one_replica_wakes_the_other(
+        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+    ) -> None:
+        writer, reader = two_replicas
+        engine = create_engine(postgres_url)
+        try:
+            with reader.subscribe("cases", "case-9") as wake:
+                async with unit_of_work(create_sessionmaker(engine)) as session:
+                    await writer.publish(session, "cases", "case-9")
+                assert await wake.wait(timeout=5)
+        finally:
+            await engine.dispose()
+
+    async def test_after_losing_its_connection_it_listens_again_and_wakes_everyone(
+        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+    ) -> None:
+        _, reader = two_replicas
+        with reader.subscribe("cases") as wake:
+            admin = await asyncpg.connect(asyncpg_dsn(postgres_url))
+            try:
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query LIKE 'LISTEN%' AND datname = current_database()"
+                )
+                assert await wake.wait(timeout=10)  # woken on reconnecting
+                await eventually(lambda: reader.connected.is_set(), timeout=10)
+                await admin.execute("SELECT pg_notify('reach_cases', 'after-reconnect')")
+                assert await wake.wait(timeout=5)
+                assert "after-reconnect" in wake.drain_keys()
+            finally:
+                await admin.close()

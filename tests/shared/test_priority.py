@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+
+from services.shared.domain.news2 import News2Result
+from services.shared.domain.priority import aged_priority, case_priority
+from services.shared.domain.vocabulary import CallCategory, News2Risk, RiskFlag
+
+
+def result(score: int, risk: News2Risk, red_flag: bool = False) -> News2Result:
+    return News2Result(score=score, risk=risk, red_flag=red_flag, scale=1)
+
+
+class TestCasePriority:
+    @pytest.mark.parametrize(
+        ("news2", "category", "flags", "expected"),
+        [
+            (result(8, News2Risk.HIGH), CallCategory.C3, [], 1),
+            (result(5, News2Risk.MEDIUM), CallCategory.C4, [], 2),
+            (result(3, News2Risk.LOW_MEDIUM, True), CallCategory.C4, [], 2),
+            (result(1, News2Risk.LOW), CallCategory.C4, [], 4),
+            (result(1, News2Risk.LOW), CallCategory.C2, [], 2),
+            (result(1, News2Risk.LOW), CallCategory.C1, [], 1),
+            (result(0, News2Risk.LOW), CallCategory.C4, [RiskFlag.CANNOT_WALK], 3),
+            (None, CallCategory.C4, [], 3),
+        ],
+    )
+    def test_most_urgent_signal_wins(
+        self,
+        news2: News2Result | None,
+        category: CallCategory,
+        flags: list[RiskFlag],
+        expected: int,
+    ) -> None:
+        assert case_priority(news2=news2, call_category=category, risk_flags=flags) == expected
+
+
+class TestAgeing:
+    def test_waiting_raises_priority_one_level_per_step_never_above_one(self) -> None:
+        assert aged_priority(4, waited_seconds=0, ageing_step_seconds=300) == 4
+        assert aged_priority(4, waited_seconds=299, ageing_step_seconds=300) == 4
+        assert aged_priority(4, waited_seconds=300, ageing_step_seconds=300) == 3
+        assert aged_priority(4, waited_seconds=3600, ageing_step_seconds=300) == 1
+
+    def test_no_step_means_no_ageing(self) -> None:
+        assert aged_priority(3, waited_seconds=10_000, ageing_step_seconds=0) == 3

@@ -1,0 +1,84 @@
+"""What every app gets from `install_common`: the envelope for the unexpected, readiness
+that tells the truth about the database, per-route metrics with templates as labels."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.shared.resources import Resources, open_resources
+from services.shared.settings import ServiceSettings
+from services.shared.web import install_common
+from tests.support import INTERNAL_SECRET, JWT_SECRET
+
+PATIENT_DETAIL = "Mrs Zebedee-Quartermaine 9434765919"
+
+
+def settings_for(url: str, tmp_path: Path) -> ServiceSettings:
+    return ServiceSettings(
+        database_url=url, data_dir=tmp_path, jwt_secret=JWT_SECRET, internal_secret=INTERNAL_SECRET
+    )
+
+
+async def client_for(resources: Resources) -> AsyncIterator[httpx.AsyncClient]:
+    app = FastAPI()
+    install_common(app, service="probe", max_body_bytes=1024 * 1024)
+    app.state.resources = resources
+
+    @app.get("/v1/things/{thing_id}")
+    async def explode(thing_id: str) -> None:
+        raise RuntimeError(f"{PATIENT_DETAIL} broke {thing_id}")
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        yield client
+
+
+@pytest.fixture
+async def client(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with open_resources(settings_for(database_url, tmp_path)) as resources:
+        async for built in client_for(resources):
+            yield built
+
+
+class TestUnexpectedErrors:
+    async def test_an_unhandled_error_is_a_generic_500_with_the_request_id(
+        self, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with caplog.at_level(logging.ERROR, logger="reach"):
+            response = await client.get("/v1/things/t-1")
+        assert response.status_code == 500
+        body = response.json()
+        assert body["error"] == "internal_error"
+        assert body["request_id"] == response.headers["x-request-id"]
+        assert PATIENT_DETAIL not in response.text
+        # The log names the route template and the error's kind, never the request's values.
+        assert "unhandled on GET /v1/things/{thing_id}: RuntimeError" in caplog.text
+        assert PATIENT_DETAIL not in caplog.text
+        assert "t-1" not in caplog.text
+
+    async def test_metrics_label_routes_by_template(self, client: httpx.AsyncClient) -> None:
+        await client.get("/v1/things/t-1")
+        await client.get("/v1/things/t-2")
+        text = (await client.get("/metrics")).text
+        assert 'route="/v1/things/{thing_id}"' in text
+        assert "t-1" not in text
+
+
+class TestReadiness:
+    async def test_ready_when_the_database_answers(self, client: httpx.AsyncClient) -> None:
+        assert (await client.get("/readyz")).status_code == 200
+
+    async def test_not_ready_but_alive_when_it_does_not(self, tmp_path: Path) -> None:
+        unreachable = "sqlite+aiosqlite:////proc/reach-nowhere/reach.db"
+        async with open_resources(settings_for(unreachable, tmp_path)) as resources:
+            async for client in client_for(resources):
+                ready = await client.get("/readyz")
+                assert ready.status_code == 503
+                assert ready.json()["status"] == "unavailable"
+                assert (await client.get("/healthz")).status_code == 200

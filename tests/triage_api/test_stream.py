@@ -1,0 +1,185 @@
+"""The crew's live stream over a real uvicorn on 127.0.0.1, driven by the `websockets`
+client: replay from `after`, live events, reconnection, auth and bad messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from services.embedded import EmbeddedSettings
+from services.shared.resources import Resources
+from services.triage_api.app import create_app
+from tests.factories import NORMAL_OBSERVATIONS, case_body, idempotency_key
+from tests.support import auth, running_server, token
+
+CREW = auth("paramedic", "crew-ne23")
+
+
+@pytest.fixture
+async def server(settings: EmbeddedSettings, resources: Resources) -> AsyncIterator[str]:
+    app: FastAPI = create_app(settings, resources=resources)
+    async with running_server(app) as address:
+        yield address
+
+
+@pytest.fixture
+async def client(server: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://{server}") as http_client:
+        yield http_client
+
+
+async def new_case(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/cases", json=case_body(), headers={**CREW, "Idempotency-Key": idempotency_key()}
+    )
+    case: dict[str, Any] = response.json()
+    return case
+
+
+async def next_message(socket: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), timeout))
+    return message
+
+
+async def close_code(socket: ClientConnection) -> int:
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(socket.recv(), 5)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code
+
+
+async def record_observations(client: httpx.AsyncClient, case_id: str, pulse: int) -> None:
+    response = await client.post(
+        f"/v1/cases/{case_id}/observations",
+        json={**NORMAL_OBSERVATIONS, "pulse": pulse},
+        headers=CREW,
+    )
+    assert response.status_code == 200
+
+
+class TestReplayAndLive:
+    async def test_replays_the_past_then_streams_live_events(
+        self, server: str, client: httpx.AsyncClient
+    ) -> None:
+        case = await new_case(client)
+        async with connect(f"ws://{server}/v1/cases/{case['id']}/stream") as socket:
+            await socket.send(
+                json.dumps({"type": "hello", "token": token("paramedic", "crew-ne23")})
+            )
+            queued = await next_message(socket)
+            assert (queued["seq"], queued["type"]) == (1, "queued")
+            await record_observations(client, case["id"], pulse=120)
+            live = await next_message(socket)
+            assert (live["seq"], live["type"]) == (2, "observations_updated")
+            assert live["data"]["news2"]["subscores"]["pulse"] == 2
+
+    async def test_a_client_that_reconnects_with_its_last_seq_misses_nothing(
+        self, server: str, client: httpx.AsyncClient
+    ) -> None:
+        case = await new_case(client)
+        url = f"ws://{server}/v1/cases/{case['id']}/stream"
+        hello = {"type": "hello", "token": token("paramedic", "crew-ne23")}
+        seen: list[dict[str, Any]] = []
+        async with connect(url) as socket:
+            await socket.send(json.dumps(hello))
+            seen.append(await next_message(socket))
+        for pulse in (95, 115, 135):  # while the crew is in a tunnel
+            await record_observations(client, case["id"], pulse=pulse)
+        async with connect(url) as socket:
+            await socket.send(json.dumps({**hello, "after": seen[-1]["seq"]}))
+            for _ in range(3):
+                seen.append(await next_message(socket))
+            await record_observations(client, case["id"], pulse=80)
+            seen.append(await next_message(socket))
+        assert [m["seq"] for m in seen] == [1, 2, 3, 4, 5]
+        polled = (await client.get(f"/v1/cases/{case['id']}/events", headers=CREW)).json()
+        assert polled["items"] == seen
+
+    async def test_header_authentication_and_after_in_the_query(
+        self, server: str, client: httpx.AsyncClient
+    ) -> None:
+        case = await new_case(client)
+        await record_observations(client, case["id"], pulse=100)
+        async with connect(
+            f"ws://{server}/v1/cases/{case['id']}/stream?after=1", additional_headers=CREW
+        ) as socket:
+            message = await next_message(socket)
+            assert (message["seq"], message["type"]) == (2, "observations_updated")
+
+    async def test_a_coordinator_may_watch_any_case(
+        self, server: str, client: httpx.AsyncClient
+    ) -> None:
+        case = await new_case(client)
+        async with connect(f"ws://{server}/v1/cases/{case['id']}/stream") as socket:
+            await socket.send(json.dumps({"type": "hello", "token": token("coordinator", "ops")}))
+            assert (await next_message(socket))["type"] == "queued"
+
+
+class TestRefusals:
+    async def test_no_hello_in_time_closes_4401(
+        self, server: str, client: httpx.AsyncClient
+    ) -> None:
+        case = await new_case(client)
+        async with connect(f"ws://{server}/v1/cases/{case['id']}/stream") as socket:
+            assert await close_code(socket) == 4401
+
+    @pytest.mark.parametrize(
+        "hello",
+        [
+            {"type": "hello", "token": "forged"},
+            {"type": "hello"},
+            {"type": "ping"},
+            "not json",
+        ],
+    )
+    async def test_a_bad_hello_closes_4401(
+        self, server: str, client: httpx.AsyncClient, hello: Any
+    ) -> None:
+        case = await new_case(client)
+        async with connect(f"ws://{server}/v1/cases/{case['id']}/stream") as socket:
+            await socket.send(hello if isinstance(hello, str) else json.dumps(hello))
+            assert await close_code(socket) == 4401
+
+    async def test_the_wrong_role_closes_4403(self, server: str, client: httpx.AsyncClient) -> None:
+        case = await new_case(client)
+        async with connect(f"ws://{server}/v1/cases/{case['id']}/stream") as socket:
+            await socket.send(json.dumps({"type": "hello", "token": token("consultant", "dr-a")}))
+            assert await close_code(socket) == 4403
+
+    async def test_another_crews_case_closes_4404(
+        self, server: str, client: httpx.AsyncClient
+    ) -> None:
+        case = await new_case(client)
+        async with connect(f"ws://{server}/v1/cases/{case['id']}/stream") as socket:
+            await socket.send(json.dumps({"type": "hello", "token": token("paramedic", "crew-x")}))
+            assert await close_code(socket) == 4404
+
+
+class TestMessages:
+    async def test_ping_pong_and_bad_messages_keep_the_connection(
+        self, server: str, client: httpx.AsyncClient
+    ) -> None:
+        case = await new_case(client)
+        async with connect(f"ws://{server}/v1/cases/{case['id']}/stream") as socket:
+            await socket.send(
+                json.dumps({"type": "hello", "token": token("paramedic", "crew-ne23")})
+            )
+            assert (await next_message(socket))["type"] == "queued"
+            await socket.send(json.dumps({"type": "ping"}))
+            assert await next_message(socket) == {"type": "pong"}
+            await socket.send("{not json")
+            assert (await next_message(socket))["error"] == "malformed_message"
+            await socket.send(json.dumps({"type": "ping", "padding": "x" * 70_000}))
+            assert (await next_message(socket))["error"] == "message_too_large"
+            await socket.send(json.dumps({"type": "accept"}))
+            assert (await next_message(socket))["error"] == "unsupported_message"
+            await record_observations(client, case["id"], pulse=99)
+            assert (await next_message(socket))["type"] == "observations_updated"
