@@ -16,6 +16,8 @@ from services.shared.db.engine import create_engine
 from services.shared.settings import ServiceSettings
 
 config = context.config
+# An arbitrary constant naming reach's migration lock among PostgreSQL advisory locks.
+_MIGRATION_LOCK = 0x72656163
 target_metadata = models.Base.metadata
 
 
@@ -35,6 +37,11 @@ def _configure(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Two migrators at once (a re-run Job, `serve --migrate` on several replicas)
+            # queue here; the second finds the schema already at head. SQLite's
+            # `BEGIN IMMEDIATE` serialises them there.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         context.run_migrations()
 
 
