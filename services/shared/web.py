@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.shared.db.engine import database_unreachable
 from services.shared.errors import install_error_handlers
 from services.shared.observability import MetricsMiddleware, log_failure, metrics_endpoint
 from services.shared.request_context import (
@@ -35,7 +36,14 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 READY_TIMEOUT_SECONDS = 2.0
 
 
-async def _send_envelope(send: Send, status: int, code: str, detail: str) -> None:
+async def _send_envelope(
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = json.dumps({"error": code, "detail": detail, "request_id": current_request_id()})
     await send(
         {
@@ -44,6 +52,7 @@ async def _send_envelope(send: Send, status: int, code: str, detail: str) -> Non
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(headers or []),
             ],
         }
     )
@@ -81,6 +90,19 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
+            if database_unreachable(exc):
+                logger.warning(
+                    "database unreachable on %s %s", scope.get("method", "WS"), _route_of(scope)
+                )
+                if scope["type"] == "http" and not started:
+                    await _send_envelope(
+                        send_with_id,
+                        503,
+                        "database_unavailable",
+                        "the service cannot reach its database; retry shortly",
+                        headers=[(b"retry-after", b"2")],
+                    )
+                return
             # Where it failed and what kind of error, never the message: a message may
             # carry values from the request, and those may be a patient's.
             log_failure(logger, f"unhandled on {scope.get('method', 'WS')} {_route_of(scope)}", exc)

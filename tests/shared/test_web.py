@@ -4,11 +4,14 @@ that tells the truth about the database, per-route metrics with templates as lab
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg.exceptions as asyncpg_errors
 import httpx
 import pytest
+import sqlalchemy.exc as sqlalchemy_errors
 from fastapi import FastAPI
 
 from services.shared.resources import Resources, open_resources
@@ -34,6 +37,16 @@ async def client_for(resources: Resources) -> AsyncIterator[httpx.AsyncClient]:
     async def explode(thing_id: str) -> None:
         raise RuntimeError(f"{PATIENT_DETAIL} broke {thing_id}")
 
+    @app.get("/v1/unreachable/{kind}")
+    async def unreachable(kind: str) -> None:
+        # What SQLAlchemy raises when the database is down, restarting, or busy.
+        causes: dict[str, Exception] = {
+            "refused": ConnectionRefusedError(111, "connection refused"),
+            "shutdown": asyncpg_errors.AdminShutdownError("terminating connection"),
+            "sqlite-busy": sqlite3.OperationalError("database is locked"),
+        }
+        raise sqlalchemy_errors.OperationalError("SELECT 1", {}, causes[kind])
+
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
         yield client
@@ -47,6 +60,15 @@ async def client(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.Async
 
 
 class TestUnexpectedErrors:
+    @pytest.mark.parametrize("kind", ["refused", "shutdown", "sqlite-busy"])
+    async def test_an_unreachable_database_is_a_503_to_retry(
+        self, client: httpx.AsyncClient, kind: str
+    ) -> None:
+        response = await client.get(f"/v1/unreachable/{kind}")
+        assert response.status_code == 503
+        assert response.json()["error"] == "database_unavailable"
+        assert response.headers["retry-after"] == "2"
+
     async def test_an_unhandled_error_is_a_generic_500_with_the_request_id(
         self, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
     ) -> None:

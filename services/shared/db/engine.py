@@ -9,8 +9,11 @@ several processes share the file.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import asyncpg.exceptions as asyncpg_errors
+import sqlalchemy.exc as sqlalchemy_errors
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -69,3 +72,43 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# Failures that mean "the database cannot be reached right now" (down, restarting, the
+# network, every pooled connection busy), not "this request is wrong" nor a bug.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg_errors.PostgresConnectionError,
+    asyncpg_errors.OperatorInterventionError,
+    asyncpg_errors.InterfaceError,
+    sqlalchemy_errors.TimeoutError,
+)
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc`, or what caused it, says the database could not be reached.
+
+    Such a failure is answered with 503 and `Retry-After`, and the client retries: the
+    crew's app keeps its Idempotency-Key, so a retry never makes a second case.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _UNREACHABLE):
+            return True
+        if isinstance(current, sqlalchemy_errors.DBAPIError) and current.connection_invalidated:
+            return True
+        if _sqlite_busy(current):
+            return True
+        wrapped = getattr(current, "orig", None)  # a DBAPIError's driver error
+        if isinstance(wrapped, BaseException) and wrapped is not current:
+            current = wrapped
+        else:
+            current = current.__cause__ or current.__context__
+    return False
+
+
+def _sqlite_busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
