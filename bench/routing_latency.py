@@ -1,0 +1,228 @@
+"""Routing latency: from `POST /v1/cases` returning to the offer arriving on a connected
+consultant's websocket, at a steady rate of cases, on the embedded default (SQLite) and on
+PostgreSQL. The yardstick is the round trip of `GET /healthz` measured in the same run.
+
+Targets: p50 <= 5 ms and p99 <= 25 ms at 50 cases/s.
+
+Ten consultants on shift for frailty keep a socket open; each case is cancelled by its
+crew as soon as its offer arrives, so consultants are free for the next one and the open
+queue stays short, as it does in service.
+
+    python -m bench.routing_latency [--rates 10 50] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from websockets.asyncio.client import connect
+
+from bench.harness import (
+    BENCH_SECRET,
+    PYTHON,
+    base_env,
+    fail,
+    free_port,
+    fresh_postgres,
+    fresh_sqlite,
+    machine_report,
+    migrate,
+    serve,
+)
+from services.shared.auth import mint_token
+from services.shared.clock import SystemClock
+from tests.factories import case_body
+
+CONSULTANTS = 10
+WARM_UP_CASES = 20
+
+
+def token(role: str, sub: str) -> str:
+    return mint_token(BENCH_SECRET, sub=sub, role=role, name=sub, clock=SystemClock())
+
+
+@dataclass
+class Run:
+    sent_at: dict[str, float] = field(default_factory=dict)  # reference -> POST returned
+    offered_at: dict[str, float] = field(default_factory=dict)  # reference -> first offer
+    case_ids: dict[str, str] = field(default_factory=dict)
+    health_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    cancels: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+async def seed(http: httpx.AsyncClient) -> None:
+    admin = {"Authorization": f"Bearer {token('admin', 'bench-admin')}"}
+    now = datetime.now(UTC)
+    for index in range(CONSULTANTS):
+        consultant = f"dr-{index}"
+        response = await http.put(
+            f"/v1/consultants/{consultant}",
+            json={"name": consultant, "grade": "consultant", "specialties": ["frailty"]},
+            headers=admin,
+        )
+        response.raise_for_status()
+        response = await http.post(
+            "/v1/shifts",
+            json={
+                "consultant_id": consultant, "specialty": "frailty",
+                "starts_at": (now - timedelta(hours=1)).isoformat(),
+                "ends_at": (now + timedelta(hours=6)).isoformat(),
+            },
+            headers=admin,
+        )  # fmt: skip
+        response.raise_for_status()
+
+
+async def consultant(base: str, index: int, run: Run, http: httpx.AsyncClient) -> None:
+    url = base.replace("http://", "ws://") + "/v1/consultant/stream"
+    crew = {"Authorization": f"Bearer {token('paramedic', 'bench-crew')}"}
+    async with connect(url, max_queue=None) as socket:
+        await socket.send(
+            json.dumps({"type": "hello", "token": token("consultant", f"dr-{index}")})
+        )
+        await socket.send(json.dumps({"type": "status", "status": "available"}))
+        while True:
+            message = json.loads(await socket.recv())
+            if message["type"] != "offer":
+                continue
+            arrived = time.perf_counter()
+            reference = message["case"]["reference"]
+            run.offered_at.setdefault(reference, arrived)
+            task = asyncio.create_task(cancel(http, run, reference, crew))
+            run.cancels.add(task)
+            task.add_done_callback(run.cancels.discard)
+
+
+async def cancel(http: httpx.AsyncClient, run: Run, reference: str, crew: dict[str, str]) -> None:
+    # The POST may not have returned yet when its offer arrives: wait for its id.
+    for _attempt in range(200):
+        case_id = run.case_ids.get(reference)
+        if case_id is not None:
+            break
+        await asyncio.sleep(0.005)
+    else:
+        return
+    response = await http.post(
+        f"/v1/cases/{case_id}/cancel", json={"reason": "benchmark"}, headers=crew
+    )
+    if response.status_code != 200:
+        run.errors += 1
+
+
+async def submit(http: httpx.AsyncClient, run: Run, number: int, *, record: bool) -> None:
+    headers = {
+        "Authorization": f"Bearer {token('paramedic', 'bench-crew')}",
+        "Idempotency-Key": f"bench-routing-{number}-{time.time_ns()}",
+    }
+    response = await http.post("/v1/cases", json=case_body(), headers=headers)
+    returned = time.perf_counter()
+    if response.status_code != 201:
+        run.errors += 1
+        return
+    case = response.json()
+    run.case_ids[case["reference"]] = case["id"]
+    if record:
+        run.sent_at[case["reference"]] = returned
+
+
+async def health(http: httpx.AsyncClient, run: Run, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        started = time.perf_counter()
+        await http.get("/healthz")
+        run.health_ms.append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(0.05)
+
+
+async def measure(base: str, rate: float, seconds: float) -> tuple[Run, int]:
+    run = Run()
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
+        await seed(http)
+        sockets = [asyncio.create_task(consultant(base, i, run, http)) for i in range(CONSULTANTS)]
+        await asyncio.sleep(1.0)  # every consultant connected and available
+        for number in range(WARM_UP_CASES):
+            await submit(http, run, -number - 1, record=False)
+        await asyncio.sleep(1.0)
+        stop = asyncio.Event()
+        prober = asyncio.create_task(health(http, run, stop))
+        count = int(rate * seconds)
+        start = time.perf_counter()
+        posts = []
+        for number in range(count):
+            # Open loop: cases arrive on schedule whether or not earlier ones are done.
+            delay = start + number / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            posts.append(asyncio.create_task(submit(http, run, number, record=True)))
+        await asyncio.gather(*posts)
+        await asyncio.sleep(2.0)  # the last offers arrive; a case never offered shows below
+        stop.set()
+        await prober
+        for task in sockets:
+            task.cancel()
+        await asyncio.gather(*sockets, return_exceptions=True)
+    return run, count
+
+
+def centile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def report(backend: str, rate: float, run: Run, count: int) -> None:
+    latencies = [
+        (run.offered_at[ref] - sent) * 1000
+        for ref, sent in run.sent_at.items()
+        if ref in run.offered_at
+    ]
+    missing = len(run.sent_at) - len(latencies)
+    if not latencies:
+        print(f"{backend:<10} {rate:>5.0f}/s  no offers arrived ({run.errors} errors)")
+        return
+    health = statistics.median(run.health_ms)
+    p50, p99, worst = centile(latencies, 0.5), centile(latencies, 0.99), max(latencies)
+    print(
+        f"{backend:<10} {rate:>5.0f}/s  cases {count:>5}  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms"
+        f"  max {worst:7.1f} ms  healthz {health:5.2f} ms  p50/healthz {p50 / health:6.1f}x"
+        f"  never offered {missing}  errors {run.errors}"
+    )
+
+
+def bench_backend(backend: str, url: str, rates: list[float], seconds: float) -> None:
+    migrate(url)
+    port = free_port()
+    env = base_env(REACH_DATABASE_URL=url, REACH_CONSULT_LIMIT="10", REACH_ENVIRONMENT="dev")
+    command = [PYTHON, "-m", "services.cli", "serve", "--port", str(port)]
+    with serve(command, env=env, port=port, name=f"routing-{backend}") as server:
+        for rate in rates:
+            run, count = asyncio.run(measure(server.base_url, rate, seconds))
+            report(backend, rate, run, count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", type=float, nargs="+", default=[10.0, 50.0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    print(machine_report())
+    print(f"settings  {CONSULTANTS} consultants connected, {args.seconds:.0f} s per rate")
+    bench_backend("sqlite", fresh_sqlite("routing"), args.rates, args.seconds)
+    postgres = fresh_postgres("reach_bench_routing")
+    if postgres is None:
+        print("postgresql: no server answers; skipped")
+    else:
+        bench_backend("postgresql", postgres, args.rates, args.seconds)
+    if not postgres:
+        fail("PostgreSQL is needed for the second half")
+
+
+if __name__ == "__main__":
+    main()
