@@ -104,8 +104,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(command: list[str], *, env: dict[str, str], port: int, name: str) -> Iterator[Server]:
-    """Run a server on core SERVER_CPU until the block ends; wait for /readyz or /docs."""
+def serve(
+    command: list[str], *, env: dict[str, str], port: int, name: str, probe: str = "http"
+) -> Iterator[Server]:
+    """Run a server on core SERVER_CPU until the block ends; wait until it answers
+    (`/docs` over HTTP, or just a TCP connection for a bare websocket server)."""
     log = Path(tempfile.gettempdir()) / f"reach-bench-{name}.log"
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as sink:
@@ -117,8 +120,15 @@ def serve(command: list[str], *, env: dict[str, str], port: int, name: str) -> I
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 fail(f"{name} exited early; see {log}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/docs", timeout=1).status_code == 200:
+            if probe == "http":
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{base}/docs", timeout=1).status_code == 200:
+                        break
+            else:
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), timeout=1),
+                ):
                     break
             time.sleep(0.1)
         else:

@@ -9,7 +9,15 @@ from functools import partial
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.consult_router import SERVICE_NAME, api_consultant, api_rota, cases, ws
+from services.consult_router import (
+    SERVICE_NAME,
+    api_consultant,
+    api_rota,
+    cases,
+    presence,
+    snapshots,
+    ws,
+)
 from services.consult_router.context import (
     CONSULTANT_CHANNEL,
     QUEUE_CHANNEL,
@@ -23,7 +31,7 @@ from services.consult_router.settings import RouterSettings
 from services.shared.auth import ServiceTokenSigner
 from services.shared.clients.peers import EVENTS_PATH, Peer, PeerClient
 from services.shared.db.models import ConsultInbox, ConsultOutbox
-from services.shared.db.session import unit_of_work
+from services.shared.db.session import in_transaction, unit_of_work
 from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, events_router
 from services.shared.outbox.writer import outbox_channel
 from services.shared.resources import Resources, open_resources
@@ -98,6 +106,23 @@ def create_app(
             ):
                 await res.notifier.listen(channel)
             tasks = await stack.enter_async_context(background_tasks())
+            # Neither is work anyone claims: every replica keeps its own consultants'
+            # presence alive and broadcasts to its own dashboards.
+            tasks.start(
+                f"{SERVICE_NAME}-presence",
+                partial(presence.keep_alive, ctx=ctx, maker=res.sessionmaker),
+            )
+            tasks.start(
+                f"{SERVICE_NAME}-queue-feed",
+                partial(
+                    ctx.queue_feed.run,
+                    notifier=res.notifier,
+                    channel=QUEUE_CHANNEL,
+                    load=partial(
+                        in_transaction, res.sessionmaker, partial(snapshots.open_queue, ctx=ctx)
+                    ),
+                ),
+            )
             if settings.background_tasks:
                 tasks.start(f"{SERVICE_NAME}-routing", engine.run)
                 tasks.start(f"{SERVICE_NAME}-outbox", delivery.run)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.consult_router.queue_feed import QueueFeed
 from services.consult_router.settings import RouterSettings
 from services.shared.clock import Clock
 from services.shared.notify import Notifier
@@ -78,3 +79,5 @@ class RouterContext:
     metrics: RouterMetrics
     # Names this process's presence rows, so a dead process's rows can be told apart.
     replica_id: str = field(default_factory=new_replica_id)
+    # The open queue, read once per change and shared by this process's dashboards.
+    queue_feed: QueueFeed = field(default_factory=QueueFeed)

@@ -1,12 +1,15 @@
 """Consultants' live connections, across processes.
 
-Each socket is a row, refreshed while it lives. When a consultant's last connection
+Each socket is a row, refreshed while its process lives. When a consultant's last connection
 closes — or the process holding it dies and its rows lapse — their open offers move on
 at once and they are marked away, so nothing is offered to someone who is not looking.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from datetime import datetime, timedelta
 
@@ -18,7 +21,11 @@ from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import rota as rota_repo
 from services.shared.db.models import ConsultConnection
+from services.shared.db.session import SessionMaker, unit_of_work
 from services.shared.domain.vocabulary import ConsultantStatus
+from services.shared.observability import log_failure
+
+logger = logging.getLogger("reach.router.presence")
 
 
 async def connect(session: AsyncSession, ctx: RouterContext, consultant_id: str) -> str:
@@ -34,8 +41,22 @@ async def connect(session: AsyncSession, ctx: RouterContext, consultant_id: str)
     return connection.id
 
 
-async def heartbeat(session: AsyncSession, ctx: RouterContext, connection_id: str) -> None:
-    await rota_repo.touch_connection(session, connection_id, at=ctx.clock.now())
+async def heartbeat(session: AsyncSession, ctx: RouterContext) -> None:
+    """This process is alive: refresh every connection it holds, in one statement (one
+    per process per interval, however many dashboards are connected)."""
+    await rota_repo.touch_replica_connections(session, ctx.replica_id, at=ctx.clock.now())
+
+
+async def keep_alive(stopping: asyncio.Event, *, ctx: RouterContext, maker: SessionMaker) -> None:
+    """The process's presence heartbeat, until `stopping` is set."""
+    while not stopping.is_set():
+        try:
+            async with unit_of_work(maker) as session:
+                await heartbeat(session, ctx)
+        except Exception as exc:  # the database is away: the next beat tries again
+            log_failure(logger, "presence heartbeat failed", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), ctx.settings.presence_heartbeat_seconds)
 
 
 async def disconnect(session: AsyncSession, ctx: RouterContext, connection_id: str) -> None:

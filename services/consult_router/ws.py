@@ -29,7 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.consult_router import consults, presence, snapshots
-from services.consult_router.context import CONSULTANT_CHANNEL, QUEUE_CHANNEL, RouterContext
+from services.consult_router.context import CONSULTANT_CHANNEL, RouterContext
+from services.consult_router.queue_feed import encode_items
 from services.consult_router.repository import messages as message_repo
 from services.consult_router.repository import rota as rota_repo
 from services.consult_router.schemas import ConsultantSnapshot, QueueItem
@@ -56,7 +57,6 @@ from services.shared.ws import (
 logger = logging.getLogger("reach.router.stream")
 
 _BATCH = 200
-_QUEUE_DEBOUNCE_SECONDS = 0.2
 _DROPPED_BEFORE_CLOSING = 200
 
 
@@ -81,6 +81,8 @@ class _Line:
     tokens: float
     refilled_at: float = field(default_factory=time.monotonic)
     dropped: int = 0
+    welcomed: bool = False
+    queue_missed: bool = False
 
     async def send(self, kind: str, **body: Any) -> None:
         await self.sender.send({"type": kind, "seq": self.last_seq, **body})
@@ -153,14 +155,12 @@ async def _serve(
     consultant_id = line.principal.sub
     with (
         ctx.notifier.subscribe(CONSULTANT_CHANNEL, consultant_id) as mine,
-        ctx.notifier.subscribe(QUEUE_CHANNEL) as queue,
+        ctx.queue_feed.watch(partial(_deliver_queue, line)),
     ):
         await _welcome(line, resources, ctx, replay_from)
         done, _ = await run_until_first_ends(
             _pump(line, resources, ctx, mine),
             _listen(line, resources, ctx),
-            _queue(line, resources, ctx, queue),
-            _heartbeat(line, resources, ctx),
             lifetime=ctx.settings.websocket_max_lifetime_seconds,
         )
     reason = "reconnect with after"
@@ -197,7 +197,23 @@ async def _welcome(
     await line.sender.send(
         {"type": "welcome", "seq": snapshot.last_seq, "replay_from": replay_from, **body}
     )
-    await line.send("queue", items=[item.model_dump(mode="json") for item in items])
+    await line.sender.send_text(_queue_message(line, encode_items(items)))
+    line.welcomed = True
+    if line.queue_missed:  # the queue changed while the welcome was on its way
+        fresh = await in_transaction(resources.sessionmaker, partial(snapshots.open_queue, ctx=ctx))
+        await line.sender.send_text(_queue_message(line, encode_items(fresh)))
+
+
+def _queue_message(line: _Line, encoded_items: str) -> str:
+    return f'{{"type":"queue","seq":{line.last_seq},"items":{encoded_items}}}'
+
+
+async def _deliver_queue(line: _Line, encoded_items: str) -> None:
+    """The queue feed's delivery to this socket; held back until the welcome is out."""
+    if not line.welcomed:
+        line.queue_missed = True
+        return
+    await line.sender.send_text(_queue_message(line, encoded_items))
 
 
 async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Subscription) -> None:
@@ -216,26 +232,6 @@ async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Sub
             await line.sender.send({"type": message.type, "seq": message.seq, **message.payload})
         if len(logged) < _BATCH:
             await wake.wait(timeout=ctx.settings.stream_poll_seconds)
-
-
-async def _queue(line: _Line, resources: Resources, ctx: RouterContext, wake: Subscription) -> None:
-    while True:
-        await wake.wait(timeout=None)
-        await asyncio.sleep(_QUEUE_DEBOUNCE_SECONDS)  # one refresh for a burst of changes
-        wake.drain_keys()
-        items = await in_transaction(
-            resources.sessionmaker, lambda session: snapshots.open_queue(session, ctx)
-        )
-        await line.send("queue", items=[item.model_dump(mode="json") for item in items])
-
-
-async def _heartbeat(line: _Line, resources: Resources, ctx: RouterContext) -> None:
-    while True:
-        await asyncio.sleep(ctx.settings.presence_heartbeat_seconds)
-        await in_transaction(
-            resources.sessionmaker,
-            lambda session: presence.heartbeat(session, ctx, line.connection_id),
-        )
 
 
 async def _listen(line: _Line, resources: Resources, ctx: RouterContext) -> None:

@@ -42,8 +42,12 @@ class Sender:
         self._lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
+        await self.send_text(json.dumps(message, separators=(",", ":")))
+
+    async def send_text(self, encoded: str) -> None:
+        """Send a message already encoded (one encoding shared by many sockets)."""
         async with self._lock:
-            await self._websocket.send_text(json.dumps(message, separators=(",", ":")))
+            await self._websocket.send_text(encoded)
 
     async def error(self, code: str, detail: str) -> None:
         await self.send({"type": "error", "error": code, "detail": detail})

@@ -125,10 +125,12 @@ async def add_connection(session: AsyncSession, connection: ConsultConnection) -
     await session.flush()
 
 
-async def touch_connection(session: AsyncSession, connection_id: str, *, at: datetime) -> None:
+async def touch_replica_connections(
+    session: AsyncSession, replica_id: str, *, at: datetime
+) -> None:
     await session.execute(
         update(ConsultConnection)
-        .where(ConsultConnection.id == connection_id)
+        .where(ConsultConnection.replica_id == replica_id)
         .values(last_seen_at=at)
     )
 

@@ -1,0 +1,59 @@
+"""Presence across processes: each process refreshes every connection it holds in one
+heartbeat; the connections of a process that stopped beating lapse, and their consultant
+is let go as if the sockets had closed."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+from fastapi import FastAPI
+
+from services.consult_router import presence
+from services.consult_router.context import RouterContext
+from services.consult_router.engine import RoutingEngine
+from services.embedded import EmbeddedSettings
+from services.shared.clock import ManualClock
+from services.shared.db.session import unit_of_work
+from services.shared.resources import Resources
+from tests.consult_router.conftest import ADMIN, Desk
+
+STALE_SECONDS = 10.0
+
+
+@pytest.fixture
+def router_settings(settings: EmbeddedSettings) -> EmbeddedSettings:
+    return settings.model_copy(
+        update={"background_tasks": False, "presence_stale_seconds": STALE_SECONDS}
+    )
+
+
+async def connect(resources: Resources, ctx: RouterContext, consultant_id: str) -> None:
+    async with unit_of_work(resources.sessionmaker) as session:
+        await presence.connect(session, ctx, consultant_id)
+
+
+async def test_a_beating_process_keeps_its_consultants_and_a_silent_one_loses_them(
+    desk: Desk,
+    engine: RoutingEngine,
+    clock: ManualClock,
+    resources: Resources,
+    router_app: FastAPI,
+) -> None:
+    here: RouterContext = router_app.state.router
+    gone = dataclasses.replace(here, replica_id="a-replica-that-died")
+    await desk.consultant("dr-here", ["frailty"])
+    await desk.consultant("dr-gone", ["frailty"])
+    await connect(resources, here, "dr-here")
+    await connect(resources, here, "dr-here")  # a tablet and a phone: one beat for both
+    await connect(resources, gone, "dr-gone")
+
+    clock.advance(timedelta(seconds=STALE_SECONDS + 1))
+    async with unit_of_work(resources.sessionmaker) as session:
+        await presence.heartbeat(session, here)
+    await engine.run_once()
+
+    listed = (await desk.http.get("/v1/consultants", headers=ADMIN)).json()
+    state = {c["id"]: (c["connected"], c["status"]) for c in listed}
+    assert state == {"dr-here": (True, "available"), "dr-gone": (False, "away")}
