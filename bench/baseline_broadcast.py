@@ -2,7 +2,9 @@
 control client sends a payload, broadcasts it to all the others. No framework, no auth,
 no database: the least work a broadcast can cost in Python.
 
-    python -m bench.baseline_broadcast PORT
+    python -m bench.baseline_broadcast PORT [deflate]
+
+Like reach by default, it does not compress unless asked to.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ async def handler(connection: ServerConnection) -> None:
 
 
 async def main(port: int) -> None:
-    async with serve(handler, "127.0.0.1", port, max_size=2**20):
+    compression = "deflate" if len(sys.argv) > 2 and sys.argv[2] == "deflate" else None
+    async with serve(handler, "127.0.0.1", port, max_size=2**20, compression=compression):
         await asyncio.get_running_loop().create_future()
 
 

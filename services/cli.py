@@ -81,6 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The sans-I/O websockets implementation: maintained, and lighter per message.
         ws="websockets-sansio",
         ws_max_size=settings.websocket_max_message_bytes * 4,
+        ws_per_message_deflate=settings.websocket_compression,
     )
     return 0
 

@@ -50,6 +50,7 @@ from services.shared.ws import (
     Sender,
     authenticate,
     parse_after,
+    poll_interval,
     receive_message,
     run_until_first_ends,
 )
@@ -231,7 +232,7 @@ async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Sub
             line.last_seq = message.seq
             await line.sender.send({"type": message.type, "seq": message.seq, **message.payload})
         if len(logged) < _BATCH:
-            await wake.wait(timeout=ctx.settings.stream_poll_seconds)
+            await wake.wait(timeout=poll_interval(ctx.settings.stream_poll_seconds))
 
 
 async def _listen(line: _Line, resources: Resources, ctx: RouterContext) -> None:

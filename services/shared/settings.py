@@ -86,9 +86,14 @@ class HttpSettings(_Block):
     # no connection lives for ever on a replica that is being drained.
     websocket_max_lifetime_seconds: float = Field(default=4 * 3600.0, gt=0)
     websocket_idle_timeout_seconds: float = Field(default=120.0, gt=0)
-    # Live streams recheck the database this often even without a wake-up, in case a
-    # notification was lost (e.g. across a database reconnect).
-    stream_poll_seconds: float = Field(default=5.0, gt=0)
+    # Live streams recheck the database this often even without a wake-up: a deep safety
+    # net only (a reconnected LISTEN already wakes every stream), and a cost per open
+    # socket, so it is long; each socket spreads its polls by +-20%.
+    stream_poll_seconds: float = Field(default=30.0, gt=0)
+    # permessage-deflate on websockets. Off by default: our messages are small or sent to
+    # many dashboards at once, and compressing each copy per connection cost more CPU
+    # than the rest of a broadcast and ~100 KiB of memory per socket (bench/RESULTS.md).
+    websocket_compression: bool = False
 
 
 class ServiceSettings(

@@ -28,6 +28,7 @@ from services.shared.ws import (
     Sender,
     authenticate,
     parse_after,
+    poll_interval,
     receive_message,
     run_until_first_ends,
 )
@@ -122,7 +123,7 @@ async def _pump_events(
             await sender.send(event_read(event).model_dump(mode="json"))
             last = event.seq
         if len(events) < _BATCH:
-            await wake.wait(timeout=ctx.settings.stream_poll_seconds)
+            await wake.wait(timeout=poll_interval(ctx.settings.stream_poll_seconds))
 
 
 async def _listen(websocket: WebSocket, sender: Sender) -> None:
