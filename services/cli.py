@@ -21,7 +21,7 @@ from services.shared.observability import configure_logging
 from services.shared.resources import resolve_secrets
 from services.shared.settings import DEFAULT_DATA_DIR, ServiceSettings
 
-SERVICES = ("triage-api", "consult-router")
+SERVICES = ("triage-api", "consult-router", "audit")
 
 
 def _build_app(service: str | None, overrides: dict[str, Any]) -> Any:
@@ -41,6 +41,11 @@ def _build_app(service: str | None, overrides: dict[str, Any]) -> Any:
         from services.consult_router.settings import RouterSettings
 
         return create_router(RouterSettings(**overrides))
+    if service == "audit":
+        from services.audit.app import create_app as create_audit
+        from services.audit.settings import AuditSettings
+
+        return create_audit(AuditSettings(**overrides))
     raise SystemExit(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
 
 

@@ -19,6 +19,9 @@ import httpx
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.audit import ROUTE_PREFIXES as AUDIT_PREFIXES
+from services.audit.app import create_app as create_audit_app
+from services.audit.settings import AuditSettings
 from services.consult_router import ROUTE_PREFIXES as ROUTER_PREFIXES
 from services.consult_router.app import create_app as create_router_app
 from services.consult_router.settings import RouterSettings
@@ -34,7 +37,7 @@ from services.triage_api.settings import TriageSettings
 SERVICE_NAME = "embedded"
 
 
-class EmbeddedSettings(TriageSettings, RouterSettings):
+class EmbeddedSettings(TriageSettings, RouterSettings, AuditSettings):
     """Every service's settings in one object (they share the `REACH_` names)."""
 
 
@@ -104,6 +107,7 @@ class EmbeddedApp:
         services: list[tuple[str, tuple[str, ...], Callable[..., FastAPI]]] = [
             ("triage_api", TRIAGE_PREFIXES, create_triage_app),
             ("consult_router", ROUTER_PREFIXES, create_router_app),
+            ("audit", AUDIT_PREFIXES, create_audit_app),
         ]
         return [
             _Child(name, prefixes, factory(self.settings, resources=resources))

@@ -4,6 +4,13 @@ Tables carry their owner's prefix; only the owner reads or writes them.
 """
 
 from services.shared.db.base import Base
+from services.shared.db.models.audit import (
+    AuditChainHead,
+    AuditCheckpoint,
+    AuditDisposition,
+    AuditEntry,
+    AuditInbox,
+)
 from services.shared.db.models.consult import (
     ConsultCase,
     ConsultConnection,
@@ -24,6 +31,11 @@ from services.shared.db.models.triage import (
 )
 
 __all__ = [
+    "AuditChainHead",
+    "AuditCheckpoint",
+    "AuditDisposition",
+    "AuditEntry",
+    "AuditInbox",
     "Base",
     "ConsultCase",
     "ConsultConnection",

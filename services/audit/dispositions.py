@@ -1,0 +1,95 @@
+"""One record per case outcome, assembled from the events of both services in whatever
+order they arrive: each event fills in the facts it knows and leaves the rest alone."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.db.models import AuditDisposition
+from services.shared.db.statements import insert_if_absent
+from services.shared.schemas.events import Event, EventType
+
+_CASE_EVENTS = frozenset(
+    {
+        EventType.CASE_SUBMITTED,
+        EventType.CASE_UPDATED,
+        EventType.CASE_CANCELLED,
+        EventType.CASE_ACKNOWLEDGED,
+    }
+)
+_CONSULT_EVENTS = frozenset(
+    {EventType.CONSULT_ACCEPTED, EventType.CONSULT_ADVISED, EventType.CONSULT_ESCALATED}
+)
+RELEVANT = _CASE_EVENTS | _CONSULT_EVENTS
+
+
+class _Facts(BaseModel):
+    """What an event may say about a case's outcome (unknown keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    reference: str | None = None
+    case_reference: str | None = None
+    specialty: str | None = None
+    call_category: str | None = None
+    created_at: AwareDatetime | None = None
+    case_created_at: AwareDatetime | None = None
+    accepted_at: AwareDatetime | None = None
+    at: AwareDatetime | None = None
+    disposition: str | None = None
+    pathway: str | None = None
+    risk_override: bool = False
+    followed: bool | None = None
+    consultant: dict[str, Any] | None = None
+
+
+async def record(session: AsyncSession, event: Event, *, now: datetime) -> None:
+    if event.type not in RELEVANT:
+        return
+    facts = _Facts.model_validate(event.data)
+    await insert_if_absent(
+        session,
+        AuditDisposition,
+        {"case_id": event.subject_id, "risk_override": False, "updated_at": now},
+    )
+    statement = (
+        select(AuditDisposition)
+        .where(AuditDisposition.case_id == event.subject_id)
+        .with_for_update()
+    )
+    row = (await session.execute(statement)).scalar_one()
+    _fill(row, "reference", facts.reference or facts.case_reference)
+    _fill(row, "specialty", facts.specialty)
+    _fill(row, "call_category", facts.call_category)
+    _fill(row, "created_at", facts.created_at or facts.case_created_at)
+    if event.type == EventType.CASE_CANCELLED:
+        _fill(row, "cancelled_at", event.occurred_at)
+    if event.type == EventType.CASE_ACKNOWLEDGED and facts.followed is not None:
+        row.followed = facts.followed
+    if event.type in (EventType.CONSULT_ACCEPTED, EventType.CONSULT_ADVISED):
+        _fill(row, "accepted_at", facts.accepted_at or facts.at)
+        if facts.consultant:
+            _fill(row, "consultant_id", facts.consultant.get("id"))
+    if event.type == EventType.CONSULT_ADVISED:
+        _fill(row, "advised_at", facts.at or event.occurred_at)
+        _fill(row, "disposition", facts.disposition)
+        _fill(row, "pathway", facts.pathway)
+        row.risk_override = row.risk_override or facts.risk_override
+    if row.created_at is not None:
+        if row.accepted_at is not None:
+            row.accept_seconds = (row.accepted_at - row.created_at).total_seconds()
+        if row.advised_at is not None:
+            row.advice_seconds = (row.advised_at - row.created_at).total_seconds()
+    row.updated_at = now
+    await session.flush()
+
+
+def _fill(row: AuditDisposition, field: str, value: Any) -> None:
+    """Facts do not change once known: the first event to tell one sets it."""
+    if value is not None and getattr(row, field) is None:
+        setattr(row, field, value)

@@ -1,0 +1,113 @@
+"""Appending to the trail and reading it back.
+
+Appends take the chain head row's lock (`FOR UPDATE` on PostgreSQL; SQLite has one writer),
+so whichever replica appends, entries are numbered without gaps and each links to the one
+before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.audit.chain import GENESIS, canonical, link
+from services.audit.redaction import details_of
+from services.shared.db.models import AuditChainHead, AuditEntry
+from services.shared.db.statements import insert_if_absent
+from services.shared.schemas.events import Event
+
+HEAD_ID = 1
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    event_id: str
+    event_type: str
+    source: str
+    subject_id: str
+    actor_sub: str | None
+    actor_role: str | None
+    occurred_at: datetime
+    details: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: Event) -> NewEntry:
+        return cls(
+            event_id=event.id,
+            event_type=event.type,
+            source=event.source,
+            subject_id=event.subject_id,
+            actor_sub=event.actor.sub if event.actor else None,
+            actor_role=event.actor.role if event.actor else None,
+            occurred_at=event.occurred_at,
+            details=details_of(event),
+        )
+
+
+def entry_hash(entry: AuditEntry | Any, prev_hash: str) -> str:
+    """The hash an entry must carry, from its stored fields and its predecessor's hash."""
+    return link(
+        prev_hash,
+        canonical(
+            seq=entry.seq,
+            event_id=entry.event_id,
+            event_type=entry.event_type,
+            source=entry.source,
+            subject_id=entry.subject_id,
+            actor_sub=entry.actor_sub,
+            actor_role=entry.actor_role,
+            occurred_at=entry.occurred_at,
+            recorded_at=entry.recorded_at,
+            details=entry.details,
+        ),
+    )
+
+
+async def locked_head(session: AsyncSession) -> AuditChainHead:
+    await insert_if_absent(session, AuditChainHead, {"id": HEAD_ID, "seq": 0, "hash": GENESIS})
+    statement = select(AuditChainHead).where(AuditChainHead.id == HEAD_ID).with_for_update()
+    return (await session.execute(statement)).scalar_one()
+
+
+async def append(session: AsyncSession, new: NewEntry, *, recorded_at: datetime) -> AuditEntry:
+    head = await locked_head(session)
+    entry = AuditEntry(
+        seq=head.seq + 1,
+        event_id=new.event_id,
+        event_type=new.event_type,
+        source=new.source,
+        subject_id=new.subject_id,
+        actor_sub=new.actor_sub,
+        actor_role=new.actor_role,
+        occurred_at=new.occurred_at,
+        recorded_at=recorded_at,
+        details=new.details,
+        prev_hash=head.hash,
+        hash="",
+    )
+    entry.hash = entry_hash(entry, head.hash)
+    session.add(entry)
+    head.seq, head.hash = entry.seq, entry.hash
+    await session.flush()
+    return entry
+
+
+async def entries(
+    session: AsyncSession,
+    *,
+    subject_id: str | None,
+    event_type: str | None,
+    after: int,
+    limit: int,
+) -> list[AuditEntry]:
+    statement = select(AuditEntry).where(AuditEntry.seq > after)
+    if subject_id is not None:
+        statement = statement.where(AuditEntry.subject_id == subject_id)
+    if event_type is not None:
+        statement = statement.where(AuditEntry.event_type == event_type)
+    rows = await session.execute(statement.order_by(AuditEntry.seq).limit(limit))
+    return list(rows.scalars())
