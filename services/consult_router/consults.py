@@ -8,6 +8,7 @@ exactly one wins and the rest get 409.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import timedelta
 
@@ -28,6 +29,8 @@ from services.shared.db.statements import insert_if_absent
 from services.shared.domain.vocabulary import ConsultantStatus, Disposition
 from services.shared.errors import Conflict, NotFound
 from services.shared.schemas.events import EventType
+
+logger = logging.getLogger("reach.router")
 
 
 async def registered(
@@ -156,6 +159,13 @@ async def _take(
     )  # fmt: skip
     waited, specialty = (now - case.created_at).total_seconds(), case.specialty
     after_commit(session, lambda: ctx.metrics.time_to_accept.labels(specialty).observe(waited))
+    case_id, consultant_id = case.id, consultant.id
+    after_commit(
+        session,
+        lambda: logger.info(
+            "case %s accepted by %s (%s) after %.0f s", case_id, consultant_id, via, waited
+        ),
+    )
     await outbound.tell_consultant(
         session, ctx, consultant.id, "assigned",
         {"consult_id": consult.id, "case": full_case(case)},
@@ -210,6 +220,14 @@ async def give_advice(
     await outbound.tell_consultant(
         session, ctx, consultant.id, "case_updated",
         consult_read(consult, case).model_dump(mode="json"),
+    )  # fmt: skip
+    decided, case_id = consult.disposition, case.id
+    after_commit(
+        session,
+        lambda: logger.info(
+            "case %s advised by %s: %s%s", case_id, actor.sub, decided,
+            " (risk flags overridden)" if overriding else "",
+        ),
     )  # fmt: skip
     await outbound.wake_routing(session, ctx)  # the consultant is free for the next case
     await outbound.queue_changed(session, ctx)

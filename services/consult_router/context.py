@@ -57,6 +57,12 @@ class RouterMetrics:
             ["specialty"],
             registry=registry,
         )
+        self.consultants_on_shift = Gauge(
+            "reach_consultants_on_shift",
+            "Consultants on shift now, whatever their status, by specialty: 0 is a rota gap.",
+            ["specialty"],
+            registry=registry,
+        )
         self.time_to_accept = Histogram(
             "reach_time_to_accept_seconds",
             "From a case's creation to a consultant accepting it.",

@@ -21,7 +21,9 @@ async def refresh_gauges(session: AsyncSession, ctx: RouterContext) -> None:
         session, specialties=[str(s) for s in Specialty], at=now
     )
     available: dict[str, set[str]] = {}
+    rostered: dict[str, set[str]] = {}
     for shift, consultant in on_shift:
+        rostered.setdefault(shift.specialty, set()).add(consultant.id)
         if consultant.status == ConsultantStatus.AVAILABLE:
             available.setdefault(shift.specialty, set()).add(consultant.id)
     for specialty in Specialty:
@@ -31,4 +33,7 @@ async def refresh_gauges(session: AsyncSession, ctx: RouterContext) -> None:
         metrics.oldest_waiting.labels(str(specialty)).set(waited)
         metrics.consultants_available.labels(str(specialty)).set(
             len(available.get(str(specialty), ()))
+        )
+        metrics.consultants_on_shift.labels(str(specialty)).set(
+            len(rostered.get(str(specialty), ()))
         )

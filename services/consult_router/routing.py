@@ -10,6 +10,7 @@ and in the fallback specialty at once, and the first accept wins.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,9 +24,12 @@ from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import rota as rota_repo
 from services.consult_router.views import offer_read
 from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOffer
+from services.shared.db.session import after_commit
 from services.shared.domain.priority import aged_priority
 from services.shared.domain.vocabulary import FALLBACK_SPECIALTY, ConsultantStatus, Specialty
 from services.shared.schemas.events import EventType
+
+logger = logging.getLogger("reach.router")
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
@@ -219,7 +223,15 @@ async def _offer_each(
             session, ctx, consultant_id, "offer", offer_read(offer, case).model_dump(mode="json")
         )
         await outbound.announce_offer(session, ctx, offer, case, EventType.OFFER_MADE)
+        _log_offer(session, offer.id, case.id, consultant_id)
     return made
+
+
+def _log_offer(session: AsyncSession, offer_id: str, case_id: str, consultant_id: str) -> None:
+    after_commit(
+        session,
+        lambda: logger.info("offer %s: case %s to %s", offer_id, case_id, consultant_id),
+    )
 
 
 async def _settle_status(

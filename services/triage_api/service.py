@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from services.triage_api import repository
 from services.triage_api.context import TriageContext
 from services.triage_api.outbound import announce_change, audit_reads
 from services.triage_api.schemas import CaseCreate, ObservationSet
+
+logger = logging.getLogger("reach.triage")
 
 _REFERENCE_ATTEMPTS = 8
 _SEES_EVERY_CASE = frozenset({Role.COORDINATOR, Role.ADMIN})
@@ -167,6 +170,14 @@ async def create_case(
     await announce_change(session, ctx, case, event_type=EventType.CASE_SUBMITTED, actor=actor)
     specialty, category = case.requested_specialty, case.call_category
     after_commit(session, lambda: ctx.metrics.cases_submitted.labels(specialty, category).inc())
+    # Operational logs carry ids and vocabulary values, never the patient's details.
+    case_id, priority = case.id, case.priority
+    after_commit(
+        session,
+        lambda: logger.info(
+            "case %s submitted: %s, priority %d, for %s", case_id, category, priority, specialty
+        ),
+    )
     return case, False
 
 

@@ -5,6 +5,7 @@ internal path exposed, and each service allowed to reach exactly the peers it ca
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -15,7 +16,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from compose_spec import PyCompose
 
+from services.audit import ROUTE_PREFIXES as AUDIT_PREFIXES
 from services.consult_router import ROUTE_PREFIXES as ROUTER_PREFIXES
 from services.shared.clients.peers import Peer
 from services.shared.settings import ServiceSettings
@@ -27,13 +30,15 @@ KUBERNETES_VERSION = "1.33.0"
 
 # The deployed name of each service, and the package whose code it runs.
 DEPLOYED = {"triage-api": "triage_api", "consult-router": "consult_router", "audit": "audit"}
-AUDIT_PREFIXES = ("/v1/audit", "/v1/reports")
 
 
 def public_prefixes() -> dict[str, str]:
     """Every public path prefix and the deployed service that answers it."""
-    owners = {"triage-api": TRIAGE_PREFIXES, "consult-router": ROUTER_PREFIXES}
-    owners["audit"] = AUDIT_PREFIXES
+    owners = {
+        "triage-api": TRIAGE_PREFIXES,
+        "consult-router": ROUTER_PREFIXES,
+        "audit": AUDIT_PREFIXES,
+    }
     return {
         prefix: service
         for service, prefixes in owners.items()
@@ -146,6 +151,38 @@ def assert_known_settings(environment: dict[str, Any]) -> None:
     service_specific = {"REACH_OFFER_TIMEOUT_SECONDS", "REACH_ESCALATE_AFTER_SECONDS"}
     unknown = {key for key in environment if key.startswith("REACH_")} - known - service_specific
     assert not unknown
+
+
+class TestCompose:
+    def compose(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+        return loaded
+
+    def test_the_compose_file_follows_the_compose_specification(self) -> None:
+        # PyYAML resolves the `<<` merge keys that Compose understands; the validator
+        # then sees the file as Compose does.
+        PyCompose.from_json(json.dumps(self.compose()))
+
+    def test_a_broken_compose_file_is_caught(self) -> None:
+        # The check above can fail: the validator refuses what the specification refuses.
+        with pytest.raises(ValueError, match="ports"):
+            PyCompose.from_yaml("services:\n  web:\n    image: x\n    ports: 12\n")
+
+    def test_each_service_runs_after_the_migration_with_known_settings(self) -> None:
+        services = self.compose()["services"]
+        for name in DEPLOYED:
+            service = services[name]
+            assert service["command"][:2] == ["serve", name]
+            assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+            assert_known_settings(service["environment"])
+        assert services["migrate"]["command"] == ["migrate"]
+
+    def test_files_the_compose_file_mounts_exist(self) -> None:
+        for service in self.compose()["services"].values():
+            for volume in service.get("volumes", []):
+                source = volume.split(":", 1)[0]
+                if source.startswith("."):
+                    assert (DEPLOY / source).exists(), source
 
 
 class TestNginx:
