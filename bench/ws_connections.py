@@ -59,7 +59,7 @@ class Arrivals:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def dashboard(base: str, index: int, arrivals: Arrivals) -> ClientConnection:
+async def dashboard(base: str, index: int) -> ClientConnection:
     socket = await connect(base + "/v1/consultant/stream", max_queue=None, open_timeout=60)
     await socket.send(json.dumps({"type": "hello", "token": token("consultant", f"dr-{index}")}))
     await socket.send(json.dumps({"type": "status", "status": "away"}))
@@ -105,7 +105,7 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
         sockets: list[ClientConnection] = []
         for start in range(0, consultants, CONNECT_BATCH):
             batch = range(start, min(start + CONNECT_BATCH, consultants))
-            sockets += await asyncio.gather(*(dashboard(ws_base, i, arrivals) for i in batch))
+            sockets += await asyncio.gather(*(dashboard(ws_base, i) for i in batch))
         for start in range(0, crews, CONNECT_BATCH):
             count = min(CONNECT_BATCH, crews - start)
             sockets += await asyncio.gather(*(crew_stream(ws_base, case_id) for _ in range(count)))
