@@ -174,9 +174,12 @@ class DeskConsultant:
             except httpx.HTTPError:
                 await asyncio.sleep(0.3)
                 continue
-            if response.status_code == 200 or response.status_code == 409:
-                # 409: advice already recorded by an attempt whose answer was lost.
+            if response.status_code == 200 or (
+                # Recorded by an earlier attempt whose answer was lost.
+                response.status_code == 409 and response.json()["error"] == "already_advised"
+            ):
                 self.advised.add(case_id)
                 return
+            assert response.status_code in (409, 502, 503, 504), response.text
             await asyncio.sleep(0.3)
         raise AssertionError(f"advice for {case_id} never landed")
