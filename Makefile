@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help run test check format lint types demo bench clean
@@ -15,6 +16,7 @@ help:
 	@echo "make test    run the whole test suite"
 	@echo "make check   format check, lint, strict types, then the tests"
 	@echo "make format  rewrite the code in the project's format"
+	@echo "make demo    synthetic cases and consultants for the dashboard (DEMO_ARGS=\"--rate 240\")"
 
 $(STAMP): pyproject.toml
 	@sh scripts/bootstrap-venv.sh "$(PYTHON)" "$(VENV)"
@@ -39,6 +41,9 @@ types: $(STAMP)
 	$(BIN)/mypy
 
 check: lint types test
+
+demo: $(STAMP)
+	$(BIN)/reach demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

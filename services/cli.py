@@ -1,4 +1,4 @@
-"""The `reach` command: serve, migrate, token."""
+"""The `reach` command: serve, migrate, token, demo."""
 
 from __future__ import annotations
 
@@ -99,6 +99,8 @@ def _print_banner(
         "",
         "reach is starting (embedded: every service in one process)",
         f"  data folder   {settings.data_dir.resolve()}",
+        f"  dashboard     {base}/dashboard     (consultants; demo sign-in on this machine)",
+        f"  crew page     {base}/crew          (a paramedic's view, for demos and training)",
         f"  API           {base}/v1/cases      docs at {base}/docs",
         f"  health        {base}/healthz   {base}/readyz   {base}/metrics",
     ]
@@ -111,6 +113,8 @@ def _print_banner(
             "  a token for a paramedic (the development signing key is in the data folder):",
             "    .venv/bin/reach token --role paramedic --sub crew-ne23 --name 'NE23 crew'"
             + data_dir,
+            "",
+            "  fill the dashboard with synthetic cases and consultants: make demo",
         ]
     print("\n".join(lines) + "\n", flush=True)
 
@@ -148,6 +152,36 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _serve_and_demo(options: Any, *, data_dir: Path, port: int) -> Any:
+    """Start the embedded default in this process, then run the demo against it. (Here,
+    not in the demo: the demo is a client of reach and imports no service.)"""
+    import asyncio
+    import contextlib
+
+    from services.demo.run import run_demo
+    from services.embedded import EmbeddedSettings, create_app
+
+    app = create_app(EmbeddedSettings(data_dir=data_dir))
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.05)
+        print(f"reach is running here: the dashboard is at {options.url}/dashboard", flush=True)
+        return await run_demo(options)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, timeout=15)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reach", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,7 +215,57 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--hours", type=float, default=12.0, help="lifetime (default 12)")
     token.add_argument("--data-dir", type=Path)
     token.set_defaults(handler=cmd_token)
+
+    demo = commands.add_parser(
+        "demo", help="seed a rota and send synthetic cases, with simulated consultants"
+    )
+    demo.add_argument("--url", default="http://127.0.0.1:8000", help="a running reach; "
+                      "if nothing answers there, the embedded default is started here")  # fmt: skip
+    demo.add_argument("--rate", type=float, default=120.0, help="cases per hour (default 120)")
+    demo.add_argument("--duration", type=float, default=600.0, help="seconds (default 600)")
+    demo.add_argument("--no-consultants", action="store_true", help="no simulated consultants")
+    demo.add_argument("--speed", type=float, default=1.0, help="compress human pauses (10 = 10x)")
+    demo.add_argument("--seed", type=int, default=2026)
+    demo.add_argument("--data-dir", type=Path)
+    demo.set_defaults(handler=cmd_demo)
     return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.demo.run import DemoOptions, reachable, run_demo
+
+    settings = _settings_from(args)
+    secret, _ = resolve_secrets(settings)
+    if secret is None:
+        raise SystemExit("the demo signs development tokens: it needs REACH_JWT_SECRET")
+    if args.rate <= 0 or args.duration <= 0 or args.speed <= 0:
+        raise SystemExit("--rate, --duration and --speed must be positive")
+    options = DemoOptions(
+        url=args.url.rstrip("/"), rate_per_hour=args.rate, duration_seconds=args.duration,
+        simulate_consultants=not args.no_consultants, seed=args.seed, speed=args.speed,
+        jwt_secret=secret,
+    )  # fmt: skip
+    print(
+        f"demo: {args.rate:g} cases an hour for {args.duration:g} s; sign in at "
+        f"{options.url}/dashboard as Dr Amara Okafor to take cases yourself",
+        flush=True,
+    )
+    if asyncio.run(reachable(options.url)):
+        result = asyncio.run(run_demo(options))
+    else:
+        port = int(options.url.rsplit(":", 1)[1]) if options.url.count(":") == 2 else 8000
+        migrate.upgrade(settings.resolved_database_url())
+        result = asyncio.run(_serve_and_demo(options, data_dir=settings.data_dir, port=port))
+    tally, consistency = result.tally, result.consistency
+    print(f"demo done: {len(tally.submitted)} cases submitted, {len(tally.advised)} advised by "
+          f"simulated consultants, {len(tally.acknowledged)} acknowledged, "
+          f"{tally.deteriorated} deteriorated")  # fmt: skip
+    for key, value in consistency.items():
+        print(f"  {key:<30} {value}")
+    healthy = consistency["every_case_accounted_for"] and consistency["trail_verifies"]
+    return 0 if healthy and consistency["report_matches"] else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,9 +35,12 @@ from services.shared.db.models import ConsultInbox, ConsultOutbox
 from services.shared.db.session import in_transaction, unit_of_work
 from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, events_router
 from services.shared.outbox.writer import outbox_channel
+from services.shared.pages import mount_page
 from services.shared.resources import Resources, open_resources
 from services.shared.schemas.events import Event, EventType
 from services.shared.web import background_tasks, install_common
+
+WEB = Path(__file__).parent / "web"
 
 
 def triage_event_handlers(ctx: RouterContext) -> dict[str, EventHandler]:
@@ -141,6 +145,7 @@ def create_app(
         events_router(path=EVENTS_PATH[Peer.CONSULT_ROUTER], inbox_model=ConsultInbox)
     )
     app.add_api_websocket_route("/v1/consultant/stream", ws.consultant_stream)
+    mount_page(app, prefix="/dashboard", html=WEB / "dashboard.html", assets=WEB)
     return app
 
 

@@ -1,0 +1,1 @@
+"""`reach demo`: synthetic cases and simulated consultants, over the public API."""
