@@ -16,6 +16,7 @@ help:
 	@echo "make test    run the whole test suite"
 	@echo "make check   format check, lint, strict types, then the tests"
 	@echo "make format  rewrite the code in the project's format"
+	@echo "make bench   the benchmarks, each against a baseline measured in the same run"
 	@echo "make demo    synthetic cases and consultants for the dashboard (DEMO_ARGS=\"--rate 240\")"
 
 $(STAMP): pyproject.toml
@@ -41,6 +42,17 @@ types: $(STAMP)
 	$(BIN)/mypy
 
 check: lint types test
+
+# Each benchmark prints its results beside a baseline measured in the same run
+# (bench/RESULTS.md keeps the latest); wrk (Debian package wrk) drives the HTTP ones.
+bench: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get install -y -qq wrk >/dev/null; } || echo "wrk is missing: install it (apt-get install wrk)"
+	$(BIN)/python -m bench.submit_throughput
+	$(BIN)/python -m bench.routing_latency
+	$(BIN)/python -m bench.ws_fanout
+	$(BIN)/python -m bench.ws_connections
+	$(BIN)/python -m bench.verify_trail
 
 demo: $(STAMP)
 	$(BIN)/reach demo $(DEMO_ARGS)
