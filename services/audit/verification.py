@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.audit.chain import GENESIS
@@ -56,29 +56,9 @@ async def verify(maker: SessionMaker, *, now: datetime, full: bool = False) -> V
         )
     if bad_checkpoint:
         return Verdict(False, head_seq, head_hash, start, start, 1)
-    walk = _Walk(expected=start + 1, prev_hash=prev_hash)
-    while walk.first_bad is None:
-        async with unit_of_work(maker) as session:
-            rows = await _batch(session, after=walk.expected - 1)
-        for row in rows:
-            if row.seq != walk.expected or row.prev_hash != walk.prev_hash:
-                walk.first_bad = walk.expected
-                break
-            if entry_hash(row, walk.prev_hash) != row.hash:
-                walk.first_bad = row.seq
-                break
-            walk.prev_hash, walk.expected, walk.checked = (
-                row.hash,
-                walk.expected + 1,
-                walk.checked + 1,
-            )
-        if len(rows) < BATCH:
-            break
-    last = walk.expected - 1
-    if walk.first_bad is None and (last != head_seq or walk.prev_hash != head_hash):
-        # Rows cut off the end (last < head), added past it, or a last row rewritten
-        # together with its hash (the head still holds the true one).
-        walk.first_bad = min(last, head_seq) + (0 if last == head_seq else 1)
+    walk = await _walk(maker, _Walk(expected=start + 1, prev_hash=prev_hash), upto=head_seq)
+    if walk.first_bad is None:
+        walk.first_bad = await _judge_the_end(maker, walk, head_seq, head_hash)
     ok = walk.first_bad is None
     if ok and head_seq > start:
         async with unit_of_work(maker) as session:
@@ -95,8 +75,54 @@ async def _entry_intact(session: AsyncSession, seq: int, expected_hash: str) -> 
     )
 
 
-async def _batch(session: AsyncSession, *, after: int) -> list[AuditEntry]:
-    statement = select(AuditEntry).where(AuditEntry.seq > after).order_by(AuditEntry.seq)
+async def _walk(maker: SessionMaker, walk: _Walk, *, upto: int) -> _Walk:
+    """Recompute each hash in order, up to the head as it was when we began: entries
+    appended meanwhile are the next verification's business."""
+    while walk.first_bad is None and walk.expected <= upto:
+        async with unit_of_work(maker) as session:
+            rows = await _batch(session, after=walk.expected - 1, upto=upto)
+        for row in rows:
+            if row.seq != walk.expected or row.prev_hash != walk.prev_hash:
+                walk.first_bad = walk.expected
+                break
+            if entry_hash(row, walk.prev_hash) != row.hash:
+                walk.first_bad = row.seq
+                break
+            walk.prev_hash, walk.expected = row.hash, walk.expected + 1
+            walk.checked += 1
+        if len(rows) < BATCH:
+            break
+    return walk
+
+
+async def _judge_the_end(
+    maker: SessionMaker, walk: _Walk, head_seq: int, head_hash: str
+) -> int | None:
+    last = walk.expected - 1
+    if last < head_seq:
+        return last + 1  # rows cut off the end
+    if walk.prev_hash != head_hash:
+        return head_seq  # the last row rewritten with its hash; the head knows
+    return await _row_beyond_head(maker)
+
+
+async def _row_beyond_head(maker: SessionMaker) -> int | None:
+    """A row numbered past the head is one nobody appended: an insertion. The newest
+    number is read before the head, so an append committing in between (the head only
+    grows) cannot look like one."""
+    async with unit_of_work(maker) as session:
+        newest = (await session.execute(select(func.max(AuditEntry.seq)))).scalar()
+        head = await session.get(AuditChainHead, HEAD_ID, populate_existing=True)
+    head_seq = head.seq if head else 0
+    return head_seq + 1 if newest is not None and newest > head_seq else None
+
+
+async def _batch(session: AsyncSession, *, after: int, upto: int) -> list[AuditEntry]:
+    statement = (
+        select(AuditEntry)
+        .where(AuditEntry.seq > after, AuditEntry.seq <= upto)
+        .order_by(AuditEntry.seq)
+    )
     rows = await session.execute(statement.limit(BATCH).execution_options(populate_existing=True))
     found = list(rows.scalars())
     session.expunge_all()

@@ -5,14 +5,17 @@ incrementally from its checkpoint or in full."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, insert, select, update
 
+from services.audit import trail, verification
 from services.shared.clock import ManualClock
 from services.shared.db.models import AuditEntry
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
+from services.shared.schemas.events import Event
 from tests.audit.conftest import Feed, event
 
 ENTRIES = 12
@@ -128,3 +131,30 @@ class TestIncremental:
         )
         verdict = await feed.verify()
         assert (verdict["ok"], verdict["first_bad_seq"]) == (False, checkpoint)
+
+
+@pytest.mark.usefixtures("trail_of_twelve")
+async def test_entries_appended_during_a_verification_are_not_mistaken_for_tampering(
+    feed: Feed, resources: Resources, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    walk = verification._walk
+
+    async def appends_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # The head has been read; new events land before the walk reads the rows.
+        async with unit_of_work(resources.sessionmaker) as session:
+            for number in range(3):
+                new = trail.NewEntry.of(
+                    Event.model_validate(
+                        event("case.viewed", f"late-{number}", clock.now(), via="get")
+                    )
+                )
+                await trail.append(session, new, recorded_at=clock.now())
+        return await walk(*args, **kwargs)
+
+    monkeypatch.setattr(verification, "_walk", appends_meanwhile)
+    verdict = await feed.verify(full=True)
+    assert (verdict["ok"], verdict["events"], verdict["checked"]) == (True, ENTRIES, ENTRIES)
+    monkeypatch.setattr(verification, "_walk", walk)
+    after = await feed.verify()
+    assert after["ok"] is True
+    assert after["checked_from"] == ENTRIES + 1
