@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,17 +39,31 @@ class RoutingEngine:
         self._last_purge: datetime | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Route until `stopping` is set."""
+        """Route until `stopping` is set.
+
+        A wake-up means new work to route (a case, a decline, a consultant free): route
+        it first and at once. The timers — deadlines, lapsed presences, escalations —
+        are swept on every poll, and at least once a poll interval however busy the
+        wake-ups keep the loop.
+        """
         ctx = self._ctx
+        poll = ctx.settings.router_poll_seconds
+        swept_at = float("-inf")
         with ctx.notifier.subscribe(WORK_CHANNEL) as wake:
+            woken = False
             while not stopping.is_set():
+                sweep = not woken or time.monotonic() - swept_at >= poll
                 try:
-                    await self.run_once()
+                    if sweep:
+                        swept_at = time.monotonic()
+                        await self.run_once()
+                    else:
+                        await self._route(ctx.clock.now())
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the database is away: keep the loop alive
                     log_failure(logger, "routing pass failed", exc)
-                await wake.wait(ctx.settings.router_poll_seconds, stopping=stopping)
+                woken = await wake.wait(poll, stopping=stopping)
 
     async def run_once(self) -> None:
         """One pass over every kind of due work."""
