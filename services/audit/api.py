@@ -21,6 +21,9 @@ from services.shared.db.session import SessionDep, TransactionalRoute
 from services.shared.domain.vocabulary import Role
 from services.shared.errors import BadRequest, error_responses
 
+# Sequence numbers are 64-bit in the database; a larger `after` is no sequence at all.
+MAX_SEQ = 2**63 - 1
+
 router = APIRouter(tags=["audit"], route_class=TransactionalRoute)
 
 Auditor = Annotated[Principal, Depends(require_roles(Role.COORDINATOR, Role.ADMIN))]
@@ -53,7 +56,7 @@ async def list_events(
     auditor: Auditor,
     subject_id: SubjectId = None,
     event_type: EventTypeFilter = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> TrailPage:
     """The trail in order: every state change and every read of a case — who, what,
@@ -127,7 +130,10 @@ async def redirection_report(
     and to advice (medians and 90th centiles). JSON, or CSV with `format=csv` or
     `Accept: text/csv`. Default window: the last seven days."""
     end = end or ctx.clock.now()
-    start = start or end - timedelta(days=7)
+    try:
+        start = start or end - timedelta(days=7)
+    except OverflowError:  # a `to` in the first week of year 1
+        raise BadRequest("'to' is out of range", code="bad_window") from None
     _check_window(start, end, max_days=ctx.settings.report_max_days)
     outcomes = await reports.outcomes_between(session, start, end)
     report = reports.build(outcomes, group_by=group_by, start=start, end=end)

@@ -35,6 +35,10 @@ LONGEST_SHIFT = timedelta(days=7)
 
 def wall_clock_to_utc(moment: datetime, *, field: str) -> datetime:
     """A shift time in UTC: offsets are honoured, naive times are London wall-clock."""
+    # A rota is planned in this century; a far-off year is a typing error (and year 1
+    # or 9999 cannot even be shown in London time).
+    if not 2000 <= moment.year < 2200:
+        raise _field_error(field, "must be between the years 2000 and 2199")
     if moment.tzinfo is not None:
         return moment.astimezone(UTC)
     first = moment.replace(tzinfo=LONDON, fold=0)

@@ -129,8 +129,8 @@ def parse_after(value: Any) -> int | None:
     """A non-negative integer `after`, or None when absent; ValueError otherwise."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("after must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError("after must be a non-negative 64-bit integer")
     return value
 
 

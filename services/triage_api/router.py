@@ -22,6 +22,9 @@ from services.triage_api.schemas import (
 )
 from services.triage_api.views import case_read, event_read
 
+# Sequence numbers are 64-bit in the database; a larger `after` is no sequence at all.
+MAX_SEQ = 2**63 - 1
+
 router = APIRouter(prefix="/v1/cases", tags=["cases"], route_class=TransactionalRoute)
 
 IdempotencyKey = Annotated[
@@ -93,7 +96,7 @@ async def list_case_events(
     session: SessionDep,
     ctx: ContextDep,
     reader: CaseReader,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 200,
 ) -> CaseEventPage:
     """The case's status events after `after`, in order: the polling twin of the stream."""

@@ -191,6 +191,12 @@ class TestClearAnswers:
             ({"from": "yesterday"}, 422, "validation_error"),
             ({"from": "2026-11-20T00:00:00"}, 422, "validation_error"),
             ({"format": "xml"}, 422, "validation_error"),
+            ({"to": "0001-01-02T00:00:00Z"}, 400, "bad_window"),
+            (
+                {"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T00:00:00Z"},
+                400,
+                "window_too_long",
+            ),
         ],
     )
     async def test_bad_parameters(

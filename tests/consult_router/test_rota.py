@@ -132,6 +132,8 @@ class TestShifts:
             ("2026-07-01T20:00:00", "2026-07-01T08:00:00", "dr-a", "ends_at"),
             ("2026-07-01T08:00:00", "2026-07-09T08:00:00", "dr-a", "ends_at"),
             ("2026-07-01T08:00:00", "2026-07-01T20:00:00", "dr-nobody", "consultant_id"),
+            ("0001-01-01T08:00:00", "0001-01-01T20:00:00", "dr-a", "starts_at"),
+            ("9999-12-31T08:00:00Z", "9999-12-31T20:00:00Z", "dr-a", "starts_at"),
         ],
     )
     async def test_impossible_shifts_are_refused(
@@ -173,6 +175,16 @@ class TestShifts:
 
 
 class TestOnCall:
+    @pytest.mark.parametrize("moment", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+    async def test_a_moment_outside_any_rota_is_refused_clearly(
+        self, http: httpx.AsyncClient, moment: str
+    ) -> None:
+        response = await http.get(
+            "/v1/oncall", params={"specialty": "frailty", "at": moment}, headers=COORDINATOR
+        )
+        assert response.status_code == 422
+        assert response.json()["fields"][0]["path"] == "at"
+
     @pytest.mark.parametrize(
         ("moment", "who"),
         [

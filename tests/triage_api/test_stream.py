@@ -81,6 +81,16 @@ class TestReplayAndLive:
             assert (live["seq"], live["type"]) == (2, "observations_updated")
             assert live["data"]["news2"]["subscores"]["pulse"] == 2
 
+    @pytest.mark.parametrize("after", [-1, 2**63, "3", 1.5])
+    async def test_an_after_that_is_no_sequence_number_closes_with_policy(
+        self, server: str, client: httpx.AsyncClient, after: object
+    ) -> None:
+        case = await new_case(client)
+        async with connect(f"ws://{server}/v1/cases/{case['id']}/stream") as socket:
+            hello = {"type": "hello", "token": token("paramedic", "crew-ne23"), "after": after}
+            await socket.send(json.dumps(hello))
+            assert await close_code(socket) == 1008
+
     async def test_a_client_that_reconnects_with_its_last_seq_misses_nothing(
         self, server: str, client: httpx.AsyncClient
     ) -> None:
