@@ -91,6 +91,10 @@ async def reach_run(clients: int, changes: int, *, connect_them: bool) -> tuple[
                 )
                 # Away: the case is broadcast in the queue, never offered.
                 await socket.send(json.dumps({"type": "status", "status": "away"}))
+                # Measure nothing of the set-up: this dashboard is open and settled once
+                # its status is confirmed.
+                while json.loads(await socket.recv())["type"] != "status":
+                    pass
                 sockets.append(socket)
             listeners = [asyncio.create_task(listen(s, received, "queue")) for s in sockets]
             await asyncio.sleep(1.5)
