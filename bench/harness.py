@@ -105,15 +105,21 @@ class Server:
 
 @contextlib.contextmanager
 def serve(
-    command: list[str], *, env: dict[str, str], port: int, name: str, probe: str = "http"
+    command: list[str],
+    *,
+    env: dict[str, str],
+    port: int,
+    name: str,
+    probe: str = "http",
+    cpu: str = SERVER_CPU,
 ) -> Iterator[Server]:
-    """Run a server on core SERVER_CPU until the block ends; wait until it answers
+    """Run a server on core `cpu` until the block ends; wait until it answers
     (`/docs` over HTTP, or just a TCP connection for a bare websocket server)."""
     log = Path(tempfile.gettempdir()) / f"reach-bench-{name}.log"
     base = f"http://127.0.0.1:{port}"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            pinned(command, SERVER_CPU), env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
+            pinned(command, cpu), env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
         )
     try:
         deadline = time.monotonic() + 60
