@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.auth import ServiceTokenSigner
 from services.shared.clients.peers import EVENTS_PATH, Peer, PeerClient
+from services.shared.db.group_commit import GroupCommit
 from services.shared.db.models import TriageInbox, TriageOutbox
 from services.shared.db.session import unit_of_work
 from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, events_router
@@ -20,7 +21,7 @@ from services.shared.pages import mount_page
 from services.shared.resources import Resources, open_resources
 from services.shared.schemas.events import Event, EventType
 from services.shared.web import background_tasks, install_common
-from services.triage_api import SERVICE_NAME, lifecycle, router, ws
+from services.triage_api import SERVICE_NAME, lifecycle, router, service, ws
 from services.triage_api.context import STREAM_CHANNEL, TriageContext, TriageMetrics
 from services.triage_api.settings import TriageSettings
 
@@ -68,6 +69,12 @@ def create_app(
                 metrics=TriageMetrics(res.registry),
             )
             app.state.triage = ctx
+            app.state.case_intake = GroupCommit[service.NewCase](
+                res.sessionmaker,
+                partial(_create_cases, ctx),
+                max_batch=settings.intake_batch_max,
+                name="case intake",
+            )
             app.state.event_handlers = router_event_handlers(ctx)
             delivery = OutboxDelivery(
                 outbox=outbox,
@@ -105,6 +112,12 @@ def create_app(
     # The crew's page: a demonstration and training client of the API above.
     mount_page(app, prefix="/crew", html=WEB / "crew.html", assets=WEB)
     return app
+
+
+async def _create_cases(
+    ctx: TriageContext, session: AsyncSession, batch: Sequence[service.NewCase]
+) -> list[bool]:
+    return await service.create_cases_together(session, ctx, batch)
 
 
 async def _refresh_metrics(resources: Resources, delivery: OutboxDelivery) -> None:

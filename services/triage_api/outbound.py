@@ -88,6 +88,20 @@ async def announce_change(
     audit_extra: dict[str, Any] | None = None,
 ) -> None:
     """Outbox events for a change to a case, and a wake-up for its live streams."""
+    items = change_events(ctx, case, event_type=event_type, actor=actor, audit_extra=audit_extra)
+    await ctx.outbox.enqueue_each(session, items)
+    await ctx.notifier.publish(session, STREAM_CHANNEL, case.id)
+
+
+def change_events(
+    ctx: TriageContext,
+    case: TriageCase,
+    *,
+    event_type: str,
+    actor: Principal,
+    audit_extra: dict[str, Any] | None = None,
+) -> list[tuple[Event, tuple[str, ...]]]:
+    """The events telling the router and audit about a change, each with its destination."""
     event = Event.new(
         type=event_type,
         source=SERVICE_NAME,
@@ -103,8 +117,7 @@ async def announce_change(
         )
     audit_data = audit_summary(case) | (audit_extra or {})
     items.append((event.model_copy(update={"data": audit_data}), (Peer.AUDIT,)))
-    await ctx.outbox.enqueue_each(session, items)
-    await ctx.notifier.publish(session, STREAM_CHANNEL, case.id)
+    return items
 
 
 async def audit_reads(

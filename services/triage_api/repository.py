@@ -9,7 +9,7 @@ from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.models import TriageCase, TriageCaseEvent, TriageObservation
-from services.shared.db.statements import insert_if_absent
+from services.shared.db.statements import insert_if_absent, insert_many_if_absent
 
 
 async def get_case(
@@ -59,13 +59,20 @@ async def insert_case_if_new(session: AsyncSession, values: dict[str, Any]) -> b
     return await insert_if_absent(session, TriageCase, values)
 
 
+async def insert_cases_if_new(session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert the cases whose idempotency key and reference are free, in one statement;
+    the ids of those inserted."""
+    return await insert_many_if_absent(session, TriageCase, rows, returning="id")
+
+
 async def insert_first_rows(
-    session: AsyncSession, *, observation: dict[str, Any] | None, event: dict[str, Any]
+    session: AsyncSession, *, observations: list[dict[str, Any]], events: list[dict[str, Any]]
 ) -> None:
-    """A new case's first observation set (if any) and the first event of its stream."""
-    if observation is not None:
-        await session.execute(insert(TriageObservation), [observation])
-    await session.execute(insert(TriageCaseEvent), [event])
+    """New cases' first observation sets and the first events of their streams."""
+    if observations:
+        await session.execute(insert(TriageObservation), observations)
+    if events:
+        await session.execute(insert(TriageCaseEvent), events)
 
 
 async def append_event(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from services.shared.db.session import SessionDep, TransactionalRoute
 from services.shared.errors import error_responses
 from services.triage_api import lifecycle, service
-from services.triage_api.deps import CaseReader, ContextDep, CurrentCrew
+from services.triage_api.deps import CaseIntake, CaseReader, ContextDep, CurrentCrew
 from services.triage_api.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
     AcknowledgeRequest,
@@ -48,15 +48,19 @@ async def submit_case(
     idempotency_key: IdempotencyKey,
     session: SessionDep,
     ctx: ContextDep,
+    intake: CaseIntake,
     crew: CurrentCrew,
     response: Response,
 ) -> CaseRead:
     """Ask for a consultant's advice on a patient. NEWS2, derived risk flags and priority
     are computed here. A retry with the same `Idempotency-Key` and body returns the same
     case with `Idempotent-Replayed: true`; the same key with another body is 409."""
-    case, replayed = await service.create_case(
-        session, ctx=ctx, payload=payload, idempotency_key=idempotency_key, actor=crew
-    )
+    new = service.prepare_case(ctx, payload=payload, idempotency_key=idempotency_key, actor=crew)
+    if await intake.submit(new):
+        return case_read(new.case())
+    # Not taken by the batch (a key seen before, a reference drawn twice): alone, the
+    # ordinary way, which replays, redraws or says what is wrong.
+    case, replayed = await service.create_case(session, ctx=ctx, new=new)
     if replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"

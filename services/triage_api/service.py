@@ -12,9 +12,10 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,7 +45,7 @@ from services.shared.schemas.cases import News2Read
 from services.shared.schemas.events import EventType
 from services.triage_api import repository
 from services.triage_api.context import TriageContext
-from services.triage_api.outbound import announce_change, audit_reads
+from services.triage_api.outbound import audit_reads, change_events
 from services.triage_api.schemas import CaseCreate, ObservationSet
 
 logger = logging.getLogger("reach.triage")
@@ -115,21 +116,37 @@ def news2_document(news2: News2Result | None) -> dict[str, Any] | None:
     return None if news2 is None else News2Read.of(news2).model_dump(mode="json")
 
 
-async def create_case(
-    session: AsyncSession,
-    *,
-    ctx: TriageContext,
-    payload: CaseCreate,
-    idempotency_key: str,
-    actor: Principal,
-) -> tuple[TriageCase, bool]:
-    """Store a new case, or replay the one this key already made. Returns (case, replayed).
+@dataclass
+class NewCase:
+    """A submission worked out before the first statement: its case row and the rest."""
 
-    Everything is computed before the first statement, and the case is inserted with
-    `ON CONFLICT DO NOTHING`: on the usual path that is one round trip, and concurrent
-    requests with one key serialise on the (paramedic, key) unique constraint — one
-    inserts, the others find its case and replay it.
-    """
+    payload: CaseCreate
+    actor: Principal
+    key: str
+    digest: str
+    assessment: Assessment
+    now: datetime
+    values: dict[str, Any]
+
+    def redraw(self) -> None:
+        """A fresh id and reference, when the ones drawn were taken."""
+        self.values = _new_case(
+            self.payload,
+            self.assessment,
+            actor=self.actor,
+            key=self.key,
+            digest=self.digest,
+            now=self.now,
+        )
+
+    def case(self) -> TriageCase:
+        return TriageCase(**self.values)
+
+
+def prepare_case(
+    ctx: TriageContext, *, payload: CaseCreate, idempotency_key: str, actor: Principal
+) -> NewCase:
+    """Everything a new case needs that takes no database: checks, NEWS2, its row."""
     digest = fingerprint(payload)
     check_taken_at(payload.observations, ctx)
     assessment = assess(
@@ -140,45 +157,96 @@ async def create_case(
         call_category=payload.incident.call_category,
     )
     now = ctx.clock.now()
-    for _ in range(_REFERENCE_ATTEMPTS):
-        values = _new_case(
-            payload, assessment, actor=actor, key=idempotency_key, digest=digest, now=now
-        )
-        if await repository.insert_case_if_new(session, values):
+    values = _new_case(
+        payload, assessment, actor=actor, key=idempotency_key, digest=digest, now=now
+    )
+    return NewCase(payload, actor, idempotency_key, digest, assessment, now, values)
+
+
+async def create_case(
+    session: AsyncSession, *, ctx: TriageContext, new: NewCase
+) -> tuple[TriageCase, bool]:
+    """Store a new case, or replay the one this key already made. Returns (case, replayed).
+
+    The case is inserted with `ON CONFLICT DO NOTHING`: on the usual path that is one
+    round trip, and concurrent requests with one key serialise on the (paramedic, key)
+    unique constraint — one inserts, the others find its case and replay it.
+    """
+    for attempt in range(_REFERENCE_ATTEMPTS):
+        if attempt:
+            new.redraw()  # not this key: the reference was taken
+        if await repository.insert_case_if_new(session, new.values):
             break
         existing = await repository.find_by_idempotency_key(
-            session, paramedic_id=actor.sub, key=idempotency_key
+            session, paramedic_id=new.actor.sub, key=new.key
         )
         if existing is not None:
-            return _replay(existing, digest), True
-        # Not this key: the reference was taken. Draw another.
+            return _replay(existing, new.digest), True
     else:
         raise Conflict("could not allocate a case reference; retry", code="try_again")
-    case = TriageCase(**values)
-    queued = {"status": case.status, "priority": case.priority, "news2": case.news2}
+    await _store_the_rest(session, ctx, [new])
+    return new.case(), False
+
+
+async def create_cases_together(
+    session: AsyncSession, ctx: TriageContext, batch: Sequence[NewCase]
+) -> list[bool]:
+    """Store a batch of new cases in one transaction, one statement per table (see
+    `GroupCommit`). A case whose key or reference is taken is not stored (False): its
+    request goes the way of `create_case`, which replays or draws again."""
+    stored_ids = await repository.insert_cases_if_new(session, [new.values for new in batch])
+    stored = [new.values["id"] in stored_ids for new in batch]
+    await _store_the_rest(session, ctx, [new for new, ok in zip(batch, stored, strict=True) if ok])
+    return stored
+
+
+async def _store_the_rest(session: AsyncSession, ctx: TriageContext, news: list[NewCase]) -> None:
+    """Each new case's first observation set, the first event of its stream, the news
+    for the router and audit, and once committed, its metric and its log line."""
+    if not news:
+        return
+    cases = [new.case() for new in news]
+    observations = [
+        _observation_row(new.values["id"], new.payload.observations, new.assessment, new.actor,
+                         new.now)
+        for new in news
+    ]  # fmt: skip
     await repository.insert_first_rows(
         session,
-        observation=_observation_row(case.id, payload.observations, assessment, actor, now),
-        event={
-            "case_id": case.id,
-            "seq": 1,
-            "type": CaseEventType.QUEUED,
-            "at": now,
-            "data": queued,
-        },
+        observations=[row for row in observations if row is not None],
+        events=[
+            {
+                "case_id": case.id,
+                "seq": 1,
+                "type": CaseEventType.QUEUED,
+                "at": case.created_at,
+                "data": {"status": case.status, "priority": case.priority, "news2": case.news2},
+            }
+            for case in cases
+        ],
     )
-    await announce_change(session, ctx, case, event_type=EventType.CASE_SUBMITTED, actor=actor)
-    specialty, category = case.requested_specialty, case.call_category
-    after_commit(session, lambda: ctx.metrics.cases_submitted.labels(specialty, category).inc())
-    # Operational logs carry ids and vocabulary values, never the patient's details.
-    case_id, priority = case.id, case.priority
-    after_commit(
+    # No stream wake-up: nobody can follow a case before its id has been returned.
+    await ctx.outbox.enqueue_each(
         session,
-        lambda: logger.info(
-            "case %s submitted: %s, priority %d, for %s", case_id, category, priority, specialty
-        ),
+        [
+            item
+            for case, new in zip(cases, news, strict=True)
+            for item in change_events(
+                ctx, case, event_type=EventType.CASE_SUBMITTED, actor=new.actor
+            )
+        ],
     )
-    return case, False
+    for case in cases:
+        after_commit(session, partial(_submitted, ctx, case))
+
+
+def _submitted(ctx: TriageContext, case: TriageCase) -> None:
+    specialty, category = case.requested_specialty, case.call_category
+    ctx.metrics.cases_submitted.labels(specialty, category).inc()
+    # Operational logs carry ids and vocabulary values, never the patient's details.
+    logger.info(
+        "case %s submitted: %s, priority %d, for %s", case.id, category, case.priority, specialty
+    )
 
 
 def _replay(case: TriageCase, digest: str) -> TriageCase:

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, func, select
 
-from services.shared.db.models import TriageCase, TriageOutbox
+from services.shared.db.models import TriageCase, TriageObservation, TriageOutbox
 from services.shared.db.session import unit_of_work
 from services.shared.domain.reference import REFERENCE_PATTERN
 from services.shared.resources import Resources
@@ -138,6 +138,56 @@ class TestSubmit:
         await submit(http)
         labels = {"specialty": "frailty", "call_category": "C2"}
         assert resources.registry.get_sample_value("reach_cases_submitted_total", labels) == 2
+
+
+class TestSubmittedTogether:
+    """Submissions that arrive together are written in one transaction; each must come out
+    exactly as if it had been alone."""
+
+    async def test_each_of_a_burst_is_stored_whole(
+        self, http: httpx.AsyncClient, resources: Resources
+    ) -> None:
+        bodies = [case_body(requested_specialty=s) for s in ["frailty", "mental_health"] * 6]
+        keys = [idempotency_key() for _ in bodies]
+        responses = await asyncio.gather(
+            *(submit(http, body, key=key) for body, key in zip(bodies, keys, strict=True))
+        )
+        assert [r.status_code for r in responses] == [201] * 12
+        cases = [r.json() for r in responses]
+        assert [c["requested_specialty"] for c in cases] == [
+            b["requested_specialty"] for b in bodies
+        ]
+        assert len({c["id"] for c in cases}) == len({c["reference"] for c in cases}) == 12
+        assert await count(resources, TriageCase) == 12
+        assert await count(resources, TriageObservation) == 12
+        events = await outbox_payloads(resources)
+        assert sorted(e["subject_id"] for e in events) == sorted([c["id"] for c in cases] * 2)
+        for case in cases:
+            stream = (await http.get(f"/v1/cases/{case['id']}/events", headers=CREW)).json()
+            assert [(e["seq"], e["type"]) for e in stream["items"]] == [(1, "queued")]
+        counted = resources.registry.get_sample_value(
+            "reach_cases_submitted_total", {"specialty": "mental_health", "call_category": "C2"}
+        )
+        assert counted == 6
+        # A retry of any of them is a replay, as for a case stored alone.
+        again = await submit(http, bodies[3], key=keys[3])
+        assert again.status_code == 200
+        assert again.json()["id"] == cases[3]["id"]
+
+    async def test_a_burst_mixing_new_cases_and_a_reused_key(
+        self, http: httpx.AsyncClient, resources: Resources
+    ) -> None:
+        first = await submit(http, key="reused-key-0001")
+        burst = [submit(http) for _ in range(5)] + [
+            submit(http, key="reused-key-0001"),
+            submit(http, case_body(requested_specialty="mental_health"), key="reused-key-0001"),
+        ]
+        responses = await asyncio.gather(*burst)
+        assert [r.status_code for r in responses] == [201] * 5 + [200, 409]
+        assert responses[5].json()["id"] == first.json()["id"]
+        assert responses[6].json()["error"] == "idempotency_key_reused"
+        assert await count(resources, TriageCase) == 6
+        assert await count(resources, TriageOutbox) == 12
 
 
 class TestIdempotency:

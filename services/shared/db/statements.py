@@ -24,6 +24,11 @@ def _insert_ignoring_conflicts(dialect: str, table: Table) -> Any:
     return sqlite.insert(table).on_conflict_do_nothing()
 
 
+@functools.cache
+def _insert_ignoring_conflicts_returning(dialect: str, table: Table, column: str) -> Any:
+    return _insert_ignoring_conflicts(dialect, table).returning(table.c[column])
+
+
 async def insert_if_absent(session: AsyncSession, model: Any, values: dict[str, Any]) -> bool:
     """Insert a row unless one of its unique keys exists; True if this call inserted it.
 
@@ -32,3 +37,17 @@ async def insert_if_absent(session: AsyncSession, model: Any, values: dict[str, 
     statement = _insert_ignoring_conflicts(dialect_name(session), model.__table__)
     result = await session.execute(statement, values)
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+async def insert_many_if_absent(
+    session: AsyncSession, model: Any, rows: list[dict[str, Any]], *, returning: str
+) -> set[Any]:
+    """Insert, in one statement, each row none of whose unique keys exists (nor is taken
+    by an earlier row of `rows`); the `returning` column of the rows inserted."""
+    if not rows:
+        return set()
+    statement = _insert_ignoring_conflicts_returning(
+        dialect_name(session), model.__table__, returning
+    )
+    result = await session.execute(statement, rows)
+    return set(result.scalars())

@@ -1,0 +1,92 @@
+"""Group commit: the writes that arrive while one transaction runs share the next one.
+
+Under load most of a small write's cost is not its own work but the fixed price of a
+transaction and of each statement: taking the pooled connection, BEGIN, one round trip
+(or, on SQLite, one hop to the driver's thread) per statement, COMMIT. Requests that
+arrive while a batch is being written queue here and are written together, one
+multi-row statement per table, by a writer task that lives only while there is work.
+Nothing waits on purpose: a lone request is written at once, in a batch of one.
+
+A batch is an optimisation, never the authority. The writer says, item by item, whether
+it stored it; an item it did not store (a unique key already taken, say) — or every item,
+if the batch failed — goes back to its caller, who does it alone on the ordinary path and
+gets that path's precise answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.shared.db.session import SessionMaker, in_transaction
+from services.shared.observability import log_failure
+
+logger = logging.getLogger("reach.db.group_commit")
+
+T = TypeVar("T")
+
+# Writes the items in the caller's transaction; says for each whether it was stored.
+WriteBatch = Callable[[AsyncSession, Sequence[T]], Awaitable[Sequence[bool]]]
+
+
+class GroupCommit(Generic[T]):
+    def __init__(
+        self, maker: SessionMaker, write: WriteBatch[T], *, max_batch: int, name: str
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("a batch holds at least one item")
+        self._maker = maker
+        self._write = write
+        self._max_batch = max_batch
+        self._name = name
+        self._pending: deque[tuple[T, asyncio.Future[bool]]] = deque()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> bool:
+        """True once `item` is committed; False if the batch left it to the caller."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._drain(), name=f"{self._name}-group-commit")
+        # A caller that stops waiting (its client went away) leaves the item in the batch:
+        # it is written all the same, as it would have been on the ordinary path.
+        return await future
+
+    async def _drain(self) -> None:
+        batch: list[tuple[T, asyncio.Future[bool]]] = []
+        try:
+            while self._pending:
+                size = min(len(self._pending), self._max_batch)
+                batch = [self._pending.popleft() for _ in range(size)]
+                stored = await self._write_batch([item for item, _ in batch])
+                for (_, future), done in zip(batch, stored, strict=True):
+                    _settle(future, done)
+                batch = []
+        finally:
+            # Only a shutdown cancels the writer: whoever is still waiting does it alone.
+            for _, future in [*batch, *self._pending]:
+                _settle(future, False)
+            self._pending.clear()
+            self._writer = None
+
+    async def _write_batch(self, items: list[T]) -> Sequence[bool]:
+        try:
+            stored = await in_transaction(self._maker, lambda session: self._write(session, items))
+        except Exception as exc:  # each caller retries alone and gets its own answer
+            log_failure(logger, f"{self._name}: a batch of {len(items)} failed", exc)
+            return [False] * len(items)
+        if len(stored) != len(items):  # a defect in the writer: trust none of its answers
+            logger.error("%s: the batch writer answered for %d of %d items",
+                         self._name, len(stored), len(items))  # fmt: skip
+            return [False] * len(items)
+        return stored
+
+
+def _settle(future: asyncio.Future[bool], stored: bool) -> None:
+    if not future.done():
+        future.set_result(stored)

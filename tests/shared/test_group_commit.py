@@ -1,0 +1,164 @@
+"""Group commit: writes that arrive together share a transaction; anything a batch does not
+store goes back to its caller. On SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.embedded import EmbeddedSettings
+from services.shared.clock import ManualClock
+from services.shared.db.group_commit import GroupCommit
+from services.shared.db.models import TriageInbox
+from services.shared.db.session import unit_of_work
+from services.shared.db.statements import insert_many_if_absent
+from services.shared.resources import Resources, open_resources
+
+
+@pytest.fixture
+async def resources(settings: EmbeddedSettings, clock: ManualClock) -> AsyncIterator[Resources]:
+    async with open_resources(settings, clock=clock) as built:
+        yield built
+
+
+class InboxWriter:
+    """Writes event ids into the triage inbox, one statement per batch, and remembers the
+    size of every batch it was given."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.batches: list[int] = []
+
+    async def __call__(self, session: AsyncSession, items: Sequence[str]) -> list[bool]:
+        self.batches.append(len(items))
+        rows = [
+            {"event_id": item, "source": "test", "event_type": "t", "received_at": self.clock.now()}
+            for item in items
+        ]
+        stored = await insert_many_if_absent(session, TriageInbox, rows, returning="event_id")
+        # An id twice in one batch is stored once: its first comer gets True.
+        answers, seen = [], set()
+        for item in items:
+            answers.append(item in stored and item not in seen)
+            seen.add(item)
+        return answers
+
+
+async def stored_ids(resources: Resources) -> list[str]:
+    async with unit_of_work(resources.sessionmaker) as session:
+        return sorted((await session.execute(select(TriageInbox.event_id))).scalars())
+
+
+async def test_items_arriving_together_share_one_transaction(
+    resources: Resources, clock: ManualClock
+) -> None:
+    writer = InboxWriter(clock)
+    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=64, name="test")
+    ids = [f"event-{n:02d}" for n in range(30)]
+    answers = await asyncio.gather(*(intake.submit(item) for item in ids))
+    assert answers == [True] * 30
+    assert writer.batches == [30]
+    assert await stored_ids(resources) == ids
+
+
+async def test_batches_are_cut_at_the_maximum(resources: Resources, clock: ManualClock) -> None:
+    writer = InboxWriter(clock)
+    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=8, name="test")
+    answers = await asyncio.gather(*(intake.submit(f"event-{n:02d}") for n in range(30)))
+    assert answers == [True] * 30
+    assert writer.batches == [8, 8, 8, 6]
+
+
+async def test_a_lone_item_is_written_at_once_and_the_writer_goes_away(
+    resources: Resources, clock: ManualClock
+) -> None:
+    writer = InboxWriter(clock)
+    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=64, name="test")
+    assert await intake.submit("only") is True
+    assert await intake.submit("next") is True
+    assert writer.batches == [1, 1]
+    assert await stored_ids(resources) == ["next", "only"]
+
+
+async def test_what_a_batch_did_not_store_goes_back_to_its_caller(
+    resources: Resources, clock: ManualClock
+) -> None:
+    writer = InboxWriter(clock)
+    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=64, name="test")
+    assert await intake.submit("taken") is True
+    answers = await asyncio.gather(*(intake.submit(item) for item in ["a", "taken", "b", "a"]))
+    assert answers == [True, False, True, False]
+    assert await stored_ids(resources) == ["a", "b", "taken"]
+
+
+async def test_a_failed_batch_stores_nothing_and_hands_every_item_back(
+    resources: Resources, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    inner = InboxWriter(clock)
+    # A driver's message may repeat a statement's parameters, and those may be a patient's.
+    message = "patient Jane Doe, NHS 943 476 5919"
+
+    async def write_then_fail(session: AsyncSession, items: Sequence[str]) -> list[bool]:
+        await inner(session, items)
+        raise RuntimeError(message)
+
+    intake = GroupCommit[str](resources.sessionmaker, write_then_fail, max_batch=64, name="test")
+    with caplog.at_level(logging.ERROR, logger="reach.db.group_commit"):
+        answers = await asyncio.gather(*(intake.submit(f"event-{n}") for n in range(5)))
+    assert answers == [False] * 5
+    assert await stored_ids(resources) == []  # rolled back
+    assert "a batch of 5 failed: RuntimeError" in caplog.text
+    assert "Jane" not in caplog.text
+    assert "943" not in caplog.text
+    # The writer recovers: the next item is written as usual.
+    intake._write = inner  # type: ignore[assignment]
+    assert await intake.submit("after") is True
+
+
+async def test_a_writer_that_answers_for_too_few_items_is_trusted_for_none(
+    resources: Resources, clock: ManualClock
+) -> None:
+    async def short(session: AsyncSession, items: Sequence[str]) -> list[bool]:
+        return [True]
+
+    intake = GroupCommit[str](resources.sessionmaker, short, max_batch=64, name="test")
+    answers = await asyncio.gather(*(intake.submit(str(n)) for n in range(3)))
+    assert answers == [False, False, False]
+
+
+async def test_a_caller_that_stops_waiting_does_not_stop_the_others(
+    resources: Resources, clock: ManualClock
+) -> None:
+    writer = InboxWriter(clock)
+    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=64, name="test")
+    impatient = asyncio.create_task(intake.submit("impatient"))
+    patient = asyncio.create_task(intake.submit("patient"))
+    await asyncio.sleep(0)  # both queued, the writer started
+    impatient.cancel()
+    assert await patient is True
+    # The cancelled caller's item was queued already: written all the same.
+    assert await stored_ids(resources) == ["impatient", "patient"]
+
+
+async def test_count_of_rows_matches_answers_under_sustained_arrivals(
+    resources: Resources, clock: ManualClock
+) -> None:
+    writer = InboxWriter(clock)
+    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=16, name="test")
+
+    async def arrive(n: int) -> Any:
+        await asyncio.sleep((n % 7) * 0.001)
+        return await intake.submit(f"event-{n:03d}")
+
+    answers = await asyncio.gather(*(arrive(n) for n in range(120)))
+    assert all(answers)
+    assert sum(writer.batches) == 120
+    assert len(writer.batches) < 120  # some arrived together
+    async with unit_of_work(resources.sessionmaker) as session:
+        assert await session.scalar(select(func.count()).select_from(TriageInbox)) == 120
