@@ -22,7 +22,7 @@ from services.shared.clock import Clock
 from services.shared.db.models import AuditInbox
 from services.shared.db.session import SessionMaker, unit_of_work
 from services.shared.observability import log_failure
-from services.shared.outbox import EventHandler, events_router
+from services.shared.outbox import BatchHandler, EventHandler, events_router
 from services.shared.resources import Resources, open_resources
 from services.shared.schemas.events import Event
 from services.shared.web import background_tasks, install_common
@@ -40,6 +40,18 @@ def event_handlers(clock: Clock) -> dict[str, EventHandler]:
         await dispositions.record(session, event, now=now)
 
     return dict.fromkeys(ALLOWED, handle)
+
+
+def batch_handler(clock: Clock) -> BatchHandler:
+    """The same as `event_handlers`, for a batch: one append to the trail for all."""
+
+    async def handle(session: AsyncSession, events: list[Event]) -> None:
+        now = clock.now()
+        await trail.append_many(session, [trail.NewEntry.of(e) for e in events], recorded_at=now)
+        for event in events:
+            await dispositions.record(session, event, now=now)
+
+    return handle
 
 
 async def verify_periodically(
@@ -78,6 +90,7 @@ def create_app(
             )
             app.state.audit = ctx
             app.state.event_handlers = event_handlers(res.clock)
+            app.state.event_batch_handler = batch_handler(res.clock)
             app.state.refresh_metrics = partial(_refresh_metrics, res, ctx)
             try:
                 tasks = await stack.enter_async_context(background_tasks())

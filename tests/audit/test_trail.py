@@ -25,6 +25,20 @@ class TestIngest:
         entries = await feed.trail(subject_id="case-1")
         assert [e["event_id"] for e in entries] == [submitted["id"]]
 
+    async def test_a_batch_is_chained_in_the_order_it_arrived(
+        self, feed: Feed, clock: ManualClock
+    ) -> None:
+        batch = [
+            event("case.submitted", f"case-b{n}", clock.now(), reference=f"R-B{n}")
+            for n in range(6)
+        ]
+        assert await feed.post(batch[0]) == ["accepted"]
+        assert await feed.post(*batch[1:], batch[2]) == ["accepted"] * 5 + ["duplicate"]
+        entries = await feed.trail()
+        assert [e["event_id"] for e in entries] == [e["id"] for e in batch]
+        assert [e["seq"] for e in entries] == list(range(1, 7))
+        assert (await feed.verify(full=True))["ok"] is True
+
     async def test_events_out_of_order_across_sources_are_each_recorded_once(
         self, feed: Feed, clock: ManualClock
     ) -> None:

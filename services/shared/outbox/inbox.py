@@ -18,11 +18,14 @@ from services.shared.auth import CurrentService
 from services.shared.clock import Clock
 from services.shared.db.models.outbox import InboxRowMixin
 from services.shared.db.session import SessionDep, TransactionalRoute
-from services.shared.db.statements import insert_if_absent
+from services.shared.db.statements import insert_many_if_absent
 from services.shared.errors import AppError
 from services.shared.schemas.events import Event, EventBatch, EventBatchResult, EventOutcome
 
 EventHandler = Callable[[AsyncSession, Event], Awaitable[None]]
+# Handles several new events at once, in order, exactly as the per-type handlers would one
+# by one, but cheaper (audit appends a batch to its trail under one lock).
+BatchHandler = Callable[[AsyncSession, list[Event]], Awaitable[None]]
 
 
 async def receive_events(
@@ -32,47 +35,88 @@ async def receive_events(
     raw_events: list[dict[str, Any]],
     handlers: Mapping[str, EventHandler],
     clock: Clock,
+    batch_handler: BatchHandler | None = None,
 ) -> EventBatchResult:
-    results: list[EventOutcome] = []
-    for raw in raw_events:
+    """Each event's outcome, in the order received.
+
+    The inbox rows of the whole batch go in one statement. The new events are then
+    handled together under one savepoint; if one of them is refused, that savepoint is
+    undone and they are handled one by one, each under its own, so a refused event
+    changes nothing and the others still count.
+    """
+    outcomes: list[EventOutcome | None] = [None] * len(raw_events)
+    valid: list[tuple[int, Event]] = []
+    for position, raw in enumerate(raw_events):
         try:
-            event = Event.model_validate(raw)
+            valid.append((position, Event.model_validate(raw)))
         except ValidationError:
             raw_id = raw.get("id")
-            results.append(
-                EventOutcome(
-                    id=raw_id[:64] if isinstance(raw_id, str) else "",
-                    outcome="rejected",
-                    detail="not a valid event envelope",
-                )
+            outcomes[position] = EventOutcome(
+                id=raw_id[:64] if isinstance(raw_id, str) else "",
+                outcome="rejected",
+                detail="not a valid event envelope",
             )
-            continue
-        results.append(await _receive_one(session, inbox_model, event, handlers, clock))
-    return EventBatchResult(results=results)
+    first_time = await _remember(session, inbox_model, [event for _, event in valid], clock)
+    fresh: list[tuple[int, Event]] = []
+    for position, event in valid:
+        if event.id not in first_time:
+            outcomes[position] = EventOutcome(id=event.id, outcome="duplicate")
+        elif event.type not in handlers:
+            outcomes[position] = EventOutcome(id=event.id, outcome="ignored")
+        else:
+            fresh.append((position, event))
+        first_time.discard(event.id)  # a second copy in the same batch is a duplicate
+    if await _handle_together(session, [event for _, event in fresh], handlers, batch_handler):
+        for position, event in fresh:
+            outcomes[position] = EventOutcome(id=event.id, outcome="accepted")
+    else:
+        for position, event in fresh:
+            outcomes[position] = await _handle_alone(session, event, handlers[event.type])
+    return EventBatchResult(results=[outcome for outcome in outcomes if outcome is not None])
 
 
-async def _receive_one(
-    session: AsyncSession,
-    inbox_model: type[InboxRowMixin],
-    event: Event,
-    handlers: Mapping[str, EventHandler],
-    clock: Clock,
-) -> EventOutcome:
-    first_time = await insert_if_absent(
-        session,
-        inbox_model,
-        {
+async def _remember(
+    session: AsyncSession, inbox_model: type[InboxRowMixin], events: list[Event], clock: Clock
+) -> set[str]:
+    """Insert an inbox row per event not seen before; the ids that are new."""
+    now = clock.now()
+    rows = {
+        event.id: {
             "event_id": event.id,
             "source": event.source,
             "event_type": event.type,
-            "received_at": clock.now(),
-        },
+            "received_at": now,
+        }
+        for event in reversed(events)  # the first copy of an id wins
+    }
+    return await insert_many_if_absent(
+        session, inbox_model, list(reversed(rows.values())), returning="event_id"
     )
-    if not first_time:
-        return EventOutcome(id=event.id, outcome="duplicate")
-    handler = handlers.get(event.type)
-    if handler is None:
-        return EventOutcome(id=event.id, outcome="ignored")
+
+
+async def _handle_together(
+    session: AsyncSession,
+    events: list[Event],
+    handlers: Mapping[str, EventHandler],
+    batch_handler: BatchHandler | None,
+) -> bool:
+    """True if every event was handled under one savepoint; False if one was refused (and
+    nothing of the batch's handling remains)."""
+    if not events:
+        return True
+    try:
+        async with session.begin_nested():
+            if batch_handler is not None:
+                await batch_handler(session, events)
+            else:
+                for event in events:
+                    await handlers[event.type](session, event)
+    except AppError:
+        return False
+    return True
+
+
+async def _handle_alone(session: AsyncSession, event: Event, handler: EventHandler) -> EventOutcome:
     try:
         async with session.begin_nested():
             await handler(session, event)
@@ -97,6 +141,7 @@ def events_router(*, path: str, inbox_model: type[InboxRowMixin]) -> APIRouter:
             raw_events=batch.events,
             handlers=request.app.state.event_handlers,
             clock=request.app.state.resources.clock,
+            batch_handler=getattr(request.app.state, "event_batch_handler", None),
         )
 
     return router
