@@ -117,7 +117,7 @@ async def test_a_failed_batch_stores_nothing_and_hands_every_item_back(
     assert "Jane" not in caplog.text
     assert "943" not in caplog.text
     # The writer recovers: the next item is written as usual.
-    intake._write = inner  # type: ignore[assignment]
+    intake._write = inner
     assert await intake.submit("after") is True
 
 

@@ -19,11 +19,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.clients.peers import Peer, PeerClient, PeerUnavailable
 from services.shared.clock import Clock
+from services.shared.db.models.outbox import OutboxRowMixin
 from services.shared.db.session import SessionMaker, unit_of_work
 from services.shared.notify import Notifier
 from services.shared.observability import log_failure
@@ -80,6 +81,28 @@ class _Claimed:
     destination: str
     payload: dict[str, Any]
     attempts: int
+
+
+def due_rows(
+    model: type[OutboxRowMixin], *, now: datetime, limit: int, paused: list[str]
+) -> Select[int]:
+    """The ids of the oldest rows due for delivery and not leased to another deliverer.
+    Served by the pending-rows index: its cost follows the undelivered rows, not all."""
+    due = (
+        select(model.id)
+        .where(
+            model.delivered_at.is_(None),
+            model.dead_at.is_(None),
+            model.next_attempt_at <= now,
+            or_(model.claimed_until.is_(None), model.claimed_until < now),
+        )
+        .order_by(model.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if paused:
+        due = due.where(model.destination.not_in(paused))
+    return due
 
 
 class OutboxDelivery:
@@ -152,20 +175,7 @@ class OutboxDelivery:
         model = self._model
         now = self._clock.now()
         paused = [dest for dest, until in self._paused_until.items() if until > now]
-        due = (
-            select(model.id)
-            .where(
-                model.delivered_at.is_(None),
-                model.dead_at.is_(None),
-                model.next_attempt_at <= now,
-                or_(model.claimed_until.is_(None), model.claimed_until < now),
-            )
-            .order_by(model.id)
-            .limit(self._settings.outbox_batch_size)
-            .with_for_update(skip_locked=True)
-        )
-        if paused:
-            due = due.where(model.destination.not_in(paused))
+        due = due_rows(model, now=now, limit=self._settings.outbox_batch_size, paused=paused)
         lease = now + timedelta(seconds=self._settings.outbox_lease_seconds)
         async with unit_of_work(self._maker) as session:
             ids = list((await session.execute(due)).scalars())

@@ -44,12 +44,12 @@ class OutboxRowMixin:
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:  # noqa: N805 -- a declared_attr takes the class
         name: str = cls.__tablename__  # type: ignore[attr-defined]
-        # Only undelivered rows are ever scanned, so the index holds only those.
+        # Only undelivered rows are ever scanned, so the index holds only those, in the
+        # order deliveries claim them.
         pending = text("delivered_at IS NULL AND dead_at IS NULL")
         return (
             Index(
                 f"ix_{name}_pending",
-                "next_attempt_at",
                 "id",
                 postgresql_where=pending,
                 sqlite_where=pending,
