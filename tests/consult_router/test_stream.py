@@ -19,8 +19,7 @@ from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
-from tests.support import running_server, token
-
+from tests.support import eventually, running_server, token
 
 # Long enough that a socket a test keeps open but quiet is never closed as idle, however
 # slowly a loaded machine runs the test; the idle test shortens it for itself.
@@ -61,6 +60,10 @@ async def receive_type(socket: ClientConnection, kind: str, timeout: float = 5.0
         if message["type"] == kind:
             return message
         assert message["type"] == "queue", message
+
+
+async def _no_offers(desk: Desk, consultant_id: str) -> bool:
+    return await desk.offers(consultant_id) == []
 
 
 async def close_code(socket: ClientConnection) -> int:
@@ -185,6 +188,9 @@ class TestReconnection:
             await phone.close()
             # While the phone is in a lift: the offer is declined on the tablet, another comes.
             await tablet.send(json.dumps({"type": "decline", "offer_id": seen["offer_id"]}))
+            # The decline lands before the next case arrives; otherwise the next case would
+            # rightly go to dr-b, the only one free at that moment.
+            await eventually(lambda: _no_offers(live_desk, "dr-a"))
             second_case = snapshot(clock)
             await live_desk.send_case(second_case)
             assert (await receive_type(tablet, "offer"))["case"]["id"] == second_case["id"]

@@ -3,8 +3,10 @@ that tells the truth about the database, per-route metrics with templates as lab
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -98,9 +100,15 @@ class TestReadiness:
 
     async def test_not_ready_but_alive_when_it_does_not(self, tmp_path: Path) -> None:
         unreachable = "sqlite+aiosqlite:////proc/reach-nowhere/reach.db"
+        before = set(threading.enumerate())
         async with open_resources(settings_for(unreachable, tmp_path)) as resources:
             async for client in client_for(resources):
                 ready = await client.get("/readyz")
                 assert ready.status_code == 503
                 assert ready.json()["status"] == "unavailable"
                 assert (await client.get("/healthz")).status_code == 200
+        # aiosqlite stops a connection that failed to open on its own thread, which then
+        # reports back to this event loop: let it do so before the loop closes.
+        for thread in set(threading.enumerate()) - before:
+            if "_connection_worker_thread" in thread.name:
+                await asyncio.to_thread(thread.join, 5)
