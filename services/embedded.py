@@ -5,7 +5,9 @@ Requests are dispatched by path prefix to each service's own app, built by its o
 factory, so a client sees exactly the paths it sees when the services run split. The
 parent app's lifespan builds the shared resources and runs every child's lifespan, which
 Starlette would not do for mounted apps. Events between services go through the same
-outbox and internal endpoints as when split, over an in-process ASGI transport.
+outbox and the same receiving inbox as when split; only the hop differs: the delivery
+hands a batch to the peer's inbox and marks it delivered in one transaction, where split
+services post it to the peer's internal endpoint.
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ class EmbeddedApp:
             )
             parent.state.resources = resources
             children = self._build_children(resources)
+            # Events between the services here are handed over in one transaction: the same
+            # outbox rows and the same receiving inbox as over HTTP, without the round trip.
+            resources.local_peers.update(
+                {child.name: child.app.state.local_receiver for child in children}
+            )
             for child in children:
                 await stack.enter_async_context(child.app.router.lifespan_context(child.app))
                 self.children[child.name] = child.app

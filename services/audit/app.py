@@ -22,7 +22,7 @@ from services.shared.clock import Clock
 from services.shared.db.models import AuditInbox
 from services.shared.db.session import SessionMaker, unit_of_work
 from services.shared.observability import log_failure
-from services.shared.outbox import BatchHandler, EventHandler, events_router
+from services.shared.outbox import BatchHandler, EventHandler, install_inbox
 from services.shared.resources import Resources, open_resources
 from services.shared.schemas.events import Event
 from services.shared.web import background_tasks, install_common
@@ -111,7 +111,7 @@ def create_app(
     )
     install_common(app, service=SERVICE_NAME, max_body_bytes=settings.max_body_bytes)
     app.include_router(api.router)
-    app.include_router(events_router(path=EVENTS_PATH[Peer.AUDIT], inbox_model=AuditInbox))
+    install_inbox(app, path=EVENTS_PATH[Peer.AUDIT], inbox_model=AuditInbox)
     return app
 
 

@@ -33,7 +33,7 @@ from services.shared.auth import ServiceTokenSigner
 from services.shared.clients.peers import EVENTS_PATH, Peer, PeerClient
 from services.shared.db.models import ConsultInbox, ConsultOutbox
 from services.shared.db.session import in_transaction, unit_of_work
-from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, events_router
+from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, install_inbox
 from services.shared.outbox.writer import outbox_channel
 from services.shared.pages import mount_page
 from services.shared.resources import Resources, open_resources
@@ -99,6 +99,7 @@ def create_app(
                 clock=res.clock,
                 settings=settings,
                 metrics=res.outbox_metrics,
+                local_peers=res.local_peers,
             )
             app.state.outbox_delivery = delivery
             app.state.refresh_metrics = partial(_refresh_metrics, res, ctx, delivery)
@@ -141,9 +142,7 @@ def create_app(
     install_common(app, service=SERVICE_NAME, max_body_bytes=settings.max_body_bytes)
     app.include_router(api_rota.router)
     app.include_router(api_consultant.router)
-    app.include_router(
-        events_router(path=EVENTS_PATH[Peer.CONSULT_ROUTER], inbox_model=ConsultInbox)
-    )
+    install_inbox(app, path=EVENTS_PATH[Peer.CONSULT_ROUTER], inbox_model=ConsultInbox)
     app.add_api_websocket_route("/v1/consultant/stream", ws.consultant_stream)
     mount_page(app, prefix="/dashboard", html=WEB / "dashboard.html", assets=WEB)
     return app

@@ -11,7 +11,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -26,6 +26,7 @@ from services.shared.db.session import SessionMaker, create_sessionmaker
 from services.shared.notify import LocalNotifier, Notifier, PostgresNotifier
 from services.shared.observability import HttpMetrics
 from services.shared.outbox.delivery import OutboxMetrics
+from services.shared.outbox.inbox import LocalReceiver
 from services.shared.settings import Environment, ServiceSettings
 
 JWT_SECRET_FILE = "jwt-secret"  # noqa: S105 -- a file name, not a secret
@@ -51,6 +52,9 @@ class Resources:
     internal_secret: str
     # Set when people's tokens are HS256 (dev and tests): what `reach token` signs with.
     jwt_secret: str | None
+    # Peers running in this process (the embedded default), by name: their outbox events
+    # are handed over in one transaction instead of over HTTP. Filled by the embedded app.
+    local_peers: dict[str, LocalReceiver] = field(default_factory=dict)
 
 
 def load_or_create_secret(path: Path) -> str:

@@ -15,7 +15,7 @@ from services.shared.clients.peers import EVENTS_PATH, Peer, PeerClient
 from services.shared.db.group_commit import GroupCommit
 from services.shared.db.models import TriageInbox, TriageOutbox
 from services.shared.db.session import unit_of_work
-from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, events_router
+from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, install_inbox
 from services.shared.outbox.writer import outbox_channel
 from services.shared.pages import mount_page
 from services.shared.resources import Resources, open_resources
@@ -89,6 +89,7 @@ def create_app(
                 clock=res.clock,
                 settings=settings,
                 metrics=res.outbox_metrics,
+                local_peers=res.local_peers,
             )
             app.state.outbox_delivery = delivery
             app.state.refresh_metrics = partial(_refresh_metrics, res, delivery)
@@ -107,7 +108,7 @@ def create_app(
     )
     install_common(app, service=SERVICE_NAME, max_body_bytes=settings.max_body_bytes)
     app.include_router(router.router)
-    app.include_router(events_router(path=EVENTS_PATH[Peer.TRIAGE_API], inbox_model=TriageInbox))
+    install_inbox(app, path=EVENTS_PATH[Peer.TRIAGE_API], inbox_model=TriageInbox)
     app.add_api_websocket_route("/v1/cases/{case_id}/stream", ws.case_stream)
     # The crew's page: a demonstration and training client of the API above.
     mount_page(app, prefix="/crew", html=WEB / "crew.html", assets=WEB)

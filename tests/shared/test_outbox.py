@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.embedded import EmbeddedSettings
 from services.shared.auth import ServiceTokenSigner
 from services.shared.clients.peers import Peer, PeerClient, PeerDirectory
 from services.shared.clock import ManualClock
-from services.shared.db.models import TriageOutbox
+from services.shared.db.models import AuditDisposition, AuditInbox, TriageOutbox
 from services.shared.db.session import unit_of_work
-from services.shared.outbox import Outbox, OutboxDelivery
+from services.shared.errors import Unprocessable
+from services.shared.outbox import LocalReceiver, Outbox, OutboxDelivery, receive_events
 from services.shared.outbox.delivery import due_rows
 from services.shared.resources import Resources, open_resources
 from services.shared.schemas.events import Event
@@ -42,7 +45,10 @@ def outbox(resources: Resources) -> Outbox:
 
 
 def make_delivery(
-    resources: Resources, outbox: Outbox, settings: EmbeddedSettings
+    resources: Resources,
+    outbox: Outbox,
+    settings: EmbeddedSettings,
+    local_peers: dict[str, LocalReceiver] | None = None,
 ) -> OutboxDelivery:
     return OutboxDelivery(
         outbox=outbox,
@@ -59,6 +65,7 @@ def make_delivery(
         clock=resources.clock,
         settings=settings,
         metrics=resources.outbox_metrics,
+        local_peers=local_peers,
     )
 
 
@@ -369,3 +376,98 @@ class TestClaimCost:
                     str(row[0]) for row in await session.execute(text(f"EXPLAIN {sql}"))
                 )
         assert "ix_triage_outbox_pending" in plan
+
+
+class LocalAudit:
+    """audit's receiving side in this process, as the embedded app wires it: the real
+    inbox (`receive_events`) with a handler that writes, can fail, or can refuse."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.fail_with: Exception | None = None
+        self.refuse = False
+        self.calls = 0
+
+    async def handle(self, session: AsyncSession, event: Event) -> None:
+        session.add(
+            AuditDisposition(case_id=event.subject_id, risk_override=False,
+                             updated_at=self.resources.clock.now())
+        )  # fmt: skip
+        await session.flush()
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.refuse:
+            raise Unprocessable("no such case", code="unknown_case")
+
+    async def __call__(self, session: AsyncSession, raw: list[dict[str, Any]]) -> Any:
+        self.calls += 1
+        return await receive_events(
+            session, inbox_model=AuditInbox, raw_events=raw,
+            handlers={"case.submitted": self.handle}, clock=self.resources.clock,
+        )  # fmt: skip
+
+
+async def audit_rows(resources: Resources) -> tuple[int, int]:
+    async with unit_of_work(resources.sessionmaker) as session:
+        inbox = await session.scalar(select(func.count()).select_from(AuditInbox))
+        handled = await session.scalar(select(func.count()).select_from(AuditDisposition))
+    return int(inbox or 0), int(handled or 0)
+
+
+class TestPeerInThisProcess:
+    """The embedded default hands events to a peer's inbox in the same transaction as it
+    marks them delivered: both happen, or neither."""
+
+    @pytest.fixture
+    def local_audit(self, resources: Resources) -> LocalAudit:
+        return LocalAudit(resources)
+
+    @pytest.fixture
+    def here(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit,
+    ) -> OutboxDelivery:  # fmt: skip
+        return make_delivery(resources, outbox, settings, local_peers={Peer.AUDIT: local_audit})
+
+    async def test_handled_and_marked_delivered_together_without_http(
+        self, resources: Resources, outbox: Outbox, here: OutboxDelivery,
+        local_audit: LocalAudit, fake_peers: FakePeer,
+    ) -> None:  # fmt: skip
+        await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
+        await here.deliver_due()
+        assert local_audit.calls == 1
+        assert await audit_rows(resources) == (3, 3)
+        # The peer not in this process is still posted to.
+        assert [e["peer"] for e in fake_peers.received] == ["/internal/router/events"] * 3
+        assert await pending_rows(resources) == 0
+
+    async def test_a_failure_undoes_the_handling_and_retries_after_a_pause(
+        self, resources: Resources, outbox: Outbox, here: OutboxDelivery,
+        local_audit: LocalAudit, clock: ManualClock,
+    ) -> None:  # fmt: skip
+        await write_events(resources, outbox, 2)
+        local_audit.fail_with = RuntimeError("lock timeout")
+        await here.deliver_due()
+        assert await audit_rows(resources) == (0, 0)  # inbox rows rolled back too
+        assert await pending_rows(resources) == 2
+        local_audit.fail_with = None
+        await here.deliver_due()  # still paused: nothing is tried
+        assert local_audit.calls == 1
+        clock.advance(timedelta(minutes=2))
+        await here.deliver_due()
+        assert await audit_rows(resources) == (2, 2)
+        assert await pending_rows(resources) == 0
+
+    async def test_a_refused_event_is_dead_and_its_handling_undone(
+        self, resources: Resources, outbox: Outbox, here: OutboxDelivery,
+        local_audit: LocalAudit,
+    ) -> None:  # fmt: skip
+        await write_events(resources, outbox, 1)
+        local_audit.refuse = True
+        await here.deliver_due()
+        assert await audit_rows(resources) == (1, 0)  # remembered, not handled
+        async with unit_of_work(resources.sessionmaker) as session:
+            dead = await session.scalar(
+                select(func.count()).where(TriageOutbox.dead_at.is_not(None))
+            )
+        assert dead == 1

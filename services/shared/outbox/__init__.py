@@ -6,7 +6,9 @@ from services.shared.outbox.delivery import OutboxDelivery, OutboxMetrics
 from services.shared.outbox.inbox import (
     BatchHandler,
     EventHandler,
+    LocalReceiver,
     events_router,
+    install_inbox,
     receive_events,
 )
 from services.shared.outbox.writer import Outbox
@@ -14,9 +16,11 @@ from services.shared.outbox.writer import Outbox
 __all__ = [
     "BatchHandler",
     "EventHandler",
+    "LocalReceiver",
     "Outbox",
     "OutboxDelivery",
     "OutboxMetrics",
     "events_router",
+    "install_inbox",
     "receive_events",
 ]

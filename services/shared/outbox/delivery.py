@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +29,9 @@ from services.shared.db.models.outbox import OutboxRowMixin
 from services.shared.db.session import SessionMaker, unit_of_work
 from services.shared.notify import Notifier
 from services.shared.observability import log_failure
+from services.shared.outbox.inbox import LocalReceiver
 from services.shared.outbox.writer import Outbox, outbox_channel
+from services.shared.schemas.events import EventBatchResult
 from services.shared.settings import OutboxSettings
 
 logger = logging.getLogger("reach.outbox")
@@ -105,6 +108,29 @@ def due_rows(
     return due
 
 
+@dataclass
+class _Sorted:
+    """A batch's rows by what the receiver answered for each."""
+
+    delivered: list[_Claimed]
+    rejected: list[tuple[_Claimed, str]]
+    unanswered: list[_Claimed]
+
+    @classmethod
+    def of(cls, rows: list[_Claimed], result: EventBatchResult) -> _Sorted:
+        outcomes = {item.id: item for item in result.results}
+        sorted_out = cls([], [], [])
+        for row in rows:
+            outcome = outcomes.get(row.event_id)
+            if outcome is None or outcome.outcome not in _KNOWN_OUTCOMES:
+                sorted_out.unanswered.append(row)
+            elif outcome.outcome == "rejected":
+                sorted_out.rejected.append((row, outcome.detail or "rejected"))
+            else:
+                sorted_out.delivered.append(row)
+        return sorted_out
+
+
 class OutboxDelivery:
     def __init__(
         self,
@@ -116,8 +142,10 @@ class OutboxDelivery:
         clock: Clock,
         settings: OutboxSettings,
         metrics: OutboxMetrics,
+        local_peers: Mapping[str, LocalReceiver] | None = None,
     ) -> None:
         self._outbox = outbox
+        self._local_peers = local_peers if local_peers is not None else {}
         self._model = outbox.model
         self._maker = sessionmaker
         self._peers = peers
@@ -192,53 +220,63 @@ class OutboxDelivery:
             return [_Claimed(*row) for row in rows]
 
     async def _deliver(self, destination: str, rows: list[_Claimed]) -> None:
+        local = self._local_peers.get(destination)
+        if local is not None:
+            await self._deliver_here(destination, rows, local)
+            return
         try:
             result = await self._peers.post_events(Peer(destination), [row.payload for row in rows])
         except (PeerUnavailable, ValueError) as exc:
             await self._record_failure(destination, rows, str(exc))
             return
-        outcomes = {item.id: item for item in result.results}
-        delivered: list[_Claimed] = []
-        rejected: list[_Claimed] = []
-        unanswered: list[_Claimed] = []
-        for row in rows:
-            outcome = outcomes.get(row.event_id)
-            if outcome is None or outcome.outcome not in _KNOWN_OUTCOMES:
-                unanswered.append(row)
-            elif outcome.outcome == "rejected":
-                rejected.append(row)
-            else:
-                delivered.append(row)
-        self._paused_until.pop(destination, None)
-        self._failures_in_a_row.pop(destination, None)
-        await self._record_results(destination, delivered, rejected, outcomes)
-        if unanswered:
-            await self._record_failure(destination, unanswered, "no result for the event")
+        sorted_out = _Sorted.of(rows, result)
+        async with unit_of_work(self._maker) as session:
+            await self._mark(session, sorted_out)
+        await self._after_delivery(destination, sorted_out)
 
-    async def _record_results(
-        self,
-        destination: str,
-        delivered: list[_Claimed],
-        rejected: list[_Claimed],
-        outcomes: dict[str, Any],
+    async def _deliver_here(
+        self, destination: str, rows: list[_Claimed], receive: LocalReceiver
     ) -> None:
+        """A peer in this process: its inbox takes the events and the rows are marked in
+        one transaction, so they are handled and marked delivered together or not at all."""
+        try:
+            async with unit_of_work(self._maker) as session:
+                result = await receive(session, [row.payload for row in rows])
+                sorted_out = _Sorted.of(rows, result)
+                await self._mark(session, sorted_out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # rolled back: retried with back-off, as for a peer down
+            log_failure(logger, f"{self._service}: handing events to {destination} failed", exc)
+            await self._record_failure(destination, rows, type(exc).__name__)
+            return
+        await self._after_delivery(destination, sorted_out)
+
+    async def _mark(self, session: AsyncSession, sorted_out: _Sorted) -> None:
         model = self._model
         now = self._clock.now()
-        async with unit_of_work(self._maker) as session:
-            if delivered:
-                await session.execute(
-                    update(model)
-                    .where(model.id.in_([r.id for r in delivered]))
-                    .values(delivered_at=now, claimed_until=None, attempts=model.attempts + 1)
-                )
-            for row in rejected:
-                detail = (outcomes[row.event_id].detail or "rejected")[:500]
-                await session.execute(
-                    update(model)
-                    .where(model.id == row.id)
-                    .values(dead_at=now, claimed_until=None, last_error=detail)
-                )
+        if sorted_out.delivered:
+            await session.execute(
+                update(model)
+                .where(model.id.in_([r.id for r in sorted_out.delivered]))
+                .values(delivered_at=now, claimed_until=None, attempts=model.attempts + 1)
+            )
+        for row, detail in sorted_out.rejected:
+            await session.execute(
+                update(model)
+                .where(model.id == row.id)
+                .values(dead_at=now, claimed_until=None, last_error=detail[:500])
+            )
+
+    async def _after_delivery(self, destination: str, sorted_out: _Sorted) -> None:
+        self._paused_until.pop(destination, None)
+        self._failures_in_a_row.pop(destination, None)
+        delivered, rejected = sorted_out.delivered, sorted_out.rejected
         self._metrics.delivered.labels(self._service, destination).inc(len(delivered))
+        if sorted_out.unanswered:
+            await self._record_failure(
+                destination, sorted_out.unanswered, "no result for the event"
+            )
         if rejected:
             self._metrics.dead.labels(self._service, destination).inc(len(rejected))
             logger.error(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +23,9 @@ from services.shared.errors import AppError
 from services.shared.schemas.events import Event, EventBatch, EventBatchResult, EventOutcome
 
 EventHandler = Callable[[AsyncSession, Event], Awaitable[None]]
+# A service's receiving side called in this process, in the sender's transaction (the
+# embedded default): the same inbox and handlers as its internal endpoint, without HTTP.
+LocalReceiver = Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[EventBatchResult]]
 # Handles several new events at once, in order, exactly as the per-type handlers would one
 # by one, but cheaper (audit appends a batch to its trail under one lock).
 BatchHandler = Callable[[AsyncSession, list[Event]], Awaitable[None]]
@@ -124,6 +127,25 @@ async def _handle_alone(session: AsyncSession, event: Event, handler: EventHandl
         # Invalid for this service (an unknown case, a bad field): retrying cannot help.
         return EventOutcome(id=event.id, outcome="rejected", detail=exc.code)
     return EventOutcome(id=event.id, outcome="accepted")
+
+
+def install_inbox(app: FastAPI, *, path: str, inbox_model: type[InboxRowMixin]) -> None:
+    """The internal endpoint peers post events to, and the same receiver for peers in this
+    process (`app.state.local_receiver`). Handlers come from `app.state` at call time."""
+    app.include_router(events_router(path=path, inbox_model=inbox_model))
+
+    async def receive_here(session: AsyncSession, raw_events: list[dict[str, Any]]) -> Any:
+        state = app.state
+        return await receive_events(
+            session,
+            inbox_model=inbox_model,
+            raw_events=raw_events,
+            handlers=state.event_handlers,
+            clock=state.resources.clock,
+            batch_handler=getattr(state, "event_batch_handler", None),
+        )
+
+    app.state.local_receiver = receive_here
 
 
 def events_router(*, path: str, inbox_model: type[InboxRowMixin]) -> APIRouter:
