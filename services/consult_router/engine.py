@@ -58,7 +58,7 @@ class RoutingEngine:
                         swept_at = time.monotonic()
                         await self.run_once()
                     else:
-                        await self._route(ctx.clock.now())
+                        await self.route_changes()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the database is away: keep the loop alive
@@ -74,8 +74,12 @@ class RoutingEngine:
             await presence.reap_stale(session, self._ctx, now=now)
         async with unit_of_work(self._maker) as session:
             await self._escalate(session, now)
-        await self._route(now)
+        await self._route(now, sweeping=True)
         await self._purge_if_due(now)
+
+    async def route_changes(self) -> None:
+        """The pass a wake-up runs: route what a change may have moved, no timers."""
+        await self._route(self._ctx.clock.now(), sweeping=False)
 
     async def _expire_offers(self, session: AsyncSession, now: datetime) -> None:
         for offer in await case_repo.expired_offers(session, now=now, limit=BATCH):
@@ -120,18 +124,18 @@ class RoutingEngine:
             )  # fmt: skip
             _count_escalation(session, ctx, "no_advice")
 
-    async def _route(self, now: datetime) -> None:
-        """Offer waiting cases, most urgent first, one short transaction per case."""
+    async def _route(self, now: datetime, *, sweeping: bool) -> None:
+        """Offer waiting cases, most urgent first, one short transaction per case that
+        could move: on a wake-up, a case waiting on someone's answer is left alone, so a
+        pass costs the cases that can change, not every open one."""
         async with unit_of_work(self._maker) as session:
             view = await RoutingView.load(session, self._ctx, now=now)
             waiting = view.queue_order(await case_repo.open_cases(session, limit=BATCH))
-        for case_id, status in waiting:
-            # With nobody free there is nothing to offer; only offered cases may need
-            # their status (and their holders' shifts) looked at.
-            if status == "queued" and not view.anyone_free():
+        for case in waiting:
+            if not view.may_move(case, sweeping=sweeping):
                 continue
             async with unit_of_work(self._maker) as session:
-                await route_case(session, self._ctx, view, case_id=case_id, now=now)
+                await route_case(session, self._ctx, view, case_id=case.id, now=now)
 
     async def _purge_if_due(self, now: datetime) -> None:
         if self._last_purge is not None and now - self._last_purge < PURGE_EVERY:

@@ -43,7 +43,9 @@ class RoutingView:
     consultants: dict[str, ConsultConsultant]
     on_call: dict[str, set[str]]
     active: dict[str, int]
+    # Consultants being asked about a case, and the cases someone is being asked about.
     offered: set[str]
+    on_offer: set[str]
     consult_limit: int
     ageing_step_seconds: float
     now: datetime
@@ -59,11 +61,13 @@ class RoutingView:
         for shift, consultant in rows:
             on_call.setdefault(shift.specialty, set()).add(consultant.id)
             consultants[consultant.id] = consultant
+        open_offers = await case_repo.open_offer_pairs(session)
         return cls(
             consultants=consultants,
             on_call=on_call,
             active=await rota_repo.active_consult_counts(session, consultants),
-            offered=await case_repo.consultants_with_open_offers(session),
+            offered={consultant_id for _, consultant_id in open_offers},
+            on_offer={case_id for case_id, _ in open_offers},
             consult_limit=ctx.settings.consult_limit,
             ageing_step_seconds=ctx.settings.ageing_step_seconds,
             now=now,
@@ -98,7 +102,7 @@ class RoutingView:
             ),
         )
 
-    def queue_order(self, cases: list[ConsultCase]) -> list[tuple[str, str]]:
+    def queue_order(self, cases: list[ConsultCase]) -> list[ConsultCase]:
         """Most urgent first: priority raised by waiting, then NEWS2, then the oldest."""
 
         def urgency(case: ConsultCase) -> tuple[int, int, datetime, str]:
@@ -108,7 +112,21 @@ class RoutingView:
             )
             return (level, -(case.news2_score or 0), case.created_at, case.id)
 
-        return [(case.id, case.status) for case in sorted(cases, key=urgency)]
+        return sorted(cases, key=urgency)
+
+    def may_move(self, case: ConsultCase, *, sweeping: bool) -> bool:
+        """Whether routing the case now could change anything, so a pass skips the rest.
+
+        A waiting case moves only if someone is free. A case someone is being asked about
+        waits for their answer or their deadline, unless it is broadcast (anyone newly
+        free joins in). Its offer closed (declined, withdrawn), it moves on. A sweep looks
+        at every case: an offer held by someone whose shift has ended is found there.
+        """
+        if case.status == "queued":
+            return self.anyone_free()
+        if sweeping or case.id not in self.on_offer:
+            return True
+        return case.broadcast and self.anyone_free()
 
     def take(self, consultant_id: str) -> None:
         self.offered.add(consultant_id)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import event
+
 from services.consult_router.engine import RoutingEngine
 from services.shared.clock import ManualClock
 from services.shared.resources import Resources
@@ -280,3 +282,42 @@ class TestHandover:
         assert kinds(night) == ["offer", "offer_withdrawn"]
         assert night[1][1]["reason"] == "reassigned"
         assert kinds(await desk.log("dr-day")) == ["offer"]
+
+
+class TestWakeUpPasses:
+    """A change wakes the router, which routes what the change may have moved. Cases
+    waiting on a consultant's answer are left to their answer or their deadline, so a
+    wake-up costs the same however many of them there are."""
+
+    async def test_a_wake_up_leaves_cases_waiting_on_an_answer_alone(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources
+    ) -> None:
+        for name in ("dr-a", "dr-b", "dr-c", "dr-d"):
+            await desk.consultant(name, ["frailty"])
+        cases = [snapshot(clock, priority=2) for _ in range(3)]
+        for case in cases:
+            await desk.send_case(case)
+        await engine.run_once()
+        held = {name: await desk.offers(name) for name in ("dr-a", "dr-b", "dr-c", "dr-d")}
+        assert sorted(len(offers) for offers in held.values()) == [0, 1, 1, 1]
+
+        transactions: list[object] = []
+
+        def count(connection: object) -> None:
+            transactions.append(connection)
+
+        listen = resources.engine.sync_engine
+        event.listen(listen, "begin", count)
+        try:
+            await engine.route_changes()
+            assert len(transactions) == 1  # the view of who is free; no case was reread
+            free = next(name for name, offers in held.items() if not offers)
+            decliner, [offer] = next((n, o) for n, o in held.items() if o)
+            await desk.decline(decliner, offer["offer_id"])
+            transactions.clear()
+            await engine.route_changes()
+        finally:
+            event.remove(listen, "begin", count)
+        assert len(transactions) == 2  # the view, then the declined case alone
+        [moved] = await desk.offers(free)
+        assert moved["case"]["id"] == offer["case"]["id"]

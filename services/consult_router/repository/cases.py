@@ -82,9 +82,12 @@ async def open_offers_for_consultant(
     return list((await session.execute(statement)).scalars())
 
 
-async def consultants_with_open_offers(session: AsyncSession) -> set[str]:
-    statement = select(ConsultOffer.consultant_id).where(ConsultOffer.state == "open")
-    return set((await session.execute(statement)).scalars())
+async def open_offer_pairs(session: AsyncSession) -> list[tuple[str, str]]:
+    """(case id, consultant id) of every open offer."""
+    statement = select(ConsultOffer.case_id, ConsultOffer.consultant_id).where(
+        ConsultOffer.state == "open"
+    )
+    return [(case_id, consultant_id) for case_id, consultant_id in await session.execute(statement)]
 
 
 async def offers_in_round(session: AsyncSession, case_id: str, round_: int) -> list[ConsultOffer]:
