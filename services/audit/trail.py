@@ -68,9 +68,14 @@ def entry_hash(entry: AuditEntry | Any, prev_hash: str) -> str:
 
 
 async def locked_head(session: AsyncSession) -> AuditChainHead:
-    await insert_if_absent(session, AuditChainHead, {"id": HEAD_ID, "seq": 0, "hash": GENESIS})
+    """The chain's head row, locked. It is made by the first append ever (whichever
+    replica gets there first); after that, taking it is one statement."""
     statement = select(AuditChainHead).where(AuditChainHead.id == HEAD_ID).with_for_update()
-    return (await session.execute(statement)).scalar_one()
+    head = (await session.execute(statement)).scalar_one_or_none()
+    if head is None:
+        await insert_if_absent(session, AuditChainHead, {"id": HEAD_ID, "seq": 0, "hash": GENESIS})
+        head = (await session.execute(statement)).scalar_one()
+    return head
 
 
 async def append(session: AsyncSession, new: NewEntry, *, recorded_at: datetime) -> AuditEntry:
