@@ -166,6 +166,10 @@ class TestDashboard:
             await phone.send(
                 json.dumps({"type": "hello", "token": token("consultant", "dr-okafor")})
             )
+            # Connected once welcomed: only then may the dashboard's socket go, or for a
+            # moment the consultant has no device and is no longer offered anything.
+            while json.loads(await phone.recv())["type"] != "welcome":
+                pass
             await consultant.evaluate("window.reachDashboard.socket.stop()")
             await expect(consultant.locator("#connection")).to_have_attribute(
                 "data-state", "offline"
