@@ -162,3 +162,17 @@ async def test_count_of_rows_matches_answers_under_sustained_arrivals(
     assert len(writer.batches) < 120  # some arrived together
     async with unit_of_work(resources.sessionmaker) as session:
         assert await session.scalar(select(func.count()).select_from(TriageInbox)) == 120
+
+
+async def test_an_outage_is_a_warning_and_every_item_goes_alone(
+    resources: Resources, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def unreachable(session: AsyncSession, items: Sequence[str]) -> list[bool]:
+        raise ConnectionRefusedError("connection refused")
+
+    intake = GroupCommit[str](resources.sessionmaker, unreachable, max_batch=64, name="test")
+    with caplog.at_level(logging.WARNING, logger="reach.db.group_commit"):
+        answers = await asyncio.gather(*(intake.submit(str(n)) for n in range(3)))
+    assert answers == [False, False, False]
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "database unreachable; 3 go alone" in caplog.text

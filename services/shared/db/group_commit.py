@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.shared.db.engine import database_unreachable
 from services.shared.db.session import SessionMaker, in_transaction
 from services.shared.observability import log_failure
 
@@ -78,7 +79,10 @@ class GroupCommit(Generic[T]):
         try:
             stored = await in_transaction(self._maker, lambda session: self._write(session, items))
         except Exception as exc:  # each caller retries alone and gets its own answer
-            log_failure(logger, f"{self._name}: a batch of {len(items)} failed", exc)
+            if database_unreachable(exc):  # an outage: each request says so itself (503)
+                logger.warning("%s: database unreachable; %d go alone", self._name, len(items))
+            else:
+                log_failure(logger, f"{self._name}: a batch of {len(items)} failed", exc)
             return [False] * len(items)
         if len(stored) != len(items):  # a defect in the writer: trust none of its answers
             logger.error("%s: the batch writer answered for %d of %d items",
