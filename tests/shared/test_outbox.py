@@ -16,7 +16,7 @@ from services.embedded import EmbeddedSettings
 from services.shared.auth import ServiceTokenSigner
 from services.shared.clients.peers import Peer, PeerClient, PeerDirectory
 from services.shared.clock import ManualClock
-from services.shared.db.models import AuditDisposition, AuditInbox, TriageOutbox
+from services.shared.db.models import AuditDisposition, AuditInbox, ConsultInbox, TriageOutbox
 from services.shared.db.session import unit_of_work
 from services.shared.errors import Unprocessable
 from services.shared.outbox import LocalReceiver, Outbox, OutboxDelivery, receive_events
@@ -471,3 +471,34 @@ class TestPeerInThisProcess:
                 select(func.count()).where(TriageOutbox.dead_at.is_not(None))
             )
         assert dead == 1
+
+    async def test_one_peer_failing_holds_back_no_other(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit,
+    ) -> None:  # fmt: skip
+        async def local_router(session: AsyncSession, raw: list[dict[str, Any]]) -> Any:
+            async def noted(session: AsyncSession, event: Event) -> None:
+                return None
+
+            return await receive_events(
+                session, inbox_model=ConsultInbox, raw_events=raw,
+                handlers={"case.submitted": noted}, clock=resources.clock,
+            )  # fmt: skip
+
+        both = make_delivery(
+            resources, outbox, settings,
+            local_peers={Peer.AUDIT: local_audit, Peer.CONSULT_ROUTER: local_router},
+        )  # fmt: skip
+        await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
+        local_audit.fail_with = RuntimeError("audit's disk is full")
+        await both.deliver_due()
+        async with unit_of_work(resources.sessionmaker) as session:
+            routed = await session.scalar(select(func.count()).select_from(ConsultInbox))
+            waiting = (
+                await session.execute(
+                    select(TriageOutbox.destination).where(TriageOutbox.delivered_at.is_(None))
+                )
+            ).scalars()
+            assert sorted(waiting) == ["audit"] * 3
+        assert routed == 3
+        assert await audit_rows(resources) == (0, 0)
