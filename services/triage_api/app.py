@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -71,7 +71,7 @@ def create_app(
             app.state.triage = ctx
             app.state.case_intake = GroupCommit[service.NewCase](
                 res.sessionmaker,
-                partial(_create_cases, ctx),
+                partial(service.create_cases_together, ctx=ctx),
                 max_batch=settings.intake_batch_max,
                 name="case intake",
             )
@@ -113,12 +113,6 @@ def create_app(
     # The crew's page: a demonstration and training client of the API above.
     mount_page(app, prefix="/crew", html=WEB / "crew.html", assets=WEB)
     return app
-
-
-async def _create_cases(
-    ctx: TriageContext, session: AsyncSession, batch: Sequence[service.NewCase]
-) -> list[bool]:
-    return await service.create_cases_together(session, ctx, batch)
 
 
 async def _refresh_metrics(resources: Resources, delivery: OutboxDelivery) -> None:

@@ -13,7 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -127,6 +127,7 @@ class NewCase:
     assessment: Assessment
     now: datetime
     values: dict[str, Any]
+    _case: TriageCase | None = field(default=None, init=False, repr=False)
 
     def redraw(self) -> None:
         """A fresh id and reference, when the ones drawn were taken."""
@@ -138,9 +139,14 @@ class NewCase:
             digest=self.digest,
             now=self.now,
         )
+        self._case = None
 
     def case(self) -> TriageCase:
-        return TriageCase(**self.values)
+        """The case as stored (not attached to a session), built once: the outbox events
+        and the response are both made from it."""
+        if self._case is None:
+            self._case = TriageCase(**self.values)
+        return self._case
 
 
 def prepare_case(
@@ -189,7 +195,7 @@ async def create_case(
 
 
 async def create_cases_together(
-    session: AsyncSession, ctx: TriageContext, batch: Sequence[NewCase]
+    session: AsyncSession, batch: Sequence[NewCase], *, ctx: TriageContext
 ) -> list[bool]:
     """Store a batch of new cases in one transaction, one statement per table (see
     `GroupCommit`). A case whose key or reference is taken is not stored (False): its

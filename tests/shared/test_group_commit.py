@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
-from services.shared.db.group_commit import GroupCommit
+from services.shared.db.group_commit import GroupCommit, WriteBatch
 from services.shared.db.models import TriageInbox
 from services.shared.db.session import unit_of_work
 from services.shared.db.statements import insert_many_if_absent
@@ -50,6 +50,12 @@ class InboxWriter:
         return answers
 
 
+def group_commit(
+    resources: Resources, write: WriteBatch[str], *, max_batch: int = 64
+) -> GroupCommit[str]:
+    return GroupCommit[str](resources.sessionmaker, write, max_batch=max_batch, name="test")
+
+
 async def stored_ids(resources: Resources) -> list[str]:
     async with unit_of_work(resources.sessionmaker) as session:
         return sorted((await session.execute(select(TriageInbox.event_id))).scalars())
@@ -59,7 +65,7 @@ async def test_items_arriving_together_share_one_transaction(
     resources: Resources, clock: ManualClock
 ) -> None:
     writer = InboxWriter(clock)
-    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=64, name="test")
+    intake = group_commit(resources, writer)
     ids = [f"event-{n:02d}" for n in range(30)]
     answers = await asyncio.gather(*(intake.submit(item) for item in ids))
     assert answers == [True] * 30
@@ -69,7 +75,7 @@ async def test_items_arriving_together_share_one_transaction(
 
 async def test_batches_are_cut_at_the_maximum(resources: Resources, clock: ManualClock) -> None:
     writer = InboxWriter(clock)
-    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=8, name="test")
+    intake = group_commit(resources, writer, max_batch=8)
     answers = await asyncio.gather(*(intake.submit(f"event-{n:02d}") for n in range(30)))
     assert answers == [True] * 30
     assert writer.batches == [8, 8, 8, 6]
@@ -79,7 +85,7 @@ async def test_a_lone_item_is_written_at_once_and_the_writer_goes_away(
     resources: Resources, clock: ManualClock
 ) -> None:
     writer = InboxWriter(clock)
-    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=64, name="test")
+    intake = group_commit(resources, writer)
     assert await intake.submit("only") is True
     assert await intake.submit("next") is True
     assert writer.batches == [1, 1]
@@ -90,7 +96,7 @@ async def test_what_a_batch_did_not_store_goes_back_to_its_caller(
     resources: Resources, clock: ManualClock
 ) -> None:
     writer = InboxWriter(clock)
-    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=64, name="test")
+    intake = group_commit(resources, writer)
     assert await intake.submit("taken") is True
     answers = await asyncio.gather(*(intake.submit(item) for item in ["a", "taken", "b", "a"]))
     assert answers == [True, False, True, False]
@@ -108,7 +114,7 @@ async def test_a_failed_batch_stores_nothing_and_hands_every_item_back(
         await inner(session, items)
         raise RuntimeError(message)
 
-    intake = GroupCommit[str](resources.sessionmaker, write_then_fail, max_batch=64, name="test")
+    intake = group_commit(resources, write_then_fail)
     with caplog.at_level(logging.ERROR, logger="reach.db.group_commit"):
         answers = await asyncio.gather(*(intake.submit(f"event-{n}") for n in range(5)))
     assert answers == [False] * 5
@@ -127,7 +133,7 @@ async def test_a_writer_that_answers_for_too_few_items_is_trusted_for_none(
     async def short(session: AsyncSession, items: Sequence[str]) -> list[bool]:
         return [True]
 
-    intake = GroupCommit[str](resources.sessionmaker, short, max_batch=64, name="test")
+    intake = group_commit(resources, short)
     answers = await asyncio.gather(*(intake.submit(str(n)) for n in range(3)))
     assert answers == [False, False, False]
 
@@ -136,7 +142,7 @@ async def test_a_caller_that_stops_waiting_does_not_stop_the_others(
     resources: Resources, clock: ManualClock
 ) -> None:
     writer = InboxWriter(clock)
-    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=64, name="test")
+    intake = group_commit(resources, writer)
     impatient = asyncio.create_task(intake.submit("impatient"))
     patient = asyncio.create_task(intake.submit("patient"))
     await asyncio.sleep(0)  # both queued, the writer started
@@ -150,7 +156,7 @@ async def test_count_of_rows_matches_answers_under_sustained_arrivals(
     resources: Resources, clock: ManualClock
 ) -> None:
     writer = InboxWriter(clock)
-    intake = GroupCommit[str](resources.sessionmaker, writer, max_batch=16, name="test")
+    intake = group_commit(resources, writer, max_batch=16)
 
     async def arrive(n: int) -> Any:
         await asyncio.sleep((n % 7) * 0.001)
@@ -170,7 +176,7 @@ async def test_an_outage_is_a_warning_and_every_item_goes_alone(
     async def unreachable(session: AsyncSession, items: Sequence[str]) -> list[bool]:
         raise ConnectionRefusedError("connection refused")
 
-    intake = GroupCommit[str](resources.sessionmaker, unreachable, max_batch=64, name="test")
+    intake = group_commit(resources, unreachable)
     with caplog.at_level(logging.WARNING, logger="reach.db.group_commit"):
         answers = await asyncio.gather(*(intake.submit(str(n)) for n in range(3)))
     assert answers == [False, False, False]

@@ -83,17 +83,15 @@ async def _remember(
 ) -> set[str]:
     """Insert an inbox row per event not seen before; the ids that are new."""
     now = clock.now()
-    rows = {
-        event.id: {
-            "event_id": event.id,
-            "source": event.source,
-            "event_type": event.type,
-            "received_at": now,
-        }
-        for event in reversed(events)  # the first copy of an id wins
-    }
+    rows: dict[str, dict[str, Any]] = {}
+    for event in events:  # the first copy of an id stands for all
+        rows.setdefault(
+            event.id,
+            {"event_id": event.id, "source": event.source, "event_type": event.type,
+             "received_at": now},
+        )  # fmt: skip
     return await insert_many_if_absent(
-        session, inbox_model, list(reversed(rows.values())), returning="event_id"
+        session, inbox_model, list(rows.values()), returning="event_id"
     )
 
 
@@ -134,18 +132,29 @@ def install_inbox(app: FastAPI, *, path: str, inbox_model: type[InboxRowMixin]) 
     process (`app.state.local_receiver`). Handlers come from `app.state` at call time."""
     app.include_router(events_router(path=path, inbox_model=inbox_model))
 
-    async def receive_here(session: AsyncSession, raw_events: list[dict[str, Any]]) -> Any:
-        state = app.state
-        return await receive_events(
-            session,
-            inbox_model=inbox_model,
-            raw_events=raw_events,
-            handlers=state.event_handlers,
-            clock=state.resources.clock,
-            batch_handler=getattr(state, "event_batch_handler", None),
-        )
+    async def receive_here(
+        session: AsyncSession, raw_events: list[dict[str, Any]]
+    ) -> EventBatchResult:
+        return await _receive_for(app.state, session, inbox_model, raw_events)
 
     app.state.local_receiver = receive_here
+
+
+async def _receive_for(
+    state: Any,
+    session: AsyncSession,
+    inbox_model: type[InboxRowMixin],
+    raw_events: list[dict[str, Any]],
+) -> EventBatchResult:
+    """`receive_events` with the handlers the app's lifespan put on its state."""
+    return await receive_events(
+        session,
+        inbox_model=inbox_model,
+        raw_events=raw_events,
+        handlers=state.event_handlers,
+        clock=state.resources.clock,
+        batch_handler=getattr(state, "event_batch_handler", None),
+    )
 
 
 def events_router(*, path: str, inbox_model: type[InboxRowMixin]) -> APIRouter:
@@ -157,13 +166,6 @@ def events_router(*, path: str, inbox_model: type[InboxRowMixin]) -> APIRouter:
         batch: EventBatch, session: SessionDep, _caller: CurrentService, request: Request
     ) -> EventBatchResult:
         """Handle a batch of events from a peer's outbox, each exactly once."""
-        return await receive_events(
-            session,
-            inbox_model=inbox_model,
-            raw_events=batch.events,
-            handlers=request.app.state.event_handlers,
-            clock=request.app.state.resources.clock,
-            batch_handler=getattr(request.app.state, "event_batch_handler", None),
-        )
+        return await _receive_for(request.app.state, session, inbox_model, batch.events)
 
     return router
