@@ -24,6 +24,6 @@ class AuditContext:
         self.collector.snapshot.verified_at = at
 
 
-def get_context(request: Request) -> AuditContext:
+async def get_context(request: Request) -> AuditContext:
     context: AuditContext = request.app.state.audit
     return context

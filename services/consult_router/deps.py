@@ -11,7 +11,7 @@ from services.shared.auth import Principal, require_roles
 from services.shared.domain.vocabulary import Role
 
 
-def get_context(request: Request) -> RouterContext:
+async def get_context(request: Request) -> RouterContext:
     context: RouterContext = request.app.state.router
     return context
 

@@ -13,7 +13,7 @@ from services.triage_api.context import TriageContext
 from services.triage_api.service import NewCase
 
 
-def get_context(request: Request) -> TriageContext:
+async def get_context(request: Request) -> TriageContext:
     context: TriageContext = request.app.state.triage
     return context
 
@@ -21,7 +21,7 @@ def get_context(request: Request) -> TriageContext:
 ContextDep = Annotated[TriageContext, Depends(get_context)]
 
 
-def get_intake(request: Request) -> GroupCommit[NewCase]:
+async def get_intake(request: Request) -> GroupCommit[NewCase]:
     intake: GroupCommit[NewCase] = request.app.state.case_intake
     return intake
 
