@@ -4,12 +4,14 @@ SQLite runs in WAL mode with `synchronous=FULL` (a committed case survives a pow
 and one connection per process: SQLite has one writer at a time, and queueing for our own
 pool is fairer and faster than spinning on `SQLITE_BUSY`. Every transaction starts with
 `BEGIN IMMEDIATE`, so a read that later writes cannot fail to upgrade its lock when
-several processes share the file.
+several processes share the file. The connection runs its short calls on the event loop
+and only the lock and the commit on a thread (`sqlite_inline`).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from functools import partial
 from typing import Any
 
 import asyncpg.exceptions as asyncpg_errors
@@ -17,6 +19,8 @@ import sqlalchemy.exc as sqlalchemy_errors
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from services.shared.db import sqlite_inline
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -33,13 +37,16 @@ def create_engine(
     url: str, *, pool_size: int = 10, pool_timeout: float = 30.0, echo: bool = False
 ) -> AsyncEngine:
     if is_sqlite(url):
+        database = make_url(url).database or ":memory:"
         engine = create_async_engine(
             url,
             echo=echo,
             pool_size=1,
             max_overflow=0,
             pool_timeout=pool_timeout,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            async_creator=partial(
+                sqlite_inline.connect, database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
+            ),
         )
         _configure_sqlite(engine)
         return engine
