@@ -96,6 +96,41 @@ class JwksCache:
             self._fetched_at = time.monotonic()
 
 
+class _RecentlyVerified:
+    """Claims of tokens whose signature was checked in the last `max_age` seconds.
+
+    A crew's app or a dashboard sends the same token with every request for hours, and
+    checking its signature is most of the cost of authenticating it (an RS256 check far
+    more than HS256). A token is kept only after its signature passed, keyed by the whole
+    token, so a kept answer is the answer the check would give again. Each token is checked
+    again once its entry is `max_age` old, so a withdrawn signing key is not honoured much
+    longer than the key cache beneath honours it; expiry and not-before are judged on
+    every use.
+    """
+
+    def __init__(self, clock: Clock, *, max_entries: int = 4096, max_age_seconds: float = 60.0):
+        self._clock = clock
+        self._max_entries = max_entries
+        self._max_age = max_age_seconds
+        self._entries: dict[str, tuple[float, Mapping[str, Any]]] = {}
+
+    def get(self, token: str) -> Mapping[str, Any] | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        verified_at, claims = entry
+        if self._clock.now().timestamp() - verified_at > self._max_age:
+            del self._entries[token]
+            return None
+        return claims
+
+    def put(self, token: str, claims: Mapping[str, Any]) -> None:
+        if len(self._entries) >= self._max_entries:
+            # The oldest insertion goes first (dicts keep insertion order).
+            del self._entries[next(iter(self._entries))]
+        self._entries[token] = (self._clock.now().timestamp(), claims)
+
+
 class TokenVerifier:
     """Turns a bearer token into a `Principal`, or raises `Unauthorized`."""
 
@@ -119,15 +154,31 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        # Separate caches: a person's token must never pass as a service's, nor the reverse.
+        self._people = _RecentlyVerified(self._clock)
+        self._services = _RecentlyVerified(self._clock)
 
     async def verify(self, token: str) -> Principal:
-        claims = await self._decode(token)
+        claims = self._people.get(token)
+        if claims is None:
+            claims = await self._decode(token)
+            self._people.put(token, claims)
         self._check_times(claims)
         return _principal_from(claims, allowed=_PEOPLE_ROLES)
 
     def verify_service(self, token: str) -> Principal:
+        claims = self._services.get(token)
+        if claims is None:
+            claims = self._decode_service(token)
+            self._services.put(token, claims)
+        self._check_times(claims)
+        return _principal_from(claims, allowed=frozenset({Role.SERVICE}))
+
+    def _decode_service(self, token: str) -> Mapping[str, Any]:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise InvalidToken("the token is too long")
         try:
-            claims = jwt.decode(
+            return jwt.decode(
                 token,
                 self._internal_secret,
                 algorithms=["HS256"],
@@ -141,8 +192,6 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken("the service token is invalid or expired") from exc
-        self._check_times(claims)
-        return _principal_from(claims, allowed=frozenset({Role.SERVICE}))
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         """Expiry and not-before against the injected clock, not the library's own."""

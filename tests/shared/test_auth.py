@@ -107,6 +107,48 @@ class TestHs256:
                 await checking.verify(wrong)
 
 
+class TestRecentlyVerified:
+    async def test_a_token_seen_lately_is_not_checked_again_but_its_expiry_is(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        checks: list[str] = []
+        real_decode = jwt.decode
+
+        def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+            checks.append(token)
+            return real_decode(token, *args, **kwargs)
+
+        monkeypatch.setattr(jwt, "decode", counting_decode)
+        clock = ManualClock()
+        token = mint_token(SECRET, sub="c", role="paramedic", clock=clock, ttl=timedelta(minutes=5))
+        checking = verifier(clock=clock, leeway_seconds=0)
+        for _ in range(3):
+            assert (await checking.verify(token)).sub == "c"
+        assert len(checks) == 1
+        clock.advance(timedelta(seconds=61))  # older than a minute: its signature again
+        assert (await checking.verify(token)).sub == "c"
+        assert len(checks) == 2
+        clock.advance(timedelta(minutes=4))  # expired, however recently it was checked
+        with pytest.raises(Unauthorized):
+            await checking.verify(token)
+
+    async def test_a_refused_token_is_never_remembered(self) -> None:
+        forged = mint_token("a-guessed-secret-of-forty-characters-long", sub="c", role="admin",
+                            clock=SystemClock())  # fmt: skip
+        checking = verifier()
+        for _ in range(2):
+            with pytest.raises(Unauthorized):
+                await checking.verify(forged)
+
+    def test_service_tokens_are_remembered_apart_from_peoples(self) -> None:
+        checking = verifier()
+        service = ServiceTokenSigner(INTERNAL, service="audit", clock=SystemClock()).token()
+        assert checking.verify_service(service).sub == "audit"
+        with pytest.raises(Unauthorized):
+            checking.verify_service(mint_token(SECRET, sub="c", role="admin", clock=SystemClock()))
+        assert checking.verify_service(service).role == Role.SERVICE
+
+
 class TestBearerHeader:
     @pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer ", "Bearer"])
     def test_a_missing_or_malformed_header_is_401(self, header: str | None) -> None:
