@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.consult_router.queue_feed import QueueFeed
+from services.consult_router.recent_messages import RecentMessages
 from services.consult_router.settings import RouterSettings
 from services.shared.clock import Clock
 from services.shared.notify import Notifier
@@ -87,3 +88,5 @@ class RouterContext:
     replica_id: str = field(default_factory=new_replica_id)
     # The open queue, read once per change and shared by this process's dashboards.
     queue_feed: QueueFeed = field(default_factory=QueueFeed)
+    # Consultant messages this process logged lately, for its own sockets to send.
+    recent_messages: RecentMessages = field(default_factory=RecentMessages)

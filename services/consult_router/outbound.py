@@ -19,6 +19,7 @@ from services.consult_router.context import (
     WORK_CHANNEL,
     RouterContext,
 )
+from services.consult_router.recent_messages import LoggedMessage
 from services.consult_router.repository import messages as message_repo
 from services.shared.auth import Principal
 from services.shared.clients.peers import Peer
@@ -39,6 +40,10 @@ async def tell_consultant(
     seq = await message_repo.append(
         session, consultant_id, type=kind, payload=payload, at=ctx.clock.now()
     )
+    # Kept before the wake-up goes out (callbacks run in order), so this process's sockets
+    # find it kept when they wake.
+    message = LoggedMessage(seq=seq, type=kind, payload=payload)
+    after_commit(session, lambda: ctx.recent_messages.committed(consultant_id, message))
     await ctx.notifier.publish(session, CONSULTANT_CHANNEL, consultant_id)
     return seq
 

@@ -218,21 +218,41 @@ async def _deliver_queue(line: _Line, encoded_items: str) -> None:
 
 
 async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Subscription) -> None:
+    consultant_id = line.principal.sub
+    notified = False  # the first pass replays from the log
     while True:
-        logged = await in_transaction(
-            resources.sessionmaker,
-            partial(
-                message_repo.after,
-                consultant_id=line.principal.sub,
-                seq=line.last_seq,
-                limit=_BATCH,
-            ),
-        )
-        for message in logged:
-            line.last_seq = message.seq
-            await line.sender.send({"type": message.type, "seq": message.seq, **message.payload})
-        if len(logged) < _BATCH:
-            await wake.wait(timeout=poll_interval(ctx.settings.stream_poll_seconds))
+        # What this process just logged, straight from memory; the log is read for the rest.
+        for kept in ctx.recent_messages.following(consultant_id, line.last_seq):
+            line.last_seq = kept.seq
+            await line.sender.send({"type": kept.type, "seq": kept.seq, **kept.payload})
+        if not (notified and _caught_up_in_memory(line, ctx)):
+            logged = await in_transaction(
+                resources.sessionmaker,
+                partial(
+                    message_repo.after,
+                    consultant_id=consultant_id,
+                    seq=line.last_seq,
+                    limit=_BATCH,
+                ),
+            )
+            for message in logged:
+                line.last_seq = message.seq
+                await line.sender.send(
+                    {"type": message.type, "seq": message.seq, **message.payload}
+                )
+            if len(logged) == _BATCH:
+                continue
+        # A quiet spell (no notification) ends with a look at the log all the same.
+        notified = await wake.wait(timeout=poll_interval(ctx.settings.stream_poll_seconds))
+
+
+def _caught_up_in_memory(line: _Line, ctx: RouterContext) -> bool:
+    """Whether the socket has sent everything there is without reading the log: true only
+    when no other process can log messages (the notifier stays in this process) and the
+    newest message this process logged is the last one sent."""
+    if ctx.notifier.spans_processes:
+        return False
+    return ctx.recent_messages.newest_seq(line.principal.sub) == line.last_seq
 
 
 async def _listen(line: _Line, resources: Resources, ctx: RouterContext) -> None:

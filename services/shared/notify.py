@@ -129,6 +129,9 @@ class Hub:
 
 class Notifier(Protocol):
     hub: Hub
+    # Whether notifications reach other processes: if not, every change a subscriber is
+    # told of was made in this process.
+    spans_processes: bool
 
     async def publish(self, session: AsyncSession, channel: str, key: str) -> None: ...
 
@@ -143,6 +146,8 @@ class Notifier(Protocol):
 
 
 class LocalNotifier:
+    spans_processes = False
+
     def __init__(self) -> None:
         self.hub = Hub()
 
@@ -174,6 +179,8 @@ class PostgresNotifier(LocalNotifier):
     all of them again. Notifications sent while the connection was down are lost, so every
     subscriber is woken once it is back and looks at the database.
     """
+
+    spans_processes = True
 
     def __init__(self, database_url: str) -> None:
         super().__init__()

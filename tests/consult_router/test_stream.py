@@ -11,12 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from services.consult_router.app import create_app
+from services.consult_router.repository import messages as message_repo
 from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
+from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
 from tests.support import eventually, running_server, token
@@ -256,3 +259,63 @@ class TestMisbehaviour:
         socket, _ = await hello(server, "dr-a")
         async with socket:
             assert await close_code(socket) == 1001
+
+
+class TestLoggedMessagesFromMemory:
+    @pytest.fixture
+    def live_settings(self, settings: EmbeddedSettings) -> EmbeddedSettings:
+        # No safety-net poll of the log within the test: every read is the pump's choice.
+        return settings.model_copy(
+            update={
+                "websocket_idle_timeout_seconds": IDLE_TIMEOUT_SECONDS,
+                "stream_poll_seconds": 600.0,
+            }
+        )
+
+    async def test_an_offer_logged_here_reaches_the_socket_without_a_read_of_the_log(
+        self, server: str, live_desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+        reads: list[str] = []
+
+        def count_log_reads(*args: Any) -> None:
+            statement: str = args[2]
+            if statement.lstrip().upper().startswith("SELECT") and "FROM consult_message" in (
+                statement
+            ):
+                reads.append(statement)
+
+        event.listen(resources.engine.sync_engine, "before_cursor_execute", count_log_reads)
+        try:
+            socket, _ = await hello(server, "dr-a")
+            async with socket:
+                # A new socket replays what it missed from the log: one read.
+                await eventually(lambda: len(reads) == 1)
+                case = snapshot(clock)
+                await live_desk.send_case(case)
+                offer = await receive_type(socket, "offer")
+                reads_for_the_offer = reads[1:]
+        finally:
+            event.remove(resources.engine.sync_engine, "before_cursor_execute", count_log_reads)
+        assert offer["case"]["id"] == case["id"]
+        if not resources.notifier.spans_processes:
+            # One process logs every message: what it just logged is all there is to send.
+            assert reads_for_the_offer == []
+
+    async def test_a_message_logged_by_another_process_is_sent_first_in_seq_order(
+        self, server: str, live_desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+        socket, welcome = await hello(server, "dr-a")
+        async with socket:
+            # Another process's message: in the log, not kept in this one's memory, and (on
+            # SQLite) no wake-up for this process's sockets.
+            async with unit_of_work(resources.sessionmaker) as session:
+                elsewhere = await message_repo.append(
+                    session, "dr-a", type="case_updated", payload={"note": "x"}, at=clock.now()
+                )
+            await live_desk.send_case(snapshot(clock))
+            first = await receive_type(socket, "case_updated")
+            offer = await receive_type(socket, "offer")
+        assert first["seq"] == elsewhere == welcome["seq"] + 1
+        assert offer["seq"] == elsewhere + 1
