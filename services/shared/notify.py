@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 import asyncpg
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
-from services.shared.db.session import after_commit
+from services.shared.db.session import ReachSession, after_commit
 
 logger = logging.getLogger("reach.notify")
 
@@ -172,6 +173,28 @@ class LocalNotifier:
         return None
 
 
+_PENDING = "reach_pending_notifications"
+_NOTIFY_PER_STATEMENT = 500
+
+
+@event.listens_for(ReachSession, "before_commit")
+def _send_pending(session: Session) -> None:
+    """A transaction's notifications in one statement, each (channel, key) once: a batch
+    of events used to send one `pg_notify` round trip per event, most of them repeats
+    (PostgreSQL folds identical ones within a transaction anyway). Still inside the
+    transaction, so they are delivered at its commit and never for a rollback."""
+    pending: dict[tuple[str, str], None] | None = session.info.pop(_PENDING, None)
+    calls = [func.pg_notify(channel, key) for channel, key in pending or ()]
+    # A select list is limited (1,664 columns): a very large batch takes a few statements.
+    for start in range(0, len(calls), _NOTIFY_PER_STATEMENT):
+        session.execute(select(*calls[start : start + _NOTIFY_PER_STATEMENT]))
+
+
+@event.listens_for(ReachSession, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
 class PostgresNotifier(LocalNotifier):
     """LISTEN on one dedicated connection per process; NOTIFY inside transactions.
 
@@ -199,7 +222,9 @@ class PostgresNotifier(LocalNotifier):
             await self._connection.add_listener(CHANNEL_PREFIX + channel, self._on_notify)
 
     async def publish(self, session: AsyncSession, channel: str, key: str) -> None:
-        await session.execute(select(func.pg_notify(CHANNEL_PREFIX + channel, key)))
+        # Sent once, just before the commit, with the transaction's other notifications.
+        pending: dict[tuple[str, str], None] = session.sync_session.info.setdefault(_PENDING, {})
+        pending[(CHANNEL_PREFIX + channel, key)] = None
 
     async def start(self) -> None:
         self._stopping.clear()

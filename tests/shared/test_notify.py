@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy import event
 
 from services.shared.db.engine import create_engine
 from services.shared.db.session import create_sessionmaker, unit_of_work
@@ -108,3 +110,38 @@ class TestPostgres:
                 assert "after-reconnect" in wake.drain_keys()
             finally:
                 await admin.close()
+
+    async def test_a_transactions_notifications_go_at_commit_in_one_statement_each_once(
+        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+    ) -> None:
+        writer, reader = two_replicas
+        engine = create_engine(postgres_url)
+        notifying: list[str] = []
+
+        def count(*args: Any) -> None:
+            if "pg_notify" in args[2]:
+                notifying.append(args[2])
+
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        maker = create_sessionmaker(engine)
+        try:
+            with reader.subscribe("cases") as wake:
+
+                async def rolled_back() -> None:
+                    async with unit_of_work(maker) as session:
+                        await writer.publish(session, "cases", "never")
+                        raise RuntimeError("rolled back")
+
+                with pytest.raises(RuntimeError):
+                    await rolled_back()
+                assert notifying == []
+                async with unit_of_work(maker) as session:
+                    for key in ("case-1", "case-2", "case-1"):
+                        await writer.publish(session, "cases", key)
+                    assert notifying == []  # nothing until the commit
+                assert len(notifying) == 1
+                assert await wake.wait(timeout=5)
+                await eventually(lambda: wake.keys >= {"case-1", "case-2"}, timeout=5)
+                assert "never" not in wake.drain_keys()
+        finally:
+            await engine.dispose()
