@@ -48,8 +48,7 @@ def batch_handler(clock: Clock) -> BatchHandler:
     async def handle(session: AsyncSession, events: list[Event]) -> None:
         now = clock.now()
         await trail.append_many(session, [trail.NewEntry.of(e) for e in events], recorded_at=now)
-        for event in events:
-            await dispositions.record(session, event, now=now)
+        await dispositions.record_many(session, events, now=now)
 
     return handle
 

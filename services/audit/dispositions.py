@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.models import AuditDisposition
-from services.shared.db.statements import insert_if_absent
+from services.shared.db.statements import insert_many_if_absent
 from services.shared.schemas.events import Event, EventType
 
 _CASE_EVENTS = frozenset(
@@ -49,20 +49,37 @@ class _Facts(BaseModel):
 
 
 async def record(session: AsyncSession, event: Event, *, now: datetime) -> None:
-    if event.type not in RELEVANT:
+    await record_many(session, [event], now=now)
+
+
+async def record_many(session: AsyncSession, events: list[Event], *, now: datetime) -> None:
+    """Fill in the outcome records of a batch of events, in their order: one statement to
+    create the records missing, one to lock them (in case order, so two batches never wait
+    on each other crosswise), one flush for the changes."""
+    relevant = [event for event in events if event.type in RELEVANT]
+    if not relevant:
         return
-    facts = _Facts.model_validate(event.data)
-    await insert_if_absent(
+    case_ids = sorted({event.subject_id for event in relevant})
+    await insert_many_if_absent(
         session,
         AuditDisposition,
-        {"case_id": event.subject_id, "risk_override": False, "updated_at": now},
+        [{"case_id": case_id, "risk_override": False, "updated_at": now} for case_id in case_ids],
+        returning="case_id",
     )
     statement = (
         select(AuditDisposition)
-        .where(AuditDisposition.case_id == event.subject_id)
+        .where(AuditDisposition.case_id.in_(case_ids))
+        .order_by(AuditDisposition.case_id)
         .with_for_update()
     )
-    row = (await session.execute(statement)).scalar_one()
+    rows = {row.case_id: row for row in (await session.execute(statement)).scalars()}
+    for event in relevant:
+        _apply(rows[event.subject_id], event, now=now)
+    await session.flush()
+
+
+def _apply(row: AuditDisposition, event: Event, *, now: datetime) -> None:
+    facts = _Facts.model_validate(event.data)
     _fill(row, "reference", facts.reference or facts.case_reference)
     _fill(row, "specialty", facts.specialty)
     _fill(row, "call_category", facts.call_category)
@@ -86,7 +103,6 @@ async def record(session: AsyncSession, event: Event, *, now: datetime) -> None:
         if row.advised_at is not None:
             row.advice_seconds = (row.advised_at - row.created_at).total_seconds()
     row.updated_at = now
-    await session.flush()
 
 
 def _fill(row: AuditDisposition, field: str, value: Any) -> None:

@@ -73,6 +73,14 @@ class Feed:
 
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
+        # While holding, case outcomes are kept back, to be posted together by `release`.
+        self.held: list[dict[str, Any]] | None = None
+
+    async def release(self) -> None:
+        """Post every held event in one batch, newest case first and each case's events
+        backwards: the order a backlog delivered out of order could have."""
+        held, self.held = self.held or [], None
+        assert set(await self.post(*reversed(held))) == {"accepted"}
 
     async def post(self, *events: dict[str, Any], source: str = "triage_api") -> list[str]:
         response = await self.http.post(
@@ -138,6 +146,9 @@ class Feed:
             events.append(event("case.cancelled", case_id, cancelled, status="cancelled",
                                 created_at=created.isoformat(), specialty=specialty,
                                 call_category=call_category))  # fmt: skip
+        if self.held is not None:
+            self.held.extend(events)
+            return
         assert set(await self.post(*events)) == {"accepted"}
 
 

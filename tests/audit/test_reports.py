@@ -18,8 +18,12 @@ DAY = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 WINDOW = {"from": "2026-11-20T00:00:00+00:00", "to": "2026-11-22T00:00:00+00:00"}
 
 
-@pytest.fixture
-async def six_cases(feed: Feed) -> None:
+@pytest.fixture(params=["case by case", "one batch, backwards"])
+async def six_cases(feed: Feed, request: pytest.FixtureRequest) -> None:
+    """The same outcomes, whether each case's events come on their own or every event
+    comes in one batch in reverse order (outcome records are filled in batch)."""
+    if request.param == "one batch, backwards":
+        feed.held = []
     at = DAY
     await feed.case_outcome(
         "a",
@@ -66,6 +70,8 @@ async def six_cases(feed: Feed) -> None:
     # Outside the window: counted nowhere.
     await feed.case_outcome("g", at.replace(day=25), accepted_after=10, advised_after=20,
                             disposition="convey_ed")  # fmt: skip
+    if feed.held is not None:
+        await feed.release()
 
 
 async def report(http: httpx.AsyncClient, **params: Any) -> httpx.Response:
