@@ -33,7 +33,13 @@ from services.shared.auth import ServiceTokenSigner
 from services.shared.clients.peers import EVENTS_PATH, Peer, PeerClient
 from services.shared.db.models import ConsultInbox, ConsultOutbox
 from services.shared.db.session import in_transaction, unit_of_work
-from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, install_inbox
+from services.shared.outbox import (
+    BatchHandler,
+    EventHandler,
+    Outbox,
+    OutboxDelivery,
+    install_inbox,
+)
 from services.shared.outbox.writer import outbox_channel
 from services.shared.pages import mount_page
 from services.shared.resources import Resources, open_resources
@@ -41,6 +47,13 @@ from services.shared.schemas.events import Event, EventType
 from services.shared.web import background_tasks, install_common
 
 WEB = Path(__file__).parent / "web"
+
+
+def triage_batch_handler(ctx: RouterContext) -> BatchHandler:
+    async def handle(session: AsyncSession, events: list[Event]) -> None:
+        await cases.apply_snapshots(session, ctx=ctx, events=events)
+
+    return handle
 
 
 def triage_event_handlers(ctx: RouterContext) -> dict[str, EventHandler]:
@@ -84,6 +97,7 @@ def create_app(
             )
             app.state.router = ctx
             app.state.event_handlers = triage_event_handlers(ctx)
+            app.state.event_batch_handler = triage_batch_handler(ctx)
             engine = RoutingEngine(ctx=ctx, sessionmaker=res.sessionmaker)
             app.state.engine = engine
             delivery = OutboxDelivery(

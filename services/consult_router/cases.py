@@ -25,16 +25,46 @@ _ENDED = ("closed", "cancelled")
 
 
 async def apply_snapshot(session: AsyncSession, *, ctx: RouterContext, event: Event) -> None:
+    await apply_snapshots(session, ctx=ctx, events=[event])
+
+
+async def apply_snapshots(
+    session: AsyncSession, *, ctx: RouterContext, events: list[Event]
+) -> None:
+    """A delivered batch, each event as if alone and in order, but the batch's cases read
+    (and locked, in id order) in one statement and its new cases inserted in one."""
+    snapshots = [_snapshot_of(event) for event in events]
+    cases = await case_repo.get_cases(session, {s.id for s in snapshots}, for_update=True)
+    opened = False
+    for snapshot in snapshots:
+        case = cases.get(snapshot.id)
+        if case is None:
+            cases[snapshot.id] = _new_case(ctx, snapshot)
+            session.add(cases[snapshot.id])
+            opened = True
+            continue
+        if session.new:  # a case opened earlier in the batch is seen by what follows
+            await session.flush()
+        await _apply(session, ctx, case, snapshot)
+    if opened:
+        await session.flush()
+        await outbound.wake_routing(session, ctx)
+        await outbound.queue_changed(session, ctx)
+
+
+def _snapshot_of(event: Event) -> CaseSnapshot:
     try:
         snapshot = CaseSnapshot.model_validate(event.data)
     except ValidationError:
         raise Unprocessable("the case snapshot is malformed", code="bad_event") from None
     if snapshot.id != event.subject_id:
         raise Unprocessable("the snapshot is not the event's subject", code="bad_event")
-    case = await case_repo.get_case(session, snapshot.id, for_update=True)
-    if case is None:
-        await _open_case(session, ctx, snapshot)
-        return
+    return snapshot
+
+
+async def _apply(
+    session: AsyncSession, ctx: RouterContext, case: ConsultCase, snapshot: CaseSnapshot
+) -> None:
     if snapshot.version <= case.version:
         return  # a late or repeated snapshot: we already have newer
     _copy_clinical(case, snapshot)
@@ -48,7 +78,7 @@ async def apply_snapshot(session: AsyncSession, *, ctx: RouterContext, event: Ev
     await outbound.queue_changed(session, ctx)
 
 
-async def _open_case(session: AsyncSession, ctx: RouterContext, snapshot: CaseSnapshot) -> None:
+def _new_case(ctx: RouterContext, snapshot: CaseSnapshot) -> ConsultCase:
     now = ctx.clock.now()
     status = snapshot.status if snapshot.status in _ENDED else "queued"
     case = ConsultCase(
@@ -73,10 +103,7 @@ async def _open_case(session: AsyncSession, ctx: RouterContext, snapshot: CaseSn
         accepted_at=None,
     )
     _copy_clinical(case, snapshot)
-    session.add(case)
-    await session.flush()
-    await outbound.wake_routing(session, ctx)
-    await outbound.queue_changed(session, ctx)
+    return case
 
 
 def _copy_clinical(case: ConsultCase, snapshot: CaseSnapshot) -> None:

@@ -258,6 +258,32 @@ class TestPriorityAndChanges:
         response = await desk.http.get("/v1/queue", headers={"Authorization": f"Bearer {_coord()}"})
         assert [item["priority"] for item in response.json()["items"]] == [1]
 
+    async def test_a_batch_is_applied_in_order_as_each_event_would_be_alone(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"])
+        first, second = snapshot(clock, priority=3), snapshot(clock, priority=4)
+        outcomes = await desk.send_case(
+            first,
+            {**first, "version": 2, "priority": 1},  # opened and changed in the same batch
+            second,
+            {**second, "version": 2, "status": "cancelled"},
+            {**first, "version": 1, "priority": 4},  # late: changes nothing
+        )
+        assert outcomes == ["accepted"] * 5
+        # One malformed event does not hold back the rest of its batch.
+        third = snapshot(clock, priority=4)
+        malformed = {**snapshot(clock), "priority": "urgent"}
+        assert await desk.send_case(third, malformed) == ["accepted", "rejected"]
+        response = await desk.http.get("/v1/queue", headers={"Authorization": f"Bearer {_coord()}"})
+        items = response.json()["items"]
+        assert [(item["case_id"], item["priority"]) for item in items] == [
+            (first["id"], 1),
+            (third["id"], 4),
+        ]
+        await engine.run_once()
+        assert offered_case(await desk.log("dr-a")) == first["id"]
+
 
 def _coord() -> str:
     return token("coordinator", "ops")

@@ -24,6 +24,17 @@ async def get_case(
     return (await session.execute(statement)).scalar_one_or_none()
 
 
+async def get_cases(
+    session: AsyncSession, case_ids: Iterable[str], *, for_update: bool = False
+) -> dict[str, ConsultCase]:
+    """The cases that exist among `case_ids`, by id; locked in id order when asked, so
+    two batches never wait on each other crosswise."""
+    statement = select(ConsultCase).where(ConsultCase.id.in_(sorted(case_ids)))
+    if for_update:
+        statement = statement.order_by(ConsultCase.id).with_for_update()
+    return {case.id: case for case in (await session.execute(statement)).scalars()}
+
+
 async def open_cases(session: AsyncSession, *, limit: int) -> list[ConsultCase]:
     statement = (
         select(ConsultCase)
