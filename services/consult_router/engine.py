@@ -130,7 +130,8 @@ class RoutingEngine:
         pass costs the cases that can change, not every open one."""
         async with unit_of_work(self._maker) as session:
             view = await RoutingView.load(session, self._ctx, now=now)
-            waiting = view.queue_order(await case_repo.open_cases(session, limit=BATCH))
+            cases = await case_repo.open_cases(session, limit=BATCH, with_snapshot=False)
+            waiting = view.queue_order(cases)
         for case in waiting:
             if not view.may_move(case, sweeping=sweeping):
                 continue

@@ -347,3 +347,29 @@ class TestWakeUpPasses:
         assert len(transactions) == 2  # the view, then the declined case alone
         [moved] = await desk.offers(free)
         assert moved["case"]["id"] == offer["case"]["id"]
+
+    async def test_a_pass_reads_the_clinical_document_only_of_the_case_it_routes(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"])
+        waiting = [snapshot(clock, priority=4) for _ in range(3)]
+        for case in waiting:
+            await desk.send_case(case)
+        selected: list[str] = []
+
+        def record(*args: object) -> None:
+            statement = str(args[2])
+            if statement.startswith("SELECT") and "FROM consult_case" in statement:
+                selected.append(statement)
+
+        listen = resources.engine.sync_engine
+        event.listen(listen, "before_cursor_execute", record)
+        try:
+            await engine.route_changes()
+        finally:
+            event.remove(listen, "before_cursor_execute", record)
+        with_document = [s for s in selected if "consult_case.snapshot" in s]
+        # The pass orders every open case from their routing columns; only the one offered
+        # (to the only consultant) is read whole.
+        assert len(selected) > len(with_document) == 1
+        assert len(await desk.offers("dr-a")) == 1

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
 
@@ -35,13 +36,19 @@ async def get_cases(
     return {case.id: case for case in (await session.execute(statement)).scalars()}
 
 
-async def open_cases(session: AsyncSession, *, limit: int) -> list[ConsultCase]:
+async def open_cases(
+    session: AsyncSession, *, limit: int, with_snapshot: bool = True
+) -> list[ConsultCase]:
     statement = (
         select(ConsultCase)
         .where(ConsultCase.status.in_(OPEN_CASE))
         .order_by(ConsultCase.created_at, ConsultCase.id)
         .limit(limit)
     )
+    if not with_snapshot:
+        # Ordering and choosing cases need none of the clinical document, the largest part
+        # of the row to read and decode; touching it on these rows is an error, not a load.
+        statement = statement.options(defer(ConsultCase.snapshot, raiseload=True))
     return list((await session.execute(statement)).scalars())
 
 
