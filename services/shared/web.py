@@ -87,8 +87,11 @@ class RequestContextMiddleware:
                 ]
             await send(message)
 
+        # A socket's frames pass straight through: the id goes on HTTP responses only, and
+        # a broadcast to hundreds of dashboards would pay for the wrapper on every frame.
+        passed_on = send_with_id if scope["type"] == "http" else send
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, passed_on)
         except Exception as exc:
             if database_unreachable(exc):
                 logger.warning(
