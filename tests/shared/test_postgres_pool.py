@@ -18,6 +18,7 @@ async def test_a_connection_the_server_closed_is_replaced_before_use(postgres_ur
         async with engine.connect() as connection:
             first = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
             driver = (await connection.get_raw_connection()).driver_connection
+        assert isinstance(driver, asyncpg.Connection)
         admin = await asyncpg.connect(asyncpg_dsn(postgres_url))
         try:  # as a restart or a failover would
             await admin.execute("SELECT pg_terminate_backend($1)", first)
