@@ -22,7 +22,7 @@ import asyncpg
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from services.shared.db.session import ReachSession, after_commit
 
@@ -182,7 +182,11 @@ def _send_pending(session: Session) -> None:
     """A transaction's notifications in one statement, each (channel, key) once: a batch
     of events used to send one `pg_notify` round trip per event, most of them repeats
     (PostgreSQL folds identical ones within a transaction anyway). Still inside the
-    transaction, so they are delivered at its commit and never for a rollback."""
+    transaction, so they are delivered at its commit and never for a rollback. A savepoint
+    released is not the commit (SQLAlchemy calls this for it too): they wait; one rolled
+    back keeps them, since a wake-up with nothing new costs a look, and a lost one a poll."""
+    if session.in_nested_transaction():
+        return
     pending: dict[tuple[str, str], None] | None = session.info.pop(_PENDING, None)
     calls = [func.pg_notify(channel, key) for channel, key in pending or ()]
     # A select list is limited (1,664 columns): a very large batch takes a few statements.
@@ -190,9 +194,10 @@ def _send_pending(session: Session) -> None:
         session.execute(select(*calls[start : start + _NOTIFY_PER_STATEMENT]))
 
 
-@event.listens_for(ReachSession, "after_rollback")
-def _drop_pending(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+@event.listens_for(ReachSession, "after_transaction_end")
+def _drop_pending(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # sent before the commit, or rolled back with it
+        session.info.pop(_PENDING, None)
 
 
 class PostgresNotifier(LocalNotifier):

@@ -145,3 +145,33 @@ class TestPostgres:
                 assert "never" not in wake.drain_keys()
         finally:
             await engine.dispose()
+
+    async def test_savepoints_neither_send_early_nor_lose_what_came_before(
+        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+    ) -> None:
+        writer, reader = two_replicas
+        engine = create_engine(postgres_url)
+        notifying: list[str] = []
+
+        def count(*args: Any) -> None:
+            if "pg_notify" in args[2]:
+                notifying.append(args[2])
+
+        event.listen(engine.sync_engine, "before_cursor_execute", count)
+        try:
+            with reader.subscribe("cases") as wake:
+                async with unit_of_work(create_sessionmaker(engine)) as session:
+                    await writer.publish(session, "cases", "outer")
+                    async with session.begin_nested():
+                        await writer.publish(session, "cases", "in-a-released-savepoint")
+                    with pytest.raises(RuntimeError):
+                        async with session.begin_nested():
+                            raise RuntimeError("a refused event")
+                    assert notifying == []  # a savepoint released is not the commit
+                assert len(notifying) == 1
+                assert await wake.wait(timeout=5)
+                await eventually(
+                    lambda: wake.keys >= {"outer", "in-a-released-savepoint"}, timeout=5
+                )
+        finally:
+            await engine.dispose()

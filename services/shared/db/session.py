@@ -22,10 +22,11 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 _AFTER_COMMIT = "reach_after_commit"
 _REQUEST_SESSION = "reach_session"
+_SAVEPOINT_MARKS = "reach_savepoint_marks"
 
 SessionMaker = async_sessionmaker[AsyncSession]
 T = TypeVar("T")
@@ -35,16 +36,47 @@ class ReachSession(Session):
     """The sync session under every `AsyncSession`, carrying after-commit callbacks."""
 
 
+# SQLAlchemy sends `after_commit` when a savepoint is released too, and `after_rollback`
+# when one is rolled back: neither is the transaction's outcome. Callbacks wait for the
+# real commit; a savepoint rolled back takes with it only those registered inside it.
+
+
+@event.listens_for(ReachSession, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        registered = len(session.info.get(_AFTER_COMMIT, ()))
+        session.info.setdefault(_SAVEPOINT_MARKS, {})[transaction] = registered
+
+
 @event.listens_for(ReachSession, "after_commit")
 def _run_after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released: not durable yet
+    session.info.pop(_SAVEPOINT_MARKS, None)
     callbacks: list[Callable[[], None]] = session.info.pop(_AFTER_COMMIT, [])
     for callback in callbacks:
         callback()
 
 
-@event.listens_for(ReachSession, "after_rollback")
-def _drop_after_commit(session: Session) -> None:
+@event.listens_for(ReachSession, "after_soft_rollback")
+def _drop_after_commit(session: Session, previous_transaction: SessionTransaction) -> None:
+    if previous_transaction.nested:
+        mark = session.info.get(_SAVEPOINT_MARKS, {}).pop(previous_transaction, None)
+        callbacks = session.info.get(_AFTER_COMMIT)
+        if mark is not None and callbacks is not None:
+            del callbacks[mark:]
+        return
     session.info.pop(_AFTER_COMMIT, None)
+    session.info.pop(_SAVEPOINT_MARKS, None)
+
+
+@event.listens_for(ReachSession, "after_transaction_end")
+def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction is over (committed, rolled back or closed): nothing of it
+    # may run with the next one.
+    if transaction.parent is None:
+        session.info.pop(_AFTER_COMMIT, None)
+        session.info.pop(_SAVEPOINT_MARKS, None)
 
 
 def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
