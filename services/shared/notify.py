@@ -22,9 +22,9 @@ import asyncpg
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
-from services.shared.db.session import ReachSession, after_commit
+from services.shared.db.session import ReachSession, after_commit, transaction_state
 
 logger = logging.getLogger("reach.notify")
 
@@ -173,7 +173,7 @@ class LocalNotifier:
         return None
 
 
-_PENDING = "reach_pending_notifications"
+_PENDING = "pg_notify"
 _NOTIFY_PER_STATEMENT = 500
 
 
@@ -187,17 +187,11 @@ def _send_pending(session: Session) -> None:
     back keeps them, since a wake-up with nothing new costs a look, and a lost one a poll."""
     if session.in_nested_transaction():
         return
-    pending: dict[tuple[str, str], None] | None = session.info.pop(_PENDING, None)
+    pending: dict[tuple[str, str], None] | None = transaction_state(session).pop(_PENDING, None)
     calls = [func.pg_notify(channel, key) for channel, key in pending or ()]
     # A select list is limited (1,664 columns): a very large batch takes a few statements.
     for start in range(0, len(calls), _NOTIFY_PER_STATEMENT):
         session.execute(select(*calls[start : start + _NOTIFY_PER_STATEMENT]))
-
-
-@event.listens_for(ReachSession, "after_transaction_end")
-def _drop_pending(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:  # sent before the commit, or rolled back with it
-        session.info.pop(_PENDING, None)
 
 
 class PostgresNotifier(LocalNotifier):
@@ -228,7 +222,8 @@ class PostgresNotifier(LocalNotifier):
 
     async def publish(self, session: AsyncSession, channel: str, key: str) -> None:
         # Sent once, just before the commit, with the transaction's other notifications.
-        pending: dict[tuple[str, str], None] = session.sync_session.info.setdefault(_PENDING, {})
+        state = transaction_state(session.sync_session)
+        pending: dict[tuple[str, str], None] = state.setdefault(_PENDING, {})
         pending[(CHANNEL_PREFIX + channel, key)] = None
 
     async def start(self) -> None:

@@ -24,9 +24,10 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
-_AFTER_COMMIT = "reach_after_commit"
 _REQUEST_SESSION = "reach_session"
-_SAVEPOINT_MARKS = "reach_savepoint_marks"
+_TRANSACTION = "reach_transaction"
+_AFTER_COMMIT = "after_commit"
+_SAVEPOINT_MARKS = "savepoint_marks"
 
 SessionMaker = async_sessionmaker[AsyncSession]
 T = TypeVar("T")
@@ -34,6 +35,20 @@ T = TypeVar("T")
 
 class ReachSession(Session):
     """The sync session under every `AsyncSession`, carrying after-commit callbacks."""
+
+
+def transaction_state(session: Session) -> dict[str, Any]:
+    """What belongs to the session's outermost transaction (after-commit callbacks, a
+    notifier's pending notifications): dropped when it ends, however it ends, so nothing
+    of it reaches the next one."""
+    state: dict[str, Any] = session.info.setdefault(_TRANSACTION, {})
+    return state
+
+
+@event.listens_for(ReachSession, "after_transaction_end")
+def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_TRANSACTION, None)
 
 
 # SQLAlchemy sends `after_commit` when a savepoint is released too, and `after_rollback`
@@ -44,44 +59,33 @@ class ReachSession(Session):
 @event.listens_for(ReachSession, "after_transaction_create")
 def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
     if transaction.nested:
-        registered = len(session.info.get(_AFTER_COMMIT, ()))
-        session.info.setdefault(_SAVEPOINT_MARKS, {})[transaction] = registered
+        state = transaction_state(session)
+        registered = len(state.get(_AFTER_COMMIT, ()))
+        state.setdefault(_SAVEPOINT_MARKS, {})[transaction] = registered
 
 
 @event.listens_for(ReachSession, "after_commit")
 def _run_after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint released: not durable yet
-    session.info.pop(_SAVEPOINT_MARKS, None)
-    callbacks: list[Callable[[], None]] = session.info.pop(_AFTER_COMMIT, [])
+    callbacks: list[Callable[[], None]] = transaction_state(session).pop(_AFTER_COMMIT, [])
     for callback in callbacks:
         callback()
 
 
 @event.listens_for(ReachSession, "after_soft_rollback")
-def _drop_after_commit(session: Session, previous_transaction: SessionTransaction) -> None:
+def _drop_savepoints_callbacks(session: Session, previous_transaction: SessionTransaction) -> None:
+    # The outermost transaction's rollback is `_forget_at_the_end`'s.
     if previous_transaction.nested:
-        mark = session.info.get(_SAVEPOINT_MARKS, {}).pop(previous_transaction, None)
-        callbacks = session.info.get(_AFTER_COMMIT)
-        if mark is not None and callbacks is not None:
-            del callbacks[mark:]
-        return
-    session.info.pop(_AFTER_COMMIT, None)
-    session.info.pop(_SAVEPOINT_MARKS, None)
-
-
-@event.listens_for(ReachSession, "after_transaction_end")
-def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> None:
-    # The outermost transaction is over (committed, rolled back or closed): nothing of it
-    # may run with the next one.
-    if transaction.parent is None:
-        session.info.pop(_AFTER_COMMIT, None)
-        session.info.pop(_SAVEPOINT_MARKS, None)
+        state = transaction_state(session)
+        mark = state.get(_SAVEPOINT_MARKS, {}).pop(previous_transaction, None)
+        if mark is not None:
+            del state.get(_AFTER_COMMIT, [])[mark:]
 
 
 def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
     """Run `callback` (synchronous, quick) when this session's transaction commits."""
-    session.sync_session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+    transaction_state(session.sync_session).setdefault(_AFTER_COMMIT, []).append(callback)
 
 
 def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
