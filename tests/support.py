@@ -7,7 +7,7 @@ import concurrent.futures
 import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,9 @@ from typing import Any
 import asyncpg
 import httpx
 import uvicorn
+from sqlalchemy import event as orm_event
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.shared.auth import ServiceTokenSigner, mint_token
 from services.shared.clock import Clock, SystemClock
@@ -205,6 +207,23 @@ async def running_server(app: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=10)
+
+
+@contextlib.contextmanager
+def statements_sent(engine: AsyncEngine, matching: Callable[[str], bool]) -> Iterator[list[str]]:
+    """The SQL statements `engine` sends while the block runs that `matching` picks, in a
+    list that fills as they go."""
+    sent: list[str] = []
+
+    def record(_connection: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if matching(statement):
+            sent.append(statement)
+
+    orm_event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        orm_event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 def service_auth(service: str = "consult_router") -> dict[str, str]:

@@ -13,7 +13,7 @@ from services.consult_router.engine import RoutingEngine
 from services.shared.clock import ManualClock
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
-from tests.support import FakePeer, token
+from tests.support import FakePeer, statements_sent, token
 
 
 def kinds(log: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -355,19 +355,12 @@ class TestWakeUpPasses:
         waiting = [snapshot(clock, priority=4) for _ in range(3)]
         for case in waiting:
             await desk.send_case(case)
-        selected: list[str] = []
 
-        def record(*args: object) -> None:
-            statement = str(args[2])
-            if statement.startswith("SELECT") and "FROM consult_case" in statement:
-                selected.append(statement)
+        def reads_cases(statement: str) -> bool:
+            return statement.startswith("SELECT") and "FROM consult_case" in statement
 
-        listen = resources.engine.sync_engine
-        event.listen(listen, "before_cursor_execute", record)
-        try:
+        with statements_sent(resources.engine, reads_cases) as selected:
             await engine.route_changes()
-        finally:
-            event.remove(listen, "before_cursor_execute", record)
         with_document = [s for s in selected if "consult_case.snapshot" in s]
         # The pass orders every open case from their routing columns; only the one offered
         # (to the only consultant) is read whole.

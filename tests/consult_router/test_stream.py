@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -22,7 +21,7 @@ from services.shared.clock import ManualClock
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
-from tests.support import eventually, running_server, token
+from tests.support import eventually, running_server, statements_sent, token
 
 # Long enough that a socket a test keeps open but quiet is never closed as idle, however
 # slowly a loaded machine runs the test; the idle test shortens it for itself.
@@ -276,17 +275,7 @@ class TestLoggedMessagesFromMemory:
         self, server: str, live_desk: Desk, clock: ManualClock, resources: Resources
     ) -> None:
         await live_desk.consultant("dr-a", ["frailty"])
-        reads: list[str] = []
-
-        def count_log_reads(*args: Any) -> None:
-            statement: str = args[2]
-            if statement.lstrip().upper().startswith("SELECT") and "FROM consult_message" in (
-                statement
-            ):
-                reads.append(statement)
-
-        event.listen(resources.engine.sync_engine, "before_cursor_execute", count_log_reads)
-        try:
+        with statements_sent(resources.engine, _reads_the_log) as reads:
             socket, _ = await hello(server, "dr-a")
             async with socket:
                 # A new socket replays what it missed from the log: one read.
@@ -295,8 +284,6 @@ class TestLoggedMessagesFromMemory:
                 await live_desk.send_case(case)
                 offer = await receive_type(socket, "offer")
                 reads_for_the_offer = reads[1:]
-        finally:
-            event.remove(resources.engine.sync_engine, "before_cursor_execute", count_log_reads)
         assert offer["case"]["id"] == case["id"]
         if not resources.notifier.spans_processes:
             # One process logs every message: what it just logged is all there is to send.
@@ -319,3 +306,7 @@ class TestLoggedMessagesFromMemory:
             offer = await receive_type(socket, "offer")
         assert first["seq"] == elsewhere == welcome["seq"] + 1
         assert offer["seq"] == elsewhere + 1
+
+
+def _reads_the_log(statement: str) -> bool:
+    return statement.lstrip().upper().startswith("SELECT") and "FROM consult_message" in statement

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event
 
 from services.shared.db.engine import create_engine
 from services.shared.db.session import create_sessionmaker, unit_of_work
 from services.shared.notify import LocalNotifier, PostgresNotifier
-from tests.support import asyncpg_dsn, eventually
+from tests.support import asyncpg_dsn, eventually, statements_sent
 
 
 class TestLocal:
@@ -116,16 +114,12 @@ class TestPostgres:
     ) -> None:
         writer, reader = two_replicas
         engine = create_engine(postgres_url)
-        notifying: list[str] = []
-
-        def count(*args: Any) -> None:
-            if "pg_notify" in args[2]:
-                notifying.append(args[2])
-
-        event.listen(engine.sync_engine, "before_cursor_execute", count)
         maker = create_sessionmaker(engine)
         try:
-            with reader.subscribe("cases") as wake:
+            with (
+                statements_sent(engine, _notifying) as notifying,
+                reader.subscribe("cases") as wake,
+            ):
 
                 async def rolled_back() -> None:
                     async with unit_of_work(maker) as session:
@@ -151,15 +145,11 @@ class TestPostgres:
     ) -> None:
         writer, reader = two_replicas
         engine = create_engine(postgres_url)
-        notifying: list[str] = []
-
-        def count(*args: Any) -> None:
-            if "pg_notify" in args[2]:
-                notifying.append(args[2])
-
-        event.listen(engine.sync_engine, "before_cursor_execute", count)
         try:
-            with reader.subscribe("cases") as wake:
+            with (
+                statements_sent(engine, _notifying) as notifying,
+                reader.subscribe("cases") as wake,
+            ):
                 async with unit_of_work(create_sessionmaker(engine)) as session:
                     await writer.publish(session, "cases", "outer")
                     async with session.begin_nested():
@@ -175,3 +165,7 @@ class TestPostgres:
                 )
         finally:
             await engine.dispose()
+
+
+def _notifying(statement: str) -> bool:
+    return "pg_notify" in statement
