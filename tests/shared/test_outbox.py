@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -98,6 +99,14 @@ async def pending_rows(resources: Resources) -> int:
             TriageOutbox.delivered_at.is_(None), TriageOutbox.dead_at.is_(None)
         )
         return int((await session.execute(statement)).scalar_one())
+
+
+async def claim_for_posting(resources: Resources, delivery: OutboxDelivery) -> list[Any]:
+    """What a pass commits before posting to a peer over HTTP: the due rows, leased."""
+    async with unit_of_work(resources.sessionmaker) as session:
+        claimed = await delivery._claim(session)
+        await delivery._lease(session, [row.id for row in claimed])
+    return claimed
 
 
 class TestWriting:
@@ -221,7 +230,7 @@ class TestRestartMidDelivery:
     ) -> None:
         ids = await write_events(resources, outbox, 3)
         crashed = make_delivery(resources, outbox, settings)
-        claimed = await crashed._claim()  # claimed, then the process died before posting
+        claimed = await claim_for_posting(resources, crashed)  # then the process died
         assert len(claimed) == 3
 
         restarted = make_delivery(resources, outbox, settings)
@@ -243,7 +252,7 @@ class TestRestartMidDelivery:
     ) -> None:
         ids = await write_events(resources, outbox, 2)
         crashed = make_delivery(resources, outbox, settings)
-        claimed = await crashed._claim()
+        claimed = await claim_for_posting(resources, crashed)
         await crashed._peers.post_events(Peer.AUDIT, [row.payload for row in claimed])
 
         clock.advance(timedelta(seconds=settings.outbox_lease_seconds + 1))
@@ -414,6 +423,26 @@ async def audit_rows(resources: Resources) -> tuple[int, int]:
     return int(inbox or 0), int(handled or 0)
 
 
+def note_for_router(resources: Resources) -> LocalReceiver:
+    """The router's receiving side in this process, reduced to its inbox."""
+
+    async def noted(session: AsyncSession, event: Event) -> None:
+        return None
+
+    async def receive(session: AsyncSession, raw: list[dict[str, Any]]) -> Any:
+        return await receive_events(
+            session, inbox_model=ConsultInbox, raw_events=raw,
+            handlers={"case.submitted": noted}, clock=resources.clock,
+        )  # fmt: skip
+
+    return receive
+
+
+async def router_inbox_rows(resources: Resources) -> int:
+    async with unit_of_work(resources.sessionmaker) as session:
+        return int(await session.scalar(select(func.count()).select_from(ConsultInbox)) or 0)
+
+
 class TestPeerInThisProcess:
     """The embedded default hands events to a peer's inbox in the same transaction as it
     marks them delivered: both happen, or neither."""
@@ -439,6 +468,58 @@ class TestPeerInThisProcess:
         assert await audit_rows(resources) == (3, 3)
         # The peer not in this process is still posted to.
         assert [e["peer"] for e in fake_peers.received] == ["/internal/router/events"] * 3
+        assert await pending_rows(resources) == 0
+
+    async def test_one_transaction_claims_hands_over_and_marks_for_every_local_peer(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit,
+    ) -> None:  # fmt: skip
+        both = make_delivery(
+            resources, outbox, settings,
+            local_peers={Peer.AUDIT: local_audit, Peer.CONSULT_ROUTER: note_for_router(resources)},
+        )  # fmt: skip
+        await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
+        began: list[object] = []
+
+        def count(connection: object) -> None:
+            began.append(connection)
+
+        sa_event.listen(resources.engine.sync_engine, "begin", count)
+        try:
+            await both.deliver_due()
+        finally:
+            sa_event.remove(resources.engine.sync_engine, "begin", count)
+        assert len(began) == 1
+        assert await audit_rows(resources) == (3, 3)
+        assert await router_inbox_rows(resources) == 3
+        assert await pending_rows(resources) == 0
+
+    async def test_a_pass_cut_short_leaves_its_rows_to_the_next_at_once(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit,
+    ) -> None:  # fmt: skip
+        """No lease for a local peer: a pass that never commits (its process killed, its
+        task cancelled) holds its rows only as long as its transaction."""
+        handing_over = asyncio.Event()
+        never = asyncio.Event()
+
+        async def stuck(session: AsyncSession, raw: list[dict[str, Any]]) -> Any:
+            handing_over.set()
+            await never.wait()
+
+        await write_events(resources, outbox, 2)
+        cut_short = make_delivery(resources, outbox, settings, local_peers={Peer.AUDIT: stuck})
+        task = asyncio.create_task(cut_short.deliver_due())
+        await asyncio.wait_for(handing_over.wait(), timeout=5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The clock has not moved: the rows are due at once, not after a lease.
+        next_pass = make_delivery(
+            resources, outbox, settings, local_peers={Peer.AUDIT: local_audit}
+        )
+        await next_pass.deliver_due()
+        assert await audit_rows(resources) == (2, 2)
         assert await pending_rows(resources) == 0
 
     async def test_a_failure_undoes_the_handling_and_retries_after_a_pause(
@@ -476,24 +557,15 @@ class TestPeerInThisProcess:
         self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
         local_audit: LocalAudit,
     ) -> None:  # fmt: skip
-        async def local_router(session: AsyncSession, raw: list[dict[str, Any]]) -> Any:
-            async def noted(session: AsyncSession, event: Event) -> None:
-                return None
-
-            return await receive_events(
-                session, inbox_model=ConsultInbox, raw_events=raw,
-                handlers={"case.submitted": noted}, clock=resources.clock,
-            )  # fmt: skip
-
         both = make_delivery(
             resources, outbox, settings,
-            local_peers={Peer.AUDIT: local_audit, Peer.CONSULT_ROUTER: local_router},
+            local_peers={Peer.AUDIT: local_audit, Peer.CONSULT_ROUTER: note_for_router(resources)},
         )  # fmt: skip
         await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
         local_audit.fail_with = RuntimeError("audit's disk is full")
         await both.deliver_due()
+        routed = await router_inbox_rows(resources)
         async with unit_of_work(resources.sessionmaker) as session:
-            routed = await session.scalar(select(func.count()).select_from(ConsultInbox))
             waiting = (
                 await session.execute(
                     select(TriageOutbox.destination).where(TriageOutbox.delivered_at.is_(None))

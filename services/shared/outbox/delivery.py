@@ -1,11 +1,14 @@
-"""The delivery loop: claims due outbox rows, posts them to their peers, records results.
+"""The delivery loop: claims due outbox rows, hands them to their peers, records results.
 
-A claim is a lease (`claimed_until`) taken in a short transaction with `FOR UPDATE SKIP
-LOCKED` on PostgreSQL, so replicas share the work and a replica that dies mid-delivery
-leaves rows that another picks up once the lease lapses. No database connection is held
-while posting. A peer that fails is paused with exponential back-off (and its rows keep
-their place); a receiver that rejects an event as invalid marks that row dead, which is
-counted and alerted on, and never retried.
+A claim takes the oldest due rows with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so
+replicas share the work. A peer in this process (the embedded default) takes its events
+in the claiming transaction, so events are handled and marked delivered together or not
+at all, and a replica that dies mid-way leaves nothing half done. Events for a peer over
+HTTP are leased instead (`claimed_until`) and posted after the claim commits, so no
+database connection is held while posting, and a replica that dies mid-delivery leaves
+rows that another picks up once the lease lapses. A peer that fails is paused with
+exponential back-off (and its rows keep their place); a receiver that rejects an event as
+invalid marks that row dead, which is counted and alerted on, and never retried.
 """
 
 from __future__ import annotations
@@ -108,6 +111,16 @@ def due_rows(
     return due
 
 
+class _HandOverFailed(Exception):
+    """A peer in this process failed to take its events (not a refusal: an error)."""
+
+    def __init__(self, destination: str, rows: list[_Claimed], reason: str) -> None:
+        super().__init__(f"handing events to {destination} failed: {reason}")
+        self.destination = destination
+        self.rows = rows
+        self.reason = reason
+
+
 @dataclass
 class _Sorted:
     """A batch's rows by what the receiver answered for each."""
@@ -175,15 +188,42 @@ class OutboxDelivery:
                     await wake.wait(self._settings.outbox_poll_seconds, stopping=stopping)
 
     async def deliver_due(self) -> bool:
-        """One pass. True when a full batch was claimed (more may be waiting)."""
-        claimed = await self._claim()
-        by_destination: dict[str, list[_Claimed]] = defaultdict(list)
-        for row in claimed:
-            by_destination[row.destination].append(row)
-        if by_destination:
-            await asyncio.gather(
-                *(self._deliver(dest, rows) for dest, rows in by_destination.items())
-            )
+        """One pass. True when a full batch was claimed (more may be waiting).
+
+        Rows for a peer in this process are handed to its inbox and marked in the claiming
+        transaction itself: its row locks are the claim, so no lease is written, and a
+        pass costs one transaction however many local peers it serves. Rows for a peer
+        over HTTP are leased in that transaction and posted after it commits, holding no
+        connection while they wait for the peer.
+        """
+        # A local peer that fails undoes the whole pass; it is paused, and the pass runs
+        # again without it, so one peer failing holds back no other. Each failure pauses
+        # one more peer, so this ends.
+        for _attempt in range(len(self._local_peers)):
+            try:
+                return await self._deliver_pass()
+            except _HandOverFailed as failed:
+                async with unit_of_work(self._maker) as session:
+                    await self._hold_back(session, failed.destination, failed.rows, failed.reason)
+        return await self._deliver_pass()
+
+    async def _deliver_pass(self) -> bool:
+        handed: list[tuple[str, _Sorted]] = []
+        away: dict[str, list[_Claimed]] = defaultdict(list)
+        async with unit_of_work(self._maker) as session:
+            claimed = await self._claim(session)
+            here: dict[str, list[_Claimed]] = defaultdict(list)
+            for row in claimed:
+                local = row.destination in self._local_peers
+                (here if local else away)[row.destination].append(row)
+            for destination, rows in here.items():
+                handed.append((destination, await self._hand_over(session, destination, rows)))
+            if away:
+                await self._lease(session, [row.id for rows in away.values() for row in rows])
+        for destination, outcome in handed:
+            self._after_delivery(destination, outcome)
+        if away:
+            await asyncio.gather(*(self._post(dest, rows) for dest, rows in away.items()))
         return len(claimed) >= self._settings.outbox_batch_size
 
     async def refresh_metrics(self, session: AsyncSession) -> None:
@@ -199,60 +239,60 @@ class OutboxDelivery:
         age = 0.0 if oldest is None else (self._clock.now() - oldest).total_seconds()
         self._metrics.oldest_pending.labels(self._service).set(max(age, 0.0))
 
-    async def _claim(self) -> list[_Claimed]:
+    async def _claim(self, session: AsyncSession) -> list[_Claimed]:
+        """The due rows, locked until `session` ends (`FOR UPDATE SKIP LOCKED`)."""
         model = self._model
         now = self._clock.now()
         paused = [dest for dest, until in self._paused_until.items() if until > now]
         due = due_rows(model, now=now, limit=self._settings.outbox_batch_size, paused=paused)
-        lease = now + timedelta(seconds=self._settings.outbox_lease_seconds)
-        async with unit_of_work(self._maker) as session:
-            ids = list((await session.execute(due)).scalars())
-            if not ids:
-                return []
-            await session.execute(
-                update(model).where(model.id.in_(ids)).values(claimed_until=lease)
-            )
-            rows = await session.execute(
-                select(model.id, model.event_id, model.destination, model.payload, model.attempts)
-                .where(model.id.in_(ids))
-                .order_by(model.id)
-            )
-            return [_Claimed(*row) for row in rows]
+        ids = list((await session.execute(due)).scalars())
+        if not ids:
+            return []
+        rows = await session.execute(
+            select(model.id, model.event_id, model.destination, model.payload, model.attempts)
+            .where(model.id.in_(ids))
+            .order_by(model.id)
+        )
+        return [_Claimed(*row) for row in rows]
 
-    async def _deliver(self, destination: str, rows: list[_Claimed]) -> None:
-        local = self._local_peers.get(destination)
-        if local is not None:
-            await self._deliver_here(destination, rows, local)
-            return
+    async def _lease(self, session: AsyncSession, ids: list[int]) -> None:
+        """Rows posted after the claim commits stay ours for a lease, which another
+        deliverer honours and which lapses if this process dies while posting."""
+        lease = self._clock.now() + timedelta(seconds=self._settings.outbox_lease_seconds)
+        await session.execute(
+            update(self._model).where(self._model.id.in_(ids)).values(claimed_until=lease)
+        )
+
+    async def _hand_over(
+        self, session: AsyncSession, destination: str, rows: list[_Claimed]
+    ) -> _Sorted:
+        """A peer in this process takes the events in the claiming transaction."""
+        receive = self._local_peers[destination]
+        try:
+            result = await receive(session, [row.payload for row in rows])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the pass is undone; these rows wait out a pause
+            log_failure(logger, f"{self._service}: handing events to {destination} failed", exc)
+            raise _HandOverFailed(destination, rows, type(exc).__name__) from exc
+        sorted_out = _Sorted.of(rows, result)
+        await self._record(session, destination, sorted_out)
+        return sorted_out
+
+    async def _post(self, destination: str, rows: list[_Claimed]) -> None:
         try:
             result = await self._peers.post_events(Peer(destination), [row.payload for row in rows])
         except (PeerUnavailable, ValueError) as exc:
-            await self._record_failure(destination, rows, str(exc))
+            async with unit_of_work(self._maker) as session:
+                await self._hold_back(session, destination, rows, str(exc))
             return
         sorted_out = _Sorted.of(rows, result)
         async with unit_of_work(self._maker) as session:
-            await self._mark(session, sorted_out)
-        await self._after_delivery(destination, sorted_out)
+            await self._record(session, destination, sorted_out)
+        self._after_delivery(destination, sorted_out)
 
-    async def _deliver_here(
-        self, destination: str, rows: list[_Claimed], receive: LocalReceiver
-    ) -> None:
-        """A peer in this process: its inbox takes the events and the rows are marked in
-        one transaction, so they are handled and marked delivered together or not at all."""
-        try:
-            async with unit_of_work(self._maker) as session:
-                result = await receive(session, [row.payload for row in rows])
-                sorted_out = _Sorted.of(rows, result)
-                await self._mark(session, sorted_out)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # rolled back: retried with back-off, as for a peer down
-            log_failure(logger, f"{self._service}: handing events to {destination} failed", exc)
-            await self._record_failure(destination, rows, type(exc).__name__)
-            return
-        await self._after_delivery(destination, sorted_out)
-
-    async def _mark(self, session: AsyncSession, sorted_out: _Sorted) -> None:
+    async def _record(self, session: AsyncSession, destination: str, sorted_out: _Sorted) -> None:
+        """What the receiver answered: delivered, dead, or (no answer) held back."""
         model = self._model
         now = self._clock.now()
         if sorted_out.delivered:
@@ -267,16 +307,19 @@ class OutboxDelivery:
                 .where(model.id == row.id)
                 .values(dead_at=now, claimed_until=None, last_error=detail[:500])
             )
-
-    async def _after_delivery(self, destination: str, sorted_out: _Sorted) -> None:
-        self._paused_until.pop(destination, None)
-        self._failures_in_a_row.pop(destination, None)
-        delivered, rejected = sorted_out.delivered, sorted_out.rejected
-        self._metrics.delivered.labels(self._service, destination).inc(len(delivered))
         if sorted_out.unanswered:
-            await self._record_failure(
-                destination, sorted_out.unanswered, "no result for the event"
+            await self._hold_back(
+                session, destination, sorted_out.unanswered, "no result for the event"
             )
+
+    def _after_delivery(self, destination: str, sorted_out: _Sorted) -> None:
+        """Once the outcome is committed: the peer answered, so it is not paused (unless
+        it left events unanswered), and the counts."""
+        if not sorted_out.unanswered:
+            self._paused_until.pop(destination, None)
+            self._failures_in_a_row.pop(destination, None)
+        self._metrics.delivered.labels(self._service, destination).inc(len(sorted_out.delivered))
+        rejected = sorted_out.rejected
         if rejected:
             self._metrics.dead.labels(self._service, destination).inc(len(rejected))
             logger.error(
@@ -286,7 +329,10 @@ class OutboxDelivery:
                 destination,
             )
 
-    async def _record_failure(self, destination: str, rows: list[_Claimed], reason: str) -> None:
+    async def _hold_back(
+        self, session: AsyncSession, destination: str, rows: list[_Claimed], reason: str
+    ) -> None:
+        """The destination failed: pause it, and make its rows wait out the pause."""
         now = self._clock.now()
         self._failures_in_a_row[destination] += 1
         pause = self._backoff(self._failures_in_a_row[destination])
@@ -302,17 +348,16 @@ class OutboxDelivery:
         # Every failed row waits out the destination's pause, so when the peer is back its
         # backlog goes in the order it was written.
         model = self._model
-        async with unit_of_work(self._maker) as session:
-            await session.execute(
-                update(model)
-                .where(model.id.in_([row.id for row in rows]))
-                .values(
-                    attempts=model.attempts + 1,
-                    next_attempt_at=now + pause,
-                    claimed_until=None,
-                    last_error=reason[:500],
-                )
+        await session.execute(
+            update(model)
+            .where(model.id.in_([row.id for row in rows]))
+            .values(
+                attempts=model.attempts + 1,
+                next_attempt_at=now + pause,
+                claimed_until=None,
+                last_error=reason[:500],
             )
+        )
 
     def _backoff(self, attempts: int) -> timedelta:
         base = self._settings.outbox_base_backoff_seconds * (2 ** min(attempts - 1, 20))
