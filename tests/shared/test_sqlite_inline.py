@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.shared.db.engine import create_engine
+from services.shared.db.engine import SQLITE_BUSY_TIMEOUT_MS, create_engine
 from services.shared.db.sqlite_inline import InlineConnection
 
 
@@ -34,7 +34,7 @@ async def _driver(engine: AsyncEngine) -> InlineConnection:
         return driver
 
 
-async def test_statements_run_on_the_loop_and_the_lock_and_the_flush_on_the_thread(
+async def test_statements_and_a_free_lock_run_on_the_loop_and_the_flush_on_the_thread(
     engine: AsyncEngine,
 ) -> None:
     driver = await _driver(engine)
@@ -50,11 +50,14 @@ async def test_statements_run_on_the_loop_and_the_lock_and_the_flush_on_the_thre
 
     assert [row.body for row in rows] == ["first"]
     assert where == [
-        ("BEGIN", False),  # may wait for another process's write lock: the thread
+        ("PRAGMA", True),  # no waiting for the lock...
+        ("BEGIN", True),  # ...which no other process holds: taken here
+        ("PRAGMA", True),  # the busy timeout back, for the next that may have to wait
         ("INSERT", True),
         ("SELECT", True),
         ("COMMIT", False),  # an fsync: the thread
     ]
+    assert await busy_timeout_ms(engine) == SQLITE_BUSY_TIMEOUT_MS
 
 
 async def test_waiting_for_another_writer_leaves_the_loop_free(
@@ -68,6 +71,12 @@ async def test_waiting_for_another_writer_leaves_the_loop_free(
         async with engine.begin() as connection:
             await connection.execute(text("INSERT INTO note (body) VALUES ('waited')"))
 
+    driver = await _driver(engine)
+    where: list[tuple[str, bool]] = []
+    loop_thread = threading.get_ident()
+    driver._conn.set_trace_callback(
+        lambda sql: where.append((sql.split()[0].upper(), threading.get_ident() == loop_thread))
+    )
     writer = asyncio.create_task(write())
     while ticks < 20:  # the loop keeps turning while the writer waits for the lock
         await asyncio.sleep(0.005)
@@ -76,10 +85,20 @@ async def test_waiting_for_another_writer_leaves_the_loop_free(
     other.execute("COMMIT")
     other.close()
     await asyncio.wait_for(writer, timeout=10)
+    driver._conn.set_trace_callback(None)
+
+    # Tried here without waiting, refused, then waited for on the thread.
+    assert where[:4] == [("PRAGMA", True), ("BEGIN", True), ("PRAGMA", True), ("BEGIN", False)]
+    assert await busy_timeout_ms(engine) == SQLITE_BUSY_TIMEOUT_MS
 
     async with engine.connect() as connection:
         bodies = (await connection.execute(text("SELECT body FROM note"))).scalars().all()
     assert bodies == ["waited"]
+
+
+async def busy_timeout_ms(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.execute(text("PRAGMA busy_timeout"))).scalar_one())
 
 
 async def test_a_failed_statement_leaves_the_connection_usable(engine: AsyncEngine) -> None:

@@ -7,12 +7,15 @@ SQLAlchemy makes four such calls per statement. Measured (bench/RESULTS.md): a o
 select inside a transaction took 650 us through the thread and 90 us here.
 
 Only two kinds of call can wait on something outside this process, and those still go to
-the thread: taking the write lock (`BEGIN IMMEDIATE`, and anything outside a transaction,
-which may wait up to the busy timeout while another process writes) and committing (with
-`synchronous=FULL`, an fsync). Everything else — statements inside a transaction that
-already holds the write lock, fetches, cursors, rollbacks — runs where it is called: in
-WAL mode none of them waits for another connection, and the process has one connection,
-used by one caller at a time (SQLAlchemy awaits each call before making the next).
+the thread: waiting for the write lock while another process holds it (`BEGIN
+IMMEDIATE`, and anything outside a transaction, which may wait up to the busy timeout) and
+committing (with `synchronous=FULL`, an fsync). `BEGIN IMMEDIATE` is first tried here
+without waiting: when no other process is writing — always, for the embedded default —
+it takes the lock at once, and only a lock already held sends it to the thread to wait.
+Everything else — statements inside a transaction that already holds the write lock,
+fetches, cursors, rollbacks — runs where it is called: in WAL mode none of them waits for
+another connection, and the process has one connection, used by one caller at a time
+(SQLAlchemy awaits each call before making the next).
 """
 
 from __future__ import annotations
@@ -34,11 +37,48 @@ _CONNECTION_CALLS_HERE = frozenset({"cursor", "rollback"})
 class InlineConnection(aiosqlite.Connection):
     """An aiosqlite connection that keeps its thread for the calls that may wait."""
 
+    def __init__(
+        self, connector: Callable[[], sqlite3.Connection], *, busy_timeout_ms: int
+    ) -> None:
+        super().__init__(connector, iter_chunk_size=64)
+        self._busy_timeout_ms = busy_timeout_ms
+
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         connection = self._connection
-        if connection is not None and self._running and _runs_here(connection, fn):
-            return fn(*args, **kwargs)
+        if connection is not None and self._running:
+            if _runs_here(connection, fn):
+                return fn(*args, **kwargs)
+            if _is_begin(connection, fn, args) and self._begin_if_free(connection, fn, args):
+                return None
         return await super()._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def _begin_if_free(
+        self, connection: sqlite3.Connection, begin: Callable[..., Any], args: tuple[Any, ...]
+    ) -> bool:
+        """Take the write lock here if no one holds it; False if someone does (then the
+        thread waits for it, up to the busy timeout)."""
+        connection.execute("PRAGMA busy_timeout=0")
+        try:
+            begin(*args)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                return False
+            raise
+        finally:
+            connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        return True
+
+
+def _is_begin(
+    connection: sqlite3.Connection, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> bool:
+    return (
+        isinstance(getattr(fn, "__self__", None), sqlite3.Cursor)
+        and getattr(fn, "__name__", "") == "execute"
+        and not connection.in_transaction
+        and bool(args)
+        and args[0] == "BEGIN IMMEDIATE"
+    )
 
 
 def _runs_here(connection: sqlite3.Connection, fn: Callable[..., Any]) -> bool:
@@ -60,7 +100,7 @@ async def connect(database: str, *, timeout: float) -> InlineConnection:
     def connector() -> sqlite3.Connection:
         return sqlite3.connect(database, timeout=timeout, check_same_thread=False)
 
-    connection = InlineConnection(connector, iter_chunk_size=64)
+    connection = InlineConnection(connector, busy_timeout_ms=round(timeout * 1000))
     # As in SQLAlchemy's own aiosqlite set-up: the thread must not keep the process alive.
     connection._thread.daemon = True
     await connection  # starts the thread, which opens the database
