@@ -7,10 +7,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from services.consult_router.engine import RoutingEngine
+from services.consult_router.repository import cases as case_repo
 from services.shared.clock import ManualClock
+from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
 from tests.support import FakePeer, statements_sent, token
@@ -344,9 +346,25 @@ class TestWakeUpPasses:
             await engine.route_changes()
         finally:
             event.remove(listen, "begin", count)
-        assert len(transactions) == 2  # the view, then the declined case alone
+        assert len(transactions) == 1  # the view, and the declined case alone, together
         [moved] = await desk.offers(free)
         assert moved["case"]["id"] == offer["case"]["id"]
+
+    async def test_the_case_routed_with_the_view_is_read_afresh_under_its_lock(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        case = snapshot(clock, priority=4)
+        await desk.send_case(case)
+        async with unit_of_work(resources.sessionmaker) as session:
+            [seen] = await case_repo.open_cases(session, limit=10, with_snapshot=False)
+            # Another writer changes the case after the pass read it, before the lock.
+            await session.execute(
+                text("UPDATE consult_case SET priority = 1 WHERE id = :id"), {"id": seen.id}
+            )
+            locked = await case_repo.lock_open_case(session, seen.id)
+            assert locked is seen
+            assert locked.priority == 1
+            assert locked.snapshot["id"] == case["id"]  # the whole row, once locked
 
     async def test_a_pass_reads_the_clinical_document_only_of_the_case_it_routes(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources

@@ -53,11 +53,16 @@ async def open_cases(
 
 
 async def lock_open_case(session: AsyncSession, case_id: str) -> ConsultCase | None:
-    """An open case, locked for routing; None if closed or another process is on it."""
+    """An open case, locked for routing; None if closed or another process is on it.
+
+    Read afresh even if this session has the case already (the routing pass read it
+    before taking the lock, without its clinical snapshot): what counts is the row as it
+    is once locked."""
     statement = (
         select(ConsultCase)
         .where(ConsultCase.id == case_id, ConsultCase.status.in_(OPEN_CASE))
         .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
     )
     return (await session.execute(statement)).scalar_one_or_none()
 
