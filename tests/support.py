@@ -209,6 +209,22 @@ async def running_server(app: Any) -> AsyncIterator[str]:
         await asyncio.wait_for(task, timeout=10)
 
 
+class WebsocketsWatched:
+    """An ASGI app wrapped to count the websocket sessions whose handler has returned, so
+    a test can wait for a server to finish with a socket the client has left."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.ended = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["type"] == "websocket":
+                self.ended += 1
+
+
 @contextlib.contextmanager
 def statements_sent(engine: AsyncEngine, matching: Callable[[str], bool]) -> Iterator[list[str]]:
     """The SQL statements `engine` sends while the block runs that `matching` picks, in a

@@ -97,6 +97,8 @@ async def consultant_stream(websocket: WebSocket) -> None:
     except CloseConnection as close:
         await websocket.close(close.code, close.reason)
         return
+    except WebSocketDisconnect:  # gone before saying who they are: nothing to undo
+        return
     try:
         await _serve(line, resources, ctx, replay_from)
     finally:

@@ -52,6 +52,8 @@ async def case_stream(websocket: WebSocket) -> None:
     except CloseConnection as close:
         await websocket.close(close.code, close.reason)
         return
+    except WebSocketDisconnect:  # gone before saying who they are: nothing to undo
+        return
     sender = Sender(websocket)
     with ctx.notifier.subscribe(STREAM_CHANNEL, case_id) as wake:
         done, expired = await run_until_first_ends(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,13 @@ from services.shared.clock import ManualClock
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
-from tests.support import eventually, running_server, statements_sent, token
+from tests.support import (
+    WebsocketsWatched,
+    eventually,
+    running_server,
+    statements_sent,
+    token,
+)
 
 # Long enough that a socket a test keeps open but quiet is never closed as idle, however
 # slowly a loaded machine runs the test; the idle test shortens it for itself.
@@ -107,6 +114,17 @@ class TestHandshake:
                 json.dumps({"type": "hello", "token": token("consultant", "dr-nobody")})
             )
             assert await close_code(stranger) == 4404
+
+    async def test_a_client_gone_before_its_hello_is_no_error(
+        self, live_settings: EmbeddedSettings, resources: Resources,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:  # fmt: skip
+        watched = WebsocketsWatched(create_app(live_settings, resources=resources))
+        async with running_server(watched) as address:
+            async with connect(f"ws://{address}/v1/consultant/stream"):
+                pass  # connected, then gone without a word
+            await eventually(lambda: watched.ended == 1, timeout=10)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
     async def test_welcome_carries_the_consultant_and_their_state(
         self, server: str, live_desk: Desk

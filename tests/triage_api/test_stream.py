@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from services.embedded import EmbeddedSettings
 from services.shared.resources import Resources
 from services.triage_api.app import create_app
 from tests.factories import NORMAL_OBSERVATIONS, case_body, idempotency_key
-from tests.support import auth, running_server, token
+from tests.support import WebsocketsWatched, auth, eventually, running_server, token
 
 CREW = auth("paramedic", "crew-ne23")
 
@@ -134,6 +135,17 @@ class TestReplayAndLive:
 
 
 class TestRefusals:
+    async def test_a_client_gone_before_its_hello_is_no_error(
+        self, settings: EmbeddedSettings, resources: Resources,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:  # fmt: skip
+        watched = WebsocketsWatched(create_app(settings, resources=resources))
+        async with running_server(watched) as address:
+            async with connect(f"ws://{address}/v1/cases/any-case/stream"):
+                pass  # connected, then gone without a word
+            await eventually(lambda: watched.ended == 1, timeout=10)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
     async def test_no_hello_in_time_closes_4401(
         self, server: str, client: httpx.AsyncClient
     ) -> None:
