@@ -6,7 +6,10 @@ channel, key)` inside their transaction; subscribers on this process wake when i
 
 - `LocalNotifier` (SQLite, one process): delivered in-process after commit.
 - `PostgresNotifier` (any number of replicas): `pg_notify` in the transaction, which
-  PostgreSQL delivers at commit to every replica's LISTEN connection.
+  PostgreSQL delivers at commit to every replica's LISTEN connection. Given the engine
+  the process writes through, it also wakes the process's own subscribers at the commit,
+  as `LocalNotifier` does, and ignores PostgreSQL's copy of those notifications when it
+  comes back (it is known by the sending connection's backend pid, one of the pool's).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Protocol
 import asyncpg
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from services.shared.db.session import ReachSession, after_commit, transaction_state
@@ -204,7 +207,7 @@ class PostgresNotifier(LocalNotifier):
 
     spans_processes = True
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, engine: AsyncEngine | None = None) -> None:
         super().__init__()
         self._dsn = _asyncpg_dsn(database_url)
         self._channels: set[str] = set()
@@ -212,6 +215,12 @@ class PostgresNotifier(LocalNotifier):
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.connected = asyncio.Event()
+        # The backend pids of `engine`'s pooled connections: a notification one of them
+        # sent was dispatched here at its commit, without waiting for PostgreSQL.
+        self._own_backends: set[int] | None = None
+        if engine is not None:
+            self._own_backends = set()
+            _track_backends(engine, self._own_backends)
 
     async def listen(self, channel: str) -> None:
         if channel in self._channels:
@@ -225,6 +234,9 @@ class PostgresNotifier(LocalNotifier):
         state = transaction_state(session.sync_session)
         pending: dict[tuple[str, str], None] = state.setdefault(_PENDING, {})
         pending[(CHANNEL_PREFIX + channel, key)] = None
+        if self._own_backends is not None:
+            # This process's subscribers wake at the commit, not a round trip later.
+            await super().publish(session, channel, key)
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -272,7 +284,9 @@ class PostgresNotifier(LocalNotifier):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), timeout=2)
 
-    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: Any, pid: int, channel: str, payload: str) -> None:
+        if self._own_backends is not None and pid in self._own_backends:
+            return  # sent from this process, and dispatched here at its commit
         self.hub.dispatch(channel.removeprefix(CHANNEL_PREFIX), payload)
 
     def _wake_everyone(self) -> None:
@@ -280,6 +294,29 @@ class PostgresNotifier(LocalNotifier):
         for bucket in list(self.hub._by_channel.values()) + list(self.hub._by_key.values()):
             for subscription in bucket:
                 subscription.wake()
+
+
+def _track_backends(engine: AsyncEngine, backends: set[int]) -> None:
+    """Keep `backends` to the server pids of the connections `engine`'s pool holds."""
+    pool_events = engine.sync_engine
+
+    def opened(dbapi_connection: Any, record: Any) -> None:
+        pid = int(dbapi_connection.driver_connection.get_server_pid())
+        record.info[_BACKEND_PID] = pid
+        backends.add(pid)
+
+    def closed(_dbapi_connection: Any, record: Any) -> None:
+        backends.discard(record.info.pop(_BACKEND_PID, -1))
+
+    def detached(dbapi_connection: Any) -> None:
+        backends.discard(int(dbapi_connection.driver_connection.get_server_pid()))
+
+    event.listen(pool_events, "connect", opened)
+    event.listen(pool_events, "close", closed)
+    event.listen(pool_events, "close_detached", detached)
+
+
+_BACKEND_PID = "reach_backend_pid"
 
 
 def _asyncpg_dsn(database_url: str) -> str:

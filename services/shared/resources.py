@@ -118,7 +118,9 @@ async def open_resources(
         echo=settings.database_echo,
     )
     notifier: Notifier = (
-        PostgresNotifier(database_url) if is_postgres(database_url) else LocalNotifier()
+        PostgresNotifier(database_url, engine=engine)
+        if is_postgres(database_url)
+        else LocalNotifier()
     )
     http = httpx.AsyncClient(timeout=settings.peer_timeout_seconds)
     peer_http = (

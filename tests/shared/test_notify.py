@@ -167,5 +167,44 @@ class TestPostgres:
             await engine.dispose()
 
 
+@pytest.mark.postgres
+class TestPostgresOwnChanges:
+    async def test_a_replica_wakes_its_own_subscribers_at_the_commit_and_only_once(
+        self, postgres_url: str
+    ) -> None:
+        engines = [create_engine(postgres_url), create_engine(postgres_url)]
+        here, elsewhere = (PostgresNotifier(postgres_url, engine=engine) for engine in engines)
+        dispatched: list[str] = []
+        dispatch = here.hub.dispatch
+
+        def recording(channel: str, key: str) -> None:
+            dispatched.append(key)
+            dispatch(channel, key)
+
+        here.hub.dispatch = recording  # type: ignore[method-assign]
+        for notifier in (here, elsewhere):
+            await notifier.listen("cases")
+            await notifier.start()
+        try:
+            with here.subscribe("cases") as wake:
+                async with unit_of_work(create_sessionmaker(engines[0])) as session:
+                    await here.publish(session, "cases", "mine")
+                    assert not await wake.wait(timeout=0)  # not before the commit
+                assert dispatched == ["mine"]  # at the commit, not a round trip later
+                async with unit_of_work(create_sessionmaker(engines[1])) as session:
+                    await elsewhere.publish(session, "cases", "theirs")
+                await eventually(lambda: "theirs" in dispatched, timeout=5)
+                # A LISTEN connection gets notifications in commit order: PostgreSQL's
+                # copy of "mine" came before "theirs", and was not dispatched again.
+                assert dispatched == ["mine", "theirs"]
+                assert await wake.wait(timeout=0)
+                assert wake.drain_keys() == {"mine", "theirs"}
+        finally:
+            for notifier in (here, elsewhere):
+                await notifier.stop()
+            for engine in engines:
+                await engine.dispose()
+
+
 def _notifying(statement: str) -> bool:
     return "pg_notify" in statement
