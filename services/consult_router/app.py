@@ -16,6 +16,7 @@ from services.consult_router import (
     api_rota,
     cases,
     presence,
+    routing,
     snapshots,
     ws,
 )
@@ -51,14 +52,16 @@ WEB = Path(__file__).parent / "web"
 
 def triage_batch_handler(ctx: RouterContext) -> BatchHandler:
     async def handle(session: AsyncSession, events: list[Event]) -> None:
-        await cases.apply_snapshots(session, ctx=ctx, events=events)
+        if await cases.apply_snapshots(session, ctx=ctx, events=events):
+            await routing.route_arrivals(session, ctx)
 
     return handle
 
 
 def triage_event_handlers(ctx: RouterContext) -> dict[str, EventHandler]:
     async def handle(session: AsyncSession, event: Event) -> None:
-        await cases.apply_snapshot(session, ctx=ctx, event=event)
+        if await cases.apply_snapshot(session, ctx=ctx, event=event):
+            await routing.route_arrivals(session, ctx)
 
     return dict.fromkeys(
         (

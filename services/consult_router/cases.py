@@ -24,15 +24,17 @@ from services.shared.schemas.events import Event
 _ENDED = ("closed", "cancelled")
 
 
-async def apply_snapshot(session: AsyncSession, *, ctx: RouterContext, event: Event) -> None:
-    await apply_snapshots(session, ctx=ctx, events=[event])
+async def apply_snapshot(session: AsyncSession, *, ctx: RouterContext, event: Event) -> bool:
+    return await apply_snapshots(session, ctx=ctx, events=[event])
 
 
 async def apply_snapshots(
     session: AsyncSession, *, ctx: RouterContext, events: list[Event]
-) -> None:
+) -> bool:
     """A delivered batch, each event as if alone and in order, but the batch's cases read
-    (and locked, in id order) in one statement and its new cases inserted in one."""
+    (and locked, in id order) in one statement and its new cases inserted in one.
+
+    True if it opened a case, which the caller routes (`routing.route_arrivals`)."""
     snapshots = [_snapshot_of(event) for event in events]
     cases = await case_repo.get_cases(session, {s.id for s in snapshots}, for_update=True)
     opened = False
@@ -48,8 +50,8 @@ async def apply_snapshots(
         await _apply(session, ctx, case, snapshot)
     if opened:
         await session.flush()
-        await outbound.wake_routing(session, ctx)
         await outbound.queue_changed(session, ctx)
+    return opened
 
 
 def _snapshot_of(event: Event) -> CaseSnapshot:

@@ -27,11 +27,14 @@ from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOff
 from services.shared.db.session import after_commit
 from services.shared.domain.priority import aged_priority
 from services.shared.domain.vocabulary import FALLBACK_SPECIALTY, ConsultantStatus, Specialty
+from services.shared.observability import log_failure
 from services.shared.schemas.events import EventType
 
 logger = logging.getLogger("reach.router")
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
+# The open cases a routing pass orders: the oldest this many (far beyond any real queue).
+QUEUE_WINDOW = 200
 
 
 @dataclass
@@ -131,6 +134,36 @@ class RoutingView:
     def take(self, consultant_id: str) -> None:
         self.offered.add(consultant_id)
         self.made.append(consultant_id)
+
+
+async def load_queue(
+    session: AsyncSession, ctx: RouterContext, *, now: datetime
+) -> tuple[RoutingView, list[ConsultCase]]:
+    """Who is free, and the open cases most urgent first (read for ordering only: their
+    clinical snapshot is not loaded)."""
+    view = await RoutingView.load(session, ctx, now=now)
+    cases = await case_repo.open_cases(session, limit=QUEUE_WINDOW, with_snapshot=False)
+    return view, view.queue_order(cases)
+
+
+async def route_arrivals(session: AsyncSession, ctx: RouterContext) -> None:
+    """Offer new cases in the transaction that records them, rather than waking the
+    routing loop to do it in transactions of its own afterwards.
+
+    It is the pass a wake-up runs, over the whole queue in order of urgency, so a new case
+    never goes ahead of one waiting longer or more urgently. Under a savepoint: if it
+    fails, the cases stay recorded and the routing loop is woken to route them.
+    """
+    now = ctx.clock.now()
+    try:
+        async with session.begin_nested():
+            view, waiting = await load_queue(session, ctx, now=now)
+            for case in waiting:
+                if view.may_move(case, sweeping=False):
+                    await route_case(session, ctx, view, case_id=case.id, now=now)
+    except Exception as exc:  # the loop routes them instead
+        log_failure(logger, "routing new cases on arrival failed; left to the routing loop", exc)
+        await outbound.wake_routing(session, ctx)
 
 
 async def route_case(

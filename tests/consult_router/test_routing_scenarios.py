@@ -7,8 +7,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event, text
 
+from services.consult_router import routing
+from services.consult_router.context import WORK_CHANNEL
 from services.consult_router.engine import RoutingEngine
 from services.consult_router.repository import cases as case_repo
 from services.shared.clock import ManualClock
@@ -300,8 +303,8 @@ class TestHandover:
         handover = clock.now() + timedelta(minutes=5)
         await desk.shift("dr-night", "frailty", handover - timedelta(hours=12), hours=12)
         await desk.shift("dr-day", "frailty", handover, hours=12)
-        await desk.send_case(snapshot(clock))
         clock.advance(timedelta(minutes=4, seconds=50))
+        await desk.send_case(snapshot(clock))  # offered on arrival, to the night shift
         await engine.run_once()
         assert kinds(await desk.log("dr-night")) == ["offer"]
         clock.advance(timedelta(seconds=10))  # 10 s into the offer, the night shift ends
@@ -310,6 +313,60 @@ class TestHandover:
         assert kinds(night) == ["offer", "offer_withdrawn"]
         assert night[1][1]["reason"] == "reassigned"
         assert kinds(await desk.log("dr-day")) == ["offer"]
+
+
+class TestOfferedOnArrival:
+    """A new case is routed in the transaction that records it, by the same pass a
+    wake-up runs, without waiting for the routing loop."""
+
+    async def test_a_new_case_is_offered_in_the_transaction_that_records_it(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"])
+        case = snapshot(clock)
+        began: list[object] = []
+
+        def count(connection: object) -> None:
+            began.append(connection)
+
+        event.listen(resources.engine.sync_engine, "begin", count)
+        try:
+            await desk.send_case(case)  # no routing pass runs in this test
+        finally:
+            event.remove(resources.engine.sync_engine, "begin", count)
+        assert len(began) == 1
+        assert kinds(await desk.log("dr-a")) == ["offer"]
+        assert offered_case(await desk.log("dr-a")) == case["id"]
+
+    async def test_an_arrival_never_goes_ahead_of_a_more_urgent_case_waiting(
+        self, desk: Desk, clock: ManualClock
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        urgent = snapshot(clock, priority=2)
+        await desk.send_case(urgent)  # nobody free: it waits
+        await desk.status("dr-a", "available")  # the routing loop has not run since
+        await desk.send_case(snapshot(clock, priority=4))
+        assert kinds(await desk.log("dr-a")) == ["offer"]
+        assert offered_case(await desk.log("dr-a")) == urgent["id"]
+
+    async def test_if_routing_on_arrival_fails_the_case_is_kept_for_the_loop(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        await desk.consultant("dr-a", ["frailty"])
+
+        async def broken(*_args: object, **_kwargs: object) -> None:
+            raise RuntimeError("a defect in routing")
+
+        monkeypatch.setattr(routing, "load_queue", broken)
+        case = snapshot(clock)
+        with resources.notifier.subscribe(WORK_CHANNEL) as work:
+            assert await desk.send_case(case) == ["accepted"]
+            assert await work.wait(timeout=5)  # the loop is woken to route it
+        assert await desk.log("dr-a") == []
+        monkeypatch.undo()
+        await engine.route_changes()
+        assert offered_case(await desk.log("dr-a")) == case["id"]
 
 
 class TestWakeUpPasses:
@@ -369,10 +426,10 @@ class TestWakeUpPasses:
     async def test_a_pass_reads_the_clinical_document_only_of_the_case_it_routes(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources
     ) -> None:
-        await desk.consultant("dr-a", ["frailty"])
         waiting = [snapshot(clock, priority=4) for _ in range(3)]
-        for case in waiting:
+        for case in waiting:  # nobody on call: they wait
             await desk.send_case(case)
+        await desk.consultant("dr-a", ["frailty"])
 
         def reads_cases(statement: str) -> bool:
             return statement.startswith("SELECT") and "FROM consult_case" in statement
