@@ -157,8 +157,11 @@ async def route_arrivals(session: AsyncSession, ctx: RouterContext) -> None:
     now = ctx.clock.now()
     try:
         async with session.begin_nested():
-            view, waiting = await load_queue(session, ctx, now=now)
-            for case in waiting:
+            view = await RoutingView.load(session, ctx, now=now)
+            if not view.anyone_free():
+                return  # no new case can move: the queue is not read (it can be long then)
+            cases = await case_repo.open_cases(session, limit=QUEUE_WINDOW, with_snapshot=False)
+            for case in view.queue_order(cases):
                 if view.may_move(case, sweeping=False):
                     await route_case(session, ctx, view, case_id=case.id, now=now)
     except Exception as exc:  # the loop routes them instead

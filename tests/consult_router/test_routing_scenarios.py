@@ -349,6 +349,27 @@ class TestOfferedOnArrival:
         assert kinds(await desk.log("dr-a")) == ["offer"]
         assert offered_case(await desk.log("dr-a")) == urgent["id"]
 
+    async def test_with_nobody_free_an_arrival_does_not_read_the_queue(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        for _ in range(3):
+            await desk.send_case(snapshot(clock))
+
+        def reads_the_queue(statement: str) -> bool:
+            return (
+                "FROM consult_case" in statement and "ORDER BY consult_case.created_at" in statement
+            )
+
+        with statements_sent(resources.engine, reads_the_queue) as queue_reads:
+            await desk.send_case(snapshot(clock))
+        assert queue_reads == []
+        await desk.status("dr-a", "available")
+        with statements_sent(resources.engine, reads_the_queue) as queue_reads:
+            await desk.send_case(snapshot(clock))
+        assert len(queue_reads) == 1  # someone free: the whole queue, in order
+        assert kinds(await desk.log("dr-a")) == ["offer"]
+
     async def test_if_routing_on_arrival_fails_the_case_is_kept_for_the_loop(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources,
         monkeypatch: pytest.MonkeyPatch,
@@ -358,7 +379,7 @@ class TestOfferedOnArrival:
         async def broken(*_args: object, **_kwargs: object) -> None:
             raise RuntimeError("a defect in routing")
 
-        monkeypatch.setattr(routing, "load_queue", broken)
+        monkeypatch.setattr(routing.RoutingView, "load", broken)
         case = snapshot(clock)
         with resources.notifier.subscribe(WORK_CHANNEL) as work:
             assert await desk.send_case(case) == ["accepted"]
