@@ -3,8 +3,8 @@ dashboards and crews' case streams — the server's memory per connection, and h
 broadcast (a new case in every dashboard's queue) takes to reach all of them.
 
 Memory is the server's resident set after the sockets are open, minus before, divided by
-the sockets. Broadcast time is from the POST that changed the queue returning to each
-dashboard receiving the new queue; the p99 is over every dashboard and every change. The
+the sockets. Broadcast time is from the POST that changes the queue being sent to each
+dashboard receiving the new queue (the broadcast can leave before the POST's response); the p99 is over every dashboard and every change. The
 clients share one process on another core: the figures include its own delay in reading
 thousands of sockets, so they are an upper bound.
 
@@ -117,9 +117,9 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
             arrivals.expected = len(arrivals.delays_ms) + consultants
             arrivals.done.clear()
             headers = {**crew, "Idempotency-Key": f"conn-change-{number}-{time.time_ns()}"}
-            arrivals.changed_at = 0.0
-            response = await http.post("/v1/cases", json=case_body(), headers=headers)
+            # From the request being sent: the broadcast may leave before its response.
             arrivals.changed_at = time.perf_counter()
+            response = await http.post("/v1/cases", json=case_body(), headers=headers)
             response.raise_for_status()
             try:
                 await asyncio.wait_for(arrivals.done.wait(), 30)
