@@ -4,6 +4,12 @@ When the queue changes, one task reads it once, encodes it once and hands the sa
 to every consultant's socket (each with its own `seq`). Were each socket to read the queue
 itself, one new case would cost a query, an encoding and several task switches per
 connected dashboard.
+
+The sockets are sent to one after another, and a send waits while that socket's buffers
+are full: a dashboard whose reader has stopped (a network that no longer acknowledges,
+without closing) would hold up every other dashboard's queue, indefinitely. So each send
+has a time limit, and a dashboard that misses it is dropped: told to go (its socket is
+closed, and the client reconnects to a fresh welcome) and never waited for again.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 
 from services.consult_router.schemas import QueueItem
 from services.shared.notify import Notifier
@@ -22,9 +29,18 @@ logger = logging.getLogger("reach.router.queue")
 
 # One refresh for a burst of changes (a case submitted, offered and accepted in a blink).
 DEBOUNCE_SECONDS = 0.2
+# A healthy socket takes a send at once (the kernel's buffers hold many queues); one that
+# has not taken it in this long has stopped reading.
+SEND_TIMEOUT_SECONDS = 5.0
 
 Deliver = Callable[[str], Awaitable[None]]
 LoadQueue = Callable[[], Awaitable[list[QueueItem]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Watcher:
+    deliver: Deliver
+    drop: Callable[[], None]
 
 
 def encode_items(items: list[QueueItem]) -> str:
@@ -32,16 +48,18 @@ def encode_items(items: list[QueueItem]) -> str:
 
 
 class QueueFeed:
-    def __init__(self) -> None:
-        self._watchers: dict[int, Deliver] = {}
+    def __init__(self, *, send_timeout_seconds: float = SEND_TIMEOUT_SECONDS) -> None:
+        self._watchers: dict[int, _Watcher] = {}
         self._next_id = 0
+        self._send_timeout = send_timeout_seconds
 
     @contextlib.contextmanager
-    def watch(self, deliver: Deliver) -> Iterator[None]:
-        """While the block runs, `deliver` gets the encoded items on every change."""
+    def watch(self, deliver: Deliver, *, drop: Callable[[], None]) -> Iterator[None]:
+        """While the block runs, `deliver` gets the encoded items on every change; `drop`
+        is called, once, if a delivery does not finish in time."""
         self._next_id += 1
         watcher_id = self._next_id
-        self._watchers[watcher_id] = deliver
+        self._watchers[watcher_id] = _Watcher(deliver, drop)
         try:
             yield
         finally:
@@ -61,8 +79,38 @@ class QueueFeed:
 
     async def broadcast(self, items: list[QueueItem]) -> None:
         encoded = encode_items(items)
-        for deliver in list(self._watchers.values()):
+        watchers = list(self._watchers.items())
+        position = 0
+        while position < len(watchers):
             try:
-                await deliver(encoded)
-            except Exception as exc:  # that socket is closing; its own tasks clean up
-                log_failure(logger, "queue delivery to one dashboard failed", exc)
+                position = await self._send_from(position, watchers, encoded)
+            except TimeoutError:  # the send at `position` did not finish in time
+                watcher_id, watcher = watchers[position]
+                position += 1
+                self._watchers.pop(watcher_id, None)
+                logger.warning(
+                    "a dashboard took no queue for %.0f s; dropping it", self._send_timeout
+                )
+                watcher.drop()
+
+    async def _send_from(
+        self, position: int, watchers: list[tuple[int, _Watcher]], encoded: str
+    ) -> int:
+        """Send to the watchers from `position` on; the position reached. One deadline
+        for the lot, moved on only when half of it has gone, so that a send costs no
+        timer of its own (one each was a third of the broadcast's CPU): a send that
+        hangs is cut off between half the limit and the limit after it began."""
+        loop = asyncio.get_running_loop()
+        half = self._send_timeout / 2
+        async with asyncio.timeout(None) as deadline:
+            while position < len(watchers):
+                now = loop.time()
+                due = deadline.when()
+                if due is None or due - now < half:
+                    deadline.reschedule(now + self._send_timeout)
+                try:
+                    await watchers[position][1].deliver(encoded)
+                except Exception as exc:  # that socket is closing; its own tasks clean up
+                    log_failure(logger, "queue delivery to one dashboard failed", exc)
+                position += 1
+        return position

@@ -84,6 +84,7 @@ class _Line:
     dropped: int = 0
     welcomed: bool = False
     queue_missed: bool = False
+    too_slow: bool = False
 
     async def send(self, kind: str, **body: Any) -> None:
         await self.sender.send({"type": kind, "seq": self.last_seq, **body})
@@ -158,7 +159,7 @@ async def _serve(
     consultant_id = line.principal.sub
     with (
         ctx.notifier.subscribe(CONSULTANT_CHANNEL, consultant_id) as mine,
-        ctx.queue_feed.watch(partial(_deliver_queue, line)),
+        ctx.queue_feed.watch(partial(_deliver_queue, line), drop=partial(_too_slow, line, mine)),
     ):
         await _welcome(line, resources, ctx, replay_from)
         done, _ = await run_until_first_ends(
@@ -219,10 +220,18 @@ async def _deliver_queue(line: _Line, encoded_items: str) -> None:
     await line.sender.send_text(_queue_message(line, encoded_items))
 
 
+def _too_slow(line: _Line, wake: Subscription) -> None:
+    """The queue feed gave up on this socket (it stopped reading): close it."""
+    line.too_slow = True
+    wake.wake()
+
+
 async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Subscription) -> None:
     consultant_id = line.principal.sub
     notified = False  # the first pass replays from the log
     while True:
+        if line.too_slow:
+            raise CloseConnection(CLOSE_GOING_AWAY, "too slow to keep up: reconnect with after")
         # What this process just logged, straight from memory; the log is read for the rest.
         for kept in ctx.recent_messages.following(consultant_id, line.last_seq):
             line.last_seq = kept.seq

@@ -241,6 +241,21 @@ class TestReconnection:
 
 
 class TestMisbehaviour:
+    async def test_a_dashboard_the_queue_feed_gives_up_on_is_closed(
+        self, live_settings: EmbeddedSettings, resources: Resources, clock: ManualClock
+    ) -> None:
+        app = create_app(live_settings, resources=resources)
+        async with (
+            running_server(app) as address,
+            httpx.AsyncClient(base_url=f"http://{address}") as client,
+        ):
+            await Desk(client, clock, resources).consultant("dr-a", ["frailty"])
+            socket, _ = await hello(address, "dr-a")
+            async with socket:
+                [watcher] = app.state.router.queue_feed._watchers.values()
+                watcher.drop()  # what the feed does when a send does not finish in time
+                assert await close_code(socket) == 1001
+
     async def test_bad_messages_get_errors_and_the_connection_survives(
         self, server: str, live_desk: Desk
     ) -> None:
