@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,6 +19,7 @@ import uvicorn
 from sqlalchemy import event as orm_event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+from websockets.asyncio.client import connect as ws_connect
 
 from services.shared.auth import ServiceTokenSigner, mint_token
 from services.shared.clock import Clock, SystemClock
@@ -209,9 +211,8 @@ async def running_server(app: Any) -> AsyncIterator[str]:
         await asyncio.wait_for(task, timeout=10)
 
 
-class WebsocketsWatched:
-    """An ASGI app wrapped to count the websocket sessions whose handler has returned, so
-    a test can wait for a server to finish with a socket the client has left."""
+class _WebsocketsWatched:
+    """An ASGI app wrapped to count the websocket sessions whose handler has returned."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -223,6 +224,19 @@ class WebsocketsWatched:
         finally:
             if scope["type"] == "websocket":
                 self.ended += 1
+
+
+async def errors_when_leaving_before_hello(
+    app: Any, path: str, records: Callable[[], list[logging.LogRecord]]
+) -> list[str]:
+    """Serve `app`, open a websocket on `path` and leave without a word; once the server
+    has finished with the socket, the errors logged (`records`: caplog's)."""
+    watched = _WebsocketsWatched(app)
+    async with running_server(watched) as address:
+        async with ws_connect(f"ws://{address}{path}"):
+            pass
+        await eventually(lambda: watched.ended == 1, timeout=10)
+    return [r.getMessage() for r in records() if r.levelno >= logging.ERROR]
 
 
 @contextlib.contextmanager

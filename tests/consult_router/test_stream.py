@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +22,7 @@ from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
 from tests.support import (
-    WebsocketsWatched,
+    errors_when_leaving_before_hello,
     eventually,
     running_server,
     statements_sent,
@@ -119,12 +118,9 @@ class TestHandshake:
         self, live_settings: EmbeddedSettings, resources: Resources,
         caplog: pytest.LogCaptureFixture,
     ) -> None:  # fmt: skip
-        watched = WebsocketsWatched(create_app(live_settings, resources=resources))
-        async with running_server(watched) as address:
-            async with connect(f"ws://{address}/v1/consultant/stream"):
-                pass  # connected, then gone without a word
-            await eventually(lambda: watched.ended == 1, timeout=10)
-        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        app = create_app(live_settings, resources=resources)
+        path = "/v1/consultant/stream"
+        assert await errors_when_leaving_before_hello(app, path, lambda: caplog.records) == []
 
     async def test_welcome_carries_the_consultant_and_their_state(
         self, server: str, live_desk: Desk

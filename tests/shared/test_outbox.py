@@ -470,14 +470,21 @@ class TestPeerInThisProcess:
         assert [e["peer"] for e in fake_peers.received] == ["/internal/router/events"] * 3
         assert await pending_rows(resources) == 0
 
-    async def test_one_transaction_claims_hands_over_and_marks_for_every_local_peer(
+    @pytest.fixture
+    def both(
         self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
         local_audit: LocalAudit,
-    ) -> None:  # fmt: skip
-        both = make_delivery(
-            resources, outbox, settings,
-            local_peers={Peer.AUDIT: local_audit, Peer.CONSULT_ROUTER: note_for_router(resources)},
-        )  # fmt: skip
+    ) -> OutboxDelivery:  # fmt: skip
+        """audit and the router, both in this process."""
+        local_peers: dict[str, LocalReceiver] = {
+            Peer.AUDIT: local_audit,
+            Peer.CONSULT_ROUTER: note_for_router(resources),
+        }
+        return make_delivery(resources, outbox, settings, local_peers=local_peers)
+
+    async def test_one_transaction_claims_hands_over_and_marks_for_every_local_peer(
+        self, resources: Resources, outbox: Outbox, both: OutboxDelivery
+    ) -> None:
         await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
         began: list[object] = []
 
@@ -554,13 +561,9 @@ class TestPeerInThisProcess:
         assert dead == 1
 
     async def test_one_peer_failing_holds_back_no_other(
-        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        self, resources: Resources, outbox: Outbox, both: OutboxDelivery,
         local_audit: LocalAudit,
     ) -> None:  # fmt: skip
-        both = make_delivery(
-            resources, outbox, settings,
-            local_peers={Peer.AUDIT: local_audit, Peer.CONSULT_ROUTER: note_for_router(resources)},
-        )  # fmt: skip
         await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
         local_audit.fail_with = RuntimeError("audit's disk is full")
         await both.deliver_due()

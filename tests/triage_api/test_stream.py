@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +18,7 @@ from services.embedded import EmbeddedSettings
 from services.shared.resources import Resources
 from services.triage_api.app import create_app
 from tests.factories import NORMAL_OBSERVATIONS, case_body, idempotency_key
-from tests.support import WebsocketsWatched, auth, eventually, running_server, token
+from tests.support import auth, errors_when_leaving_before_hello, running_server, token
 
 CREW = auth("paramedic", "crew-ne23")
 
@@ -139,12 +138,9 @@ class TestRefusals:
         self, settings: EmbeddedSettings, resources: Resources,
         caplog: pytest.LogCaptureFixture,
     ) -> None:  # fmt: skip
-        watched = WebsocketsWatched(create_app(settings, resources=resources))
-        async with running_server(watched) as address:
-            async with connect(f"ws://{address}/v1/cases/any-case/stream"):
-                pass  # connected, then gone without a word
-            await eventually(lambda: watched.ended == 1, timeout=10)
-        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        app = create_app(settings, resources=resources)
+        path = "/v1/cases/any-case/stream"
+        assert await errors_when_leaving_before_hello(app, path, lambda: caplog.records) == []
 
     async def test_no_hello_in_time_closes_4401(
         self, server: str, client: httpx.AsyncClient
