@@ -21,7 +21,7 @@ from services.consult_router import outbound, presence
 from services.consult_router.context import WORK_CHANNEL, RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import messages as message_repo
-from services.consult_router.routing import load_queue, route_case
+from services.consult_router.routing import RoutingView, route_case
 from services.shared.db.session import SessionMaker, after_commit, unit_of_work
 from services.shared.observability import log_failure
 from services.shared.schemas.events import EventType
@@ -131,8 +131,8 @@ class RoutingEngine:
         routed in the transaction that read the view; on a quiet system it is the only
         one, and the offer's path is one transaction shorter."""
         async with unit_of_work(self._maker) as session:
-            view, queue = await load_queue(session, self._ctx, now=now)
-            waiting = iter(queue)
+            view = await RoutingView.load(session, self._ctx, now=now)
+            waiting = iter(await view.open_queue(session))
             first = next((case for case in waiting if view.may_move(case, sweeping=sweeping)), None)
             if first is not None:
                 await route_case(session, self._ctx, view, case_id=first.id, now=now)

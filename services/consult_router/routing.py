@@ -105,6 +105,12 @@ class RoutingView:
             ),
         )
 
+    async def open_queue(self, session: AsyncSession) -> list[ConsultCase]:
+        """The open cases, most urgent first (read for ordering only: their clinical
+        snapshot is not loaded)."""
+        cases = await case_repo.open_cases(session, limit=QUEUE_WINDOW, with_snapshot=False)
+        return self.queue_order(cases)
+
     def queue_order(self, cases: list[ConsultCase]) -> list[ConsultCase]:
         """Most urgent first: priority raised by waiting, then NEWS2, then the oldest."""
 
@@ -136,16 +142,6 @@ class RoutingView:
         self.made.append(consultant_id)
 
 
-async def load_queue(
-    session: AsyncSession, ctx: RouterContext, *, now: datetime
-) -> tuple[RoutingView, list[ConsultCase]]:
-    """Who is free, and the open cases most urgent first (read for ordering only: their
-    clinical snapshot is not loaded)."""
-    view = await RoutingView.load(session, ctx, now=now)
-    cases = await case_repo.open_cases(session, limit=QUEUE_WINDOW, with_snapshot=False)
-    return view, view.queue_order(cases)
-
-
 async def route_arrivals(session: AsyncSession, ctx: RouterContext) -> None:
     """Offer new cases in the transaction that records them, rather than waking the
     routing loop to do it in transactions of its own afterwards.
@@ -160,8 +156,7 @@ async def route_arrivals(session: AsyncSession, ctx: RouterContext) -> None:
             view = await RoutingView.load(session, ctx, now=now)
             if not view.anyone_free():
                 return  # no new case can move: the queue is not read (it can be long then)
-            cases = await case_repo.open_cases(session, limit=QUEUE_WINDOW, with_snapshot=False)
-            for case in view.queue_order(cases):
+            for case in await view.open_queue(session):
                 if view.may_move(case, sweeping=False):
                     await route_case(session, ctx, view, case_id=case.id, now=now)
     except Exception as exc:  # the loop routes them instead

@@ -91,11 +91,12 @@ class _Claimed:
 
 def due_rows(
     model: type[OutboxRowMixin], *, now: datetime, limit: int, paused: list[str]
-) -> Select[int]:
-    """The ids of the oldest rows due for delivery and not leased to another deliverer.
-    Served by the pending-rows index: its cost follows the undelivered rows, not all."""
+) -> Select[tuple[int, str, str, dict[str, Any], int]]:
+    """The oldest rows due for delivery and not leased to another deliverer, as a claim
+    reads them. Served by the pending-rows index: its cost follows the undelivered rows,
+    not all."""
     due = (
-        select(model.id)
+        select(model.id, model.event_id, model.destination, model.payload, model.attempts)
         .where(
             model.delivered_at.is_(None),
             model.dead_at.is_(None),
@@ -245,15 +246,7 @@ class OutboxDelivery:
         now = self._clock.now()
         paused = [dest for dest, until in self._paused_until.items() if until > now]
         due = due_rows(model, now=now, limit=self._settings.outbox_batch_size, paused=paused)
-        ids = list((await session.execute(due)).scalars())
-        if not ids:
-            return []
-        rows = await session.execute(
-            select(model.id, model.event_id, model.destination, model.payload, model.attempts)
-            .where(model.id.in_(ids))
-            .order_by(model.id)
-        )
-        return [_Claimed(*row) for row in rows]
+        return [_Claimed(*row) for row in await session.execute(due)]
 
     async def _lease(self, session: AsyncSession, ids: list[int]) -> None:
         """Rows posted after the claim commits stay ours for a lease, which another
