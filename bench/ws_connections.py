@@ -4,9 +4,12 @@ broadcast (a new case in every dashboard's queue) takes to reach all of them.
 
 Memory is the server's resident set after the sockets are open, minus before, divided by
 the sockets. Broadcast time is from the POST that changes the queue being sent to each
-dashboard receiving the new queue (the broadcast can leave before the POST's response); the p99 is over every dashboard and every change. The
-clients share one process on another core: the figures include its own delay in reading
-thousands of sockets, so they are an upper bound.
+dashboard first seeing the new case in its queue (the broadcast can leave before the
+POST's response); the p99 is over every dashboard and every change, and a dashboard that
+never saw a change is counted apart. The clients behave as the dashboard does (a `ping`
+every 25 s or so, or the server closes them as idle), share one process on another core,
+and the figures include that process's own delay in reading thousands of sockets: an
+upper bound. Sockets the server closed before the end are reported with its reasons.
 
     python -m bench.ws_connections [--consultants 2500] [--crews 2500] [--changes 10]
 """
@@ -16,12 +19,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from bench.harness import (
     BENCH_SECRET,
@@ -33,11 +41,14 @@ from bench.harness import (
     migrate,
     serve,
 )
+from services.consult_router.queue_feed import DEBOUNCE_SECONDS
 from services.shared.auth import mint_token
 from services.shared.clock import SystemClock
 from tests.factories import case_body
 
 CONNECT_BATCH = 100
+# Apart enough that each change is its own broadcast (the feed waits out a debounce).
+CHANGE_SPACING_SECONDS = 1.0
 
 
 def token(role: str, sub: str) -> str:
@@ -51,12 +62,19 @@ def resident_kib(pid: int) -> int:
     return 0
 
 
+# The dashboard's own interval (services/shared/webui/live.js): the server closes a
+# socket that says nothing for `websocket_idle_timeout_seconds`.
+PING_SECONDS = 25.0
+
+
 @dataclass
-class Arrivals:
-    changed_at: float = 0.0
-    delays_ms: list[float] = field(default_factory=list)
-    expected: int = 0
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+class Held:
+    """One socket the load generator holds: when it first saw each case in a queue, and
+    how it ended if the server closed it."""
+
+    socket: ClientConnection
+    first_seen: dict[str, float] = field(default_factory=dict)
+    closed: str | None = None
 
 
 async def dashboard(base: str, index: int) -> ClientConnection:
@@ -66,23 +84,51 @@ async def dashboard(base: str, index: int) -> ClientConnection:
     return socket
 
 
-async def listen(socket: ClientConnection, arrivals: Arrivals) -> None:
-    async for raw in socket:
-        if arrivals.changed_at and json.loads(raw)["type"] == "queue":
-            arrivals.delays_ms.append((time.perf_counter() - arrivals.changed_at) * 1000)
-            if len(arrivals.delays_ms) >= arrivals.expected:
-                arrivals.done.set()
-
-
 async def crew_stream(base: str, case_id: str) -> ClientConnection:
     socket = await connect(f"{base}/v1/cases/{case_id}/stream", max_queue=None, open_timeout=60)
     await socket.send(json.dumps({"type": "hello", "token": token("paramedic", "bench-crew")}))
     return socket
 
 
+async def hold(held: Held, *, reads_queue: bool) -> None:
+    """Read everything the server sends and ping as the dashboard does, until closed."""
+
+    async def ping() -> None:
+        while True:
+            await asyncio.sleep(PING_SECONDS * (0.8 + 0.4 * random.random()))
+            await held.socket.send('{"type":"ping"}')
+
+    pinger = asyncio.create_task(ping())
+    try:
+        async for raw in held.socket:
+            if not reads_queue:
+                continue
+            message = json.loads(raw)
+            if message["type"] == "queue":
+                now = time.perf_counter()
+                for item in message["items"]:
+                    held.first_seen.setdefault(item["case_id"], now)
+    except ConnectionClosed as closed:
+        held.closed = (
+            f"{closed.rcvd.code} {closed.rcvd.reason}" if closed.rcvd else "no close frame"
+        )
+    else:
+        rcvd = held.socket.close_code
+        held.closed = f"{rcvd} {held.socket.close_reason}"
+    finally:
+        pinger.cancel()
+
+
+async def open_all(factories: list[Callable[[], Awaitable[ClientConnection]]]) -> list[Held]:
+    held: list[Held] = []
+    for start in range(0, len(factories), CONNECT_BATCH):
+        batch = factories[start : start + CONNECT_BATCH]
+        held += [Held(s) for s in await asyncio.gather(*(make() for make in batch))]
+    return held
+
+
 async def run(server_url: str, pid: int, consultants: int, crews: int, changes: int) -> None:
     ws_base = server_url.replace("http://", "ws://")
-    arrivals = Arrivals()
     async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
         admin = {"Authorization": f"Bearer {token('admin', 'bench-admin')}"}
         for index in range(consultants):
@@ -102,47 +148,70 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
         case_id = response.json()["id"]
         await asyncio.sleep(2.0)
         before = resident_kib(pid)
-        sockets: list[ClientConnection] = []
-        for start in range(0, consultants, CONNECT_BATCH):
-            batch = range(start, min(start + CONNECT_BATCH, consultants))
-            sockets += await asyncio.gather(*(dashboard(ws_base, i) for i in batch))
-        for start in range(0, crews, CONNECT_BATCH):
-            count = min(CONNECT_BATCH, crews - start)
-            sockets += await asyncio.gather(*(crew_stream(ws_base, case_id) for _ in range(count)))
-        listeners = [asyncio.create_task(listen(s, arrivals)) for s in sockets[:consultants]]
+        connected_at = time.perf_counter()
+        boards = await open_all([partial(dashboard, ws_base, i) for i in range(consultants)])
+        streams = await open_all([partial(crew_stream, ws_base, case_id)] * crews)
+        connect_seconds = time.perf_counter() - connected_at
+        holders = [asyncio.create_task(hold(h, reads_queue=True)) for h in boards]
+        holders += [asyncio.create_task(hold(h, reads_queue=False)) for h in streams]
         await asyncio.sleep(5.0)  # welcomes delivered, the process settled
         after = resident_kib(pid)
-        opened = len(sockets)
+        changed_at: dict[str, float] = {}
         for number in range(changes):
-            arrivals.expected = len(arrivals.delays_ms) + consultants
-            arrivals.done.clear()
             headers = {**crew, "Idempotency-Key": f"conn-change-{number}-{time.time_ns()}"}
             # From the request being sent: the broadcast may leave before its response.
-            arrivals.changed_at = time.perf_counter()
+            sent = time.perf_counter()
             response = await http.post("/v1/cases", json=case_body(), headers=headers)
             response.raise_for_status()
-            try:
-                await asyncio.wait_for(arrivals.done.wait(), 30)
-            except TimeoutError:
-                print(f"  change {number}: only {len(arrivals.delays_ms)} of {arrivals.expected}")
-            await asyncio.sleep(0.5)
-        for task in listeners:
+            changed_at[response.json()["id"]] = sent
+            await asyncio.sleep(CHANGE_SPACING_SECONDS)
+        await asyncio.sleep(5.0)  # the last change's broadcast
+        everyone = boards + streams
+        for task in holders:  # first, so that our own closing is not counted as the server's
             task.cancel()
-        for socket in sockets:
-            await socket.close()
-    delays = sorted(arrivals.delays_ms)
+        for held in everyone:
+            await held.socket.close()
+    report(consultants, crews, boards, everyone, changed_at, connect_seconds, before, after)
+
+
+def report(
+    consultants: int,
+    crews: int,
+    boards: list[Held],
+    everyone: list[Held],
+    changed_at: dict[str, float],
+    connect_seconds: float,
+    before: int,
+    after: int,
+) -> None:
+    opened = len(everyone)
     per_connection = (after - before) / max(opened, 1)
     print(
-        f"{opened} sockets ({consultants} dashboards, {crews} crew streams)  server RSS "
-        f"{before / 1024:.0f} -> {after / 1024:.0f} MiB, {per_connection:.1f} KiB per connection"
+        f"{opened} sockets ({consultants} dashboards, {crews} crew streams) opened in "
+        f"{connect_seconds:.1f} s; server RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB, "
+        f"{per_connection:.1f} KiB per connection"
     )
+    delays: list[float] = []
+    missed = 0
+    for held in boards:
+        for case, sent in changed_at.items():
+            if case in held.first_seen:
+                delays.append((held.first_seen[case] - sent) * 1000)
+            else:
+                missed += 1
     if delays:
+        delays.sort()
         p50 = delays[len(delays) // 2]
         p99 = delays[min(len(delays) - 1, int(0.99 * len(delays)))]
         print(
-            f"broadcast to {consultants} dashboards x {changes} changes: p50 {p50:.0f} ms, "
-            f"p99 {p99:.0f} ms, max {delays[-1]:.0f} ms (includes the 200 ms debounce)"
+            f"broadcast to {consultants} dashboards x {len(changed_at)} changes: p50 {p50:.0f} ms, "
+            f"p99 {p99:.0f} ms, max {delays[-1]:.0f} ms (includes the "
+            f"{DEBOUNCE_SECONDS * 1000:.0f} ms debounce); {missed} of "
+            f"{len(boards) * len(changed_at)} never arrived"
         )
+    closed_by_server = Counter(held.closed for held in everyone if held.closed)
+    for reason, count in closed_by_server.most_common():
+        print(f"  closed by the server before the end: {count} ({reason})")
 
 
 def main() -> None:

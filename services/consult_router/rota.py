@@ -90,7 +90,7 @@ async def describe(
 ) -> ConsultantRead:
     seen_since = ctx.clock.now() - timedelta(seconds=ctx.settings.presence_stale_seconds)
     connected = consultant.id in await rota_repo.connected_consultants(
-        session, seen_since=seen_since
+        session, seen_since=seen_since, among=[consultant.id]
     )
     counts = await rota_repo.active_consult_counts(session, [consultant.id])
     return consultant_read(consultant, connected=connected, active_consults=counts[consultant.id])
@@ -170,7 +170,9 @@ async def on_call(
     moment = wall_clock_to_utc(at, field="at") if at else ctx.clock.now()
     rows = await rota_repo.shifts_on_at(session, specialties=[str(specialty)], at=moment)
     seen_since = ctx.clock.now() - timedelta(seconds=ctx.settings.presence_stale_seconds)
-    connected = await rota_repo.connected_consultants(session, seen_since=seen_since)
+    connected = await rota_repo.connected_consultants(
+        session, seen_since=seen_since, among=[c.id for _, c in rows]
+    )
     counts = await rota_repo.active_consult_counts(session, [c.id for _, c in rows])
     entries = [
         OnCallEntry(

@@ -57,3 +57,32 @@ async def test_a_beating_process_keeps_its_consultants_and_a_silent_one_loses_th
     listed = (await desk.http.get("/v1/consultants", headers=ADMIN)).json()
     state = {c["id"]: (c["connected"], c["status"]) for c in listed}
     assert state == {"dr-here": (True, "available"), "dr-gone": (False, "away")}
+
+
+async def test_each_view_of_a_consultant_says_whether_that_consultant_is_connected(
+    desk: Desk, resources: Resources, router_app: FastAPI
+) -> None:
+    # The single-consultant views read only that consultant's connections; a mix-up
+    # between consultants would show a disconnected consultant as reachable, or hide one.
+    ctx: RouterContext = router_app.state.router
+    await desk.consultant("dr-online", ["frailty"])
+    await desk.consultant("dr-offline", ["frailty"])
+    await connect(resources, ctx, "dr-online")
+
+    def connected(consultant_id: str) -> tuple[str, bool]:
+        return consultant_id, consultant_id == "dr-online"
+
+    for consultant_id in ("dr-online", "dr-offline"):
+        response = await desk.http.put(
+            f"/v1/consultants/{consultant_id}",
+            json={"name": "Dr Renamed", "grade": "consultant", "specialties": ["frailty"]},
+            headers=ADMIN,
+        )
+        body = response.json()
+        assert (body["id"], body["connected"]) == connected(consultant_id)
+    response = await desk.http.get("/v1/oncall", params={"specialty": "frailty"}, headers=ADMIN)
+    on_call = {
+        entry["consultant"]["id"]: entry["consultant"]["connected"]
+        for entry in response.json()["on_call"]
+    }
+    assert on_call == dict(map(connected, ("dr-online", "dr-offline")))

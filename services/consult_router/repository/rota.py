@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
@@ -113,10 +113,16 @@ async def active_consult_counts(
     return {consultant_id: counts.get(consultant_id, 0) for consultant_id in wanted}
 
 
-async def connected_consultants(session: AsyncSession, *, seen_since: datetime) -> set[str]:
+async def connected_consultants(
+    session: AsyncSession, *, seen_since: datetime, among: Collection[str] | None = None
+) -> set[str]:
+    """Who has a live connection; only `among` these consultants when given (one
+    consultant's welcome must not read every connection in the building)."""
     statement = select(ConsultConnection.consultant_id).where(
         ConsultConnection.last_seen_at >= seen_since
     )
+    if among is not None:
+        statement = statement.where(ConsultConnection.consultant_id.in_(among)).distinct()
     return set((await session.execute(statement)).scalars())
 
 
