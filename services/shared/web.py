@@ -25,6 +25,7 @@ from services.shared.request_context import (
     reset_request_id,
     set_request_id,
 )
+from services.shared.ws import CLOSE_TRY_AGAIN_LATER
 
 logger = logging.getLogger("reach.web")
 
@@ -105,6 +106,17 @@ class RequestContextMiddleware:
                         "the service cannot reach its database; retry shortly",
                         headers=[(b"retry-after", b"2")],
                     )
+                elif scope["type"] == "websocket":
+                    # Said, rather than the connection just dropping: the client waits
+                    # and reconnects with `after`.
+                    with contextlib.suppress(Exception):
+                        await send(
+                            {
+                                "type": "websocket.close",
+                                "code": CLOSE_TRY_AGAIN_LATER,
+                                "reason": "the database is not reachable; reconnect shortly",
+                            }
+                        )
                 return
             # Where it failed and what kind of error, never the message: a message may
             # carry values from the request, and those may be a patient's.

@@ -14,12 +14,15 @@ import asyncpg.exceptions as asyncpg_errors
 import httpx
 import pytest
 import sqlalchemy.exc as sqlalchemy_errors
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from services.shared.resources import Resources, open_resources
 from services.shared.settings import ServiceSettings
 from services.shared.web import install_common
-from tests.support import INTERNAL_SECRET, JWT_SECRET
+from services.shared.ws import CLOSE_TRY_AGAIN_LATER
+from tests.support import INTERNAL_SECRET, JWT_SECRET, running_server
 
 PATIENT_DETAIL = "Mrs Zebedee-Quartermaine 9434765919"
 
@@ -30,7 +33,19 @@ def settings_for(url: str, tmp_path: Path) -> ServiceSettings:
     )
 
 
+def refused() -> Exception:
+    return sqlalchemy_errors.OperationalError(
+        "SELECT 1", {}, ConnectionRefusedError(111, "connection refused")
+    )
+
+
 async def client_for(resources: Resources) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=probe_app(resources))
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        yield client
+
+
+def probe_app(resources: Resources) -> FastAPI:
     app = FastAPI()
     install_common(app, service="probe", max_body_bytes=1024 * 1024)
     app.state.resources = resources
@@ -49,9 +64,12 @@ async def client_for(resources: Resources) -> AsyncIterator[httpx.AsyncClient]:
         }
         raise sqlalchemy_errors.OperationalError("SELECT 1", {}, causes[kind])
 
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
-        yield client
+    @app.websocket("/v1/unreachable-stream")
+    async def unreachable_stream(websocket: WebSocket) -> None:
+        await websocket.accept()
+        raise refused()
+
+    return app
 
 
 @pytest.fixture
@@ -70,6 +88,19 @@ class TestUnexpectedErrors:
         assert response.status_code == 503
         assert response.json()["error"] == "database_unavailable"
         assert response.headers["retry-after"] == "2"
+
+    async def test_a_socket_that_cannot_reach_the_database_is_told_to_come_back(
+        self, database_url: str, tmp_path: Path
+    ) -> None:
+        async with (
+            open_resources(settings_for(database_url, tmp_path)) as resources,
+            running_server(probe_app(resources)) as host,
+            connect(f"ws://{host}/v1/unreachable-stream") as socket,
+        ):
+            with pytest.raises(ConnectionClosed) as closed:
+                await socket.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == CLOSE_TRY_AGAIN_LATER
 
     async def test_an_unhandled_error_is_a_generic_500_with_the_request_id(
         self, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture

@@ -115,7 +115,16 @@ async def in_transaction(maker: SessionMaker, work: Callable[[AsyncSession], Awa
         async with unit_of_work(maker) as session:
             return await work(session)
 
-    return await asyncio.shield(attempt())
+    transaction = asyncio.ensure_future(attempt())
+    # A caller that stopped waiting never sees how it ended; without this, asyncio would
+    # report its failure (a pool timeout, say) as never retrieved.
+    transaction.add_done_callback(_seen)
+    return await asyncio.shield(transaction)
+
+
+def _seen(transaction: asyncio.Future[Any]) -> None:
+    if not transaction.cancelled():
+        transaction.exception()
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
