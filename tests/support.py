@@ -193,10 +193,17 @@ async def eventually(
 
 
 @contextlib.asynccontextmanager
-async def running_server(app: Any) -> AsyncIterator[str]:
-    """Serve `app` with a real uvicorn on 127.0.0.1 (a free port); yields its base URL."""
+async def running_server(app: Any, **options: Any) -> AsyncIterator[str]:
+    """Serve `app` with a real uvicorn on 127.0.0.1 (a free port); yields its base URL.
+    `options` go to uvicorn's config (say, a short websocket keep-alive)."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", ws="websockets-sansio"
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_level="warning",
+        ws="websockets-sansio",
+        **options,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -46,12 +46,13 @@ from services.shared.ws import (
     CLOSE_NOT_FOUND,
     CLOSE_POLICY,
     CloseConnection,
+    Inbox,
     MessageTooLarge,
     Sender,
     authenticate,
     parse_after,
     poll_interval,
-    receive_message,
+    reading,
     run_until_first_ends,
 )
 
@@ -75,6 +76,7 @@ class _Line:
     """One socket's state, shared by its tasks."""
 
     websocket: WebSocket
+    inbox: Inbox
     sender: Sender
     principal: Principal
     connection_id: str
@@ -94,25 +96,32 @@ async def consultant_stream(websocket: WebSocket) -> None:
     resources: Resources = websocket.app.state.resources
     ctx: RouterContext = websocket.app.state.router
     try:
-        line, replay_from = await _open(websocket, resources, ctx)
+        principal, replay_from = await _hello(websocket, resources, ctx)
     except CloseConnection as close:
         await websocket.close(close.code, close.reason)
         return
     except WebSocketDisconnect:  # gone before saying who they are: nothing to undo
         return
-    try:
-        await _serve(line, resources, ctx, replay_from)
-    finally:
-        with contextlib.suppress(Exception):
-            await in_transaction(
-                resources.sessionmaker,
-                lambda session: presence.disconnect(session, ctx, line.connection_id),
-            )
+    max_bytes = ctx.settings.websocket_max_message_bytes
+    async with reading(websocket, max_bytes=max_bytes) as inbox:
+        try:
+            line = await _open(websocket, inbox, resources, ctx, principal)
+        except CloseConnection as close:
+            await websocket.close(close.code, close.reason)
+            return
+        try:
+            await _serve(line, resources, ctx, replay_from)
+        finally:
+            with contextlib.suppress(Exception):
+                await resources.socket_reads.run(
+                    lambda session: presence.disconnect(session, ctx, line.connection_id)
+                )
 
 
-async def _open(
+async def _hello(
     websocket: WebSocket, resources: Resources, ctx: RouterContext
-) -> tuple[_Line, int | None]:
+) -> tuple[Principal, int | None]:
+    """Who is on the socket, and where they want to be replayed from."""
     settings = ctx.settings
     principal, hello = await authenticate(
         websocket,
@@ -125,23 +134,32 @@ async def _open(
         replay_from = parse_after(hello.get("after") if hello else _query_after(websocket))
     except ValueError:
         raise CloseConnection(CLOSE_POLICY, "after must be a non-negative integer") from None
+    return principal, replay_from
 
+
+async def _open(
+    websocket: WebSocket,
+    inbox: Inbox,
+    resources: Resources,
+    ctx: RouterContext,
+    principal: Principal,
+) -> _Line:
     async def connect(session: AsyncSession) -> str:
         consultant = await rota_repo.get_consultant(session, principal.sub)
         if consultant is None:
             raise CloseConnection(CLOSE_NOT_FOUND, "not on the rota")
         return await presence.connect(session, ctx, consultant.id)
 
-    connection_id = await in_transaction(resources.sessionmaker, connect)
-    line = _Line(
+    connection_id = await resources.socket_reads.run(connect)
+    return _Line(
         websocket=websocket,
+        inbox=inbox,
         sender=Sender(websocket),
         principal=principal,
         connection_id=connection_id,
         last_seq=0,
-        tokens=2 * settings.websocket_messages_per_second,
+        tokens=2 * ctx.settings.websocket_messages_per_second,
     )
-    return line, replay_from
 
 
 def _query_after(websocket: WebSocket) -> int | None:
@@ -188,11 +206,15 @@ async def _welcome(
     async def read(
         session: AsyncSession,
     ) -> tuple[ConsultantSnapshot, list[QueueItem]]:
+        # Broadcasts until now were read before this: this read is newer. Only one that
+        # comes while it is under way may be newer than it (a reconnection storm would
+        # otherwise read the queue twice for every socket that waited its turn).
+        line.queue_missed = False
         consultant = await consults.registered(session, line.principal.sub)
         snapshot = await snapshots.consultant_snapshot(session, ctx, consultant)
         return snapshot, await snapshots.open_queue(session, ctx)
 
-    snapshot, items = await in_transaction(resources.sessionmaker, read)
+    snapshot, items = await resources.socket_reads.run(read)
     # A fresh connection starts from now; a reconnection replays what it missed.
     line.last_seq = (
         snapshot.last_seq if replay_from is None else min(replay_from, snapshot.last_seq)
@@ -204,7 +226,7 @@ async def _welcome(
     await line.sender.send_text(_queue_message(line, encode_items(items)))
     line.welcomed = True
     if line.queue_missed:  # the queue changed while the welcome was on its way
-        fresh = await in_transaction(resources.sessionmaker, partial(snapshots.open_queue, ctx=ctx))
+        fresh = await resources.socket_reads.run(partial(snapshots.open_queue, ctx=ctx))
         await line.sender.send_text(_queue_message(line, encode_items(fresh)))
 
 
@@ -237,14 +259,13 @@ async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Sub
             line.last_seq = kept.seq
             await line.sender.send({"type": kept.type, "seq": kept.seq, **kept.payload})
         if not (notified and _caught_up_in_memory(line, ctx)):
-            logged = await in_transaction(
-                resources.sessionmaker,
+            logged = await resources.socket_reads.run(
                 partial(
                     message_repo.after,
                     consultant_id=consultant_id,
                     seq=line.last_seq,
                     limit=_BATCH,
-                ),
+                )
             )
             for message in logged:
                 line.last_seq = message.seq
@@ -271,8 +292,7 @@ async def _listen(line: _Line, resources: Resources, ctx: RouterContext) -> None
     while True:
         try:
             message = await asyncio.wait_for(
-                receive_message(line.websocket, max_bytes=settings.websocket_max_message_bytes),
-                timeout=settings.websocket_idle_timeout_seconds,
+                line.inbox.next(), timeout=settings.websocket_idle_timeout_seconds
             )
         except TimeoutError:
             raise CloseConnection(CLOSE_GOING_AWAY, "idle: send ping to stay connected") from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.shared.auth import JwksCache, TokenVerifier
@@ -23,6 +23,7 @@ from services.shared.clients.peers import Peer, PeerDirectory
 from services.shared.clock import Clock, SystemClock
 from services.shared.db.engine import create_engine, is_postgres
 from services.shared.db.session import SessionMaker, create_sessionmaker
+from services.shared.db.socket_reads import SocketReads, transactions_at_once
 from services.shared.notify import LocalNotifier, Notifier, PostgresNotifier
 from services.shared.observability import HttpMetrics
 from services.shared.outbox.delivery import OutboxMetrics
@@ -52,6 +53,9 @@ class Resources:
     internal_secret: str
     # Set when people's tokens are HS256 (dev and tests): what `reach token` signs with.
     jwt_secret: str | None
+    # The sockets' own transactions, a few at a time (a reconnection storm must not
+    # starve requests of the pool).
+    socket_reads: SocketReads
     # Peers running in this process (the embedded default), by name: their outbox events
     # are handed over in one transaction instead of over HTTP. Filled by the embedded app.
     local_peers: dict[str, LocalReceiver] = field(default_factory=dict)
@@ -135,10 +139,11 @@ async def open_resources(
         if settings.jwt_jwks_url is not None
         else None
     )
+    sessionmaker = create_sessionmaker(engine)
     resources = Resources(
         database_url=database_url,
         engine=engine,
-        sessionmaker=create_sessionmaker(engine),
+        sessionmaker=sessionmaker,
         http=http,
         peer_http=peer_http,
         peers=peers or peer_directory_from(settings),
@@ -158,7 +163,19 @@ async def open_resources(
         ),
         internal_secret=internal_secret,
         jwt_secret=jwt_secret,
+        socket_reads=SocketReads(
+            sessionmaker,
+            # SQLite's pool is one connection, whatever the setting says.
+            at_once=transactions_at_once(
+                settings.database_pool_size if is_postgres(database_url) else 1
+            ),
+        ),
     )
+    Gauge(
+        "reach_socket_reads_waiting",
+        "Websockets waiting their turn for a database transaction (a reconnection storm).",
+        registry=registry,
+    ).set_function(lambda: resources.socket_reads.waiting)
     await notifier.start()
     try:
         yield resources

@@ -4,9 +4,10 @@ handshake, message size limits, serialised sends and the close codes of the cont
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -74,6 +75,62 @@ async def receive_message(websocket: WebSocket, *, max_bytes: int) -> dict[str, 
     if not isinstance(parsed, dict) or not isinstance(parsed.get("type"), str):
         raise ValueError("a message is a JSON object with a 'type'")
     return parsed
+
+
+# Messages read ahead of the handler: a flood beyond this waits in the network buffers.
+INBOX_CAPACITY = 32
+
+
+class Inbox:
+    """The client's messages, read as soon as they arrive and handed out in order.
+
+    The server stops reading a socket until the app has taken its last message, and
+    with it the client's answers to the server's keep-alive pings: a socket whose first
+    database work waits its turn (see `SocketReads`) for longer than the ping timeout
+    would be closed as dead. Read here, in the socket's own task, the client's messages
+    wait in this queue instead, and the socket stays alive. `next` raises what reading
+    raised (`MessageTooLarge`, `ValueError`, `WebSocketDisconnect`...) in its turn.
+    """
+
+    def __init__(self, websocket: WebSocket, *, max_bytes: int) -> None:
+        self._websocket = websocket
+        self._max_bytes = max_bytes
+        self._queue: asyncio.Queue[dict[str, Any] | Exception] = asyncio.Queue(INBOX_CAPACITY)
+
+    async def read(self) -> None:
+        while True:
+            try:
+                item: dict[str, Any] | Exception = await receive_message(
+                    self._websocket, max_bytes=self._max_bytes
+                )
+            except (MessageTooLarge, ValueError) as exc:  # the handler answers these
+                item = exc
+            except Exception as exc:  # the client has gone, or the socket broke: the end
+                await self._queue.put(exc)
+                return
+            await self._queue.put(item)
+
+    async def next(self) -> dict[str, Any]:
+        item = await self._queue.get()
+        if isinstance(item, (MessageTooLarge, ValueError)):
+            raise item
+        if isinstance(item, Exception):
+            self._queue.put_nowait(item)  # the end stays the end for every later call
+            raise item
+        return item
+
+
+@contextlib.asynccontextmanager
+async def reading(websocket: WebSocket, *, max_bytes: int) -> AsyncIterator[Inbox]:
+    """An `Inbox` for the block, read by its own task; the task ends with the block."""
+    inbox = Inbox(websocket, max_bytes=max_bytes)
+    task = asyncio.create_task(inbox.read())
+    try:
+        yield inbox
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def authenticate(

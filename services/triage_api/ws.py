@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from services.shared.db.session import in_transaction
+from services.shared.auth import Principal
 from services.shared.domain.vocabulary import Role
 from services.shared.errors import NotFound
 from services.shared.resources import Resources
@@ -24,12 +24,13 @@ from services.shared.ws import (
     CLOSE_GOING_AWAY,
     CLOSE_NOT_FOUND,
     CloseConnection,
+    Inbox,
     MessageTooLarge,
     Sender,
     authenticate,
     parse_after,
     poll_interval,
-    receive_message,
+    reading,
     run_until_first_ends,
 )
 from services.triage_api import repository, service
@@ -47,20 +48,27 @@ async def case_stream(websocket: WebSocket) -> None:
     resources: Resources = websocket.app.state.resources
     ctx: TriageContext = websocket.app.state.triage
     case_id = str(websocket.path_params["case_id"])
+    max_bytes = ctx.settings.websocket_max_message_bytes
     try:
-        after = await _open(websocket, resources, ctx, case_id)
+        principal, after = await _hello(websocket, resources, ctx)
     except CloseConnection as close:
         await websocket.close(close.code, close.reason)
         return
     except WebSocketDisconnect:  # gone before saying who they are: nothing to undo
         return
-    sender = Sender(websocket)
-    with ctx.notifier.subscribe(STREAM_CHANNEL, case_id) as wake:
-        done, expired = await run_until_first_ends(
-            _pump_events(sender, resources, ctx, case_id, after, wake),
-            _listen(websocket, sender),
-            lifetime=ctx.settings.websocket_max_lifetime_seconds,
-        )
+    async with reading(websocket, max_bytes=max_bytes) as inbox:
+        try:
+            await _open(resources, ctx, case_id, principal)
+        except CloseConnection as close:
+            await websocket.close(close.code, close.reason)
+            return
+        sender = Sender(websocket)
+        with ctx.notifier.subscribe(STREAM_CHANNEL, case_id) as wake:
+            done, expired = await run_until_first_ends(
+                _pump_events(sender, resources, ctx, case_id, after, wake),
+                _listen(inbox, sender, max_bytes=max_bytes),
+                lifetime=ctx.settings.websocket_max_lifetime_seconds,
+            )
     if expired:  # lived its maximum lifetime: the client reconnects with `after`
         with contextlib.suppress(Exception):
             await websocket.close(CLOSE_GOING_AWAY, "reconnect with after")
@@ -71,9 +79,10 @@ async def case_stream(websocket: WebSocket) -> None:
                 await websocket.close(1011, "server error")
 
 
-async def _open(
-    websocket: WebSocket, resources: Resources, ctx: TriageContext, case_id: str
-) -> int:
+async def _hello(
+    websocket: WebSocket, resources: Resources, ctx: TriageContext
+) -> tuple[Principal, int]:
+    """Who is on the socket, and the seq they have seen."""
     principal, hello = await authenticate(
         websocket,
         resources.tokens,
@@ -86,16 +95,21 @@ async def _open(
         after = parse_after(raw_after) or 0
     except ValueError:
         raise CloseConnection(1008, "after must be a non-negative integer") from None
+    return principal, after
+
+
+async def _open(
+    resources: Resources, ctx: TriageContext, case_id: str, principal: Principal
+) -> None:
+    """The crew may see the case (the read is audited)."""
     try:
-        await in_transaction(
-            resources.sessionmaker,
+        await resources.socket_reads.run(
             lambda session: service.read_case(
                 session, ctx=ctx, case_id=case_id, actor=principal, via="stream"
-            ),
+            )
         )
     except NotFound:
         raise CloseConnection(CLOSE_NOT_FOUND, "no such case") from None
-    return after
 
 
 def _query_after(websocket: WebSocket) -> int | None:
@@ -117,9 +131,8 @@ async def _pump_events(
 ) -> None:
     last = after
     while True:
-        events = await in_transaction(
-            resources.sessionmaker,
-            partial(repository.events_after, case_id=case_id, after=last, limit=_BATCH),
+        events = await resources.socket_reads.run(
+            partial(repository.events_after, case_id=case_id, after=last, limit=_BATCH)
         )
         for event in events:
             await sender.send(event_read(event).model_dump(mode="json"))
@@ -128,12 +141,11 @@ async def _pump_events(
             await wake.wait(timeout=poll_interval(ctx.settings.stream_poll_seconds))
 
 
-async def _listen(websocket: WebSocket, sender: Sender) -> None:
+async def _listen(inbox: Inbox, sender: Sender, *, max_bytes: int) -> None:
     """Answers pings and refuses anything else, politely, until the client leaves."""
-    max_bytes = websocket.app.state.triage.settings.websocket_max_message_bytes
     while True:
         try:
-            message = await receive_message(websocket, max_bytes=max_bytes)
+            message = await inbox.next()
         except WebSocketDisconnect:
             return
         except MessageTooLarge:

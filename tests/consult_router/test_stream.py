@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -234,6 +235,84 @@ class TestReconnection:
         admin = {"Authorization": f"Bearer {token('admin', 'x')}"}
         listed = (await live_desk.http.get("/v1/consultants", headers=admin)).json()
         assert {c["id"]: c["status"] for c in listed}["dr-a"] == "away"
+
+
+class TestReconnectionStorm:
+    async def test_a_dashboard_waiting_its_turn_stays_alive_and_is_answered_in_order(
+        self, live_settings: EmbeddedSettings, resources: Resources, clock: ManualClock
+    ) -> None:
+        # Thousands of sockets reconnecting take turns at the database; the server's
+        # keep-alive (made short here) must not take one still waiting for a dead socket.
+        app = create_app(live_settings, resources=resources)
+        async with (
+            running_server(app, ws_ping_interval=0.1, ws_ping_timeout=0.3) as address,
+            httpx.AsyncClient(base_url=f"http://{address}") as http,
+        ):
+            await Desk(http, clock, resources).consultant("dr-a", ["frailty"])
+            storm_over = asyncio.Event()
+
+            async def another_socket(_: Any) -> None:
+                await storm_over.wait()
+
+            ahead = [
+                asyncio.create_task(resources.socket_reads.run(another_socket)) for _ in range(20)
+            ]
+            # Every turn taken, the rest of the storm in line, for operations to see.
+            await eventually(lambda: resources.socket_reads.waiting > 0)
+            metrics = (await http.get("/metrics")).text
+            waiting = resources.socket_reads.waiting
+            assert f"reach_socket_reads_waiting {float(waiting)}" in metrics
+            async with connect(f"ws://{address}/v1/consultant/stream") as socket:
+                greeting = {"type": "hello", "token": token("consultant", "dr-a")}
+                await socket.send(json.dumps(greeting))
+                await socket.send(json.dumps({"type": "ping"}))
+                # Several keep-alive rounds pass while the dashboard waits its turn.
+                await asyncio.sleep(1.0)
+                storm_over.set()
+                await asyncio.gather(*ahead)
+                kinds = [(await receive(socket))["type"] for _ in range(3)]
+                assert kinds == ["welcome", "queue", "pong"]
+
+    async def test_a_queue_that_changed_while_the_dashboard_waited_comes_in_its_welcome(
+        self, server: str, live_desk: Desk, resources: Resources, clock: ManualClock
+    ) -> None:
+        # Every socket in a storm sees the queue change while it waits for its welcome;
+        # its welcome's queue is newer than those changes, and it is sent once.
+        # Away, so that the case stays in the queue rather than being offered to them.
+        await live_desk.consultant("dr-watching", ["frailty"], available=False)
+        await live_desk.consultant("dr-late", ["frailty"], available=False)
+        watching, _ = await hello(server, "dr-watching")
+        reads = resources.socket_reads
+        first_wave, second_wave = asyncio.Event(), asyncio.Event()
+
+        async def another_socket(wave: asyncio.Event, _: Any) -> None:
+            await wave.wait()
+
+        def storm(wave: asyncio.Event) -> list[asyncio.Task[None]]:
+            return [
+                asyncio.create_task(reads.run(partial(another_socket, wave)))
+                for _ in range(reads.at_once)
+            ]
+
+        ahead = storm(first_wave)  # every turn taken
+        await eventually(lambda: reads.waiting == 0)
+        async with watching, connect(f"ws://{server}/v1/consultant/stream") as late:
+            await late.send(json.dumps({"type": "hello", "token": token("consultant", "dr-late")}))
+            await eventually(lambda: reads.waiting == 1)  # dr-late's connection, in line
+            ahead += storm(second_wave)  # behind it: its welcome will wait for these
+            first_wave.set()
+            await eventually(lambda: reads.waiting == 1)  # now its welcome, in line
+            case = snapshot(clock)
+            await live_desk.send_case(case)
+            queue = await receive_type(watching, "queue")
+            assert [item["case_id"] for item in queue["items"]] == [case["id"]]
+            second_wave.set()
+            await asyncio.gather(*ahead)
+            assert (await receive(late))["type"] == "welcome"
+            queue = await receive(late)
+            assert [item["case_id"] for item in queue["items"]] == [case["id"]]
+            await late.send(json.dumps({"type": "ping"}))
+            assert (await receive(late))["type"] == "pong"
 
 
 class TestMisbehaviour:

@@ -18,7 +18,13 @@ from services.embedded import EmbeddedSettings
 from services.shared.resources import Resources
 from services.triage_api.app import create_app
 from tests.factories import NORMAL_OBSERVATIONS, case_body, idempotency_key
-from tests.support import auth, errors_when_leaving_before_hello, running_server, token
+from tests.support import (
+    auth,
+    errors_when_leaving_before_hello,
+    eventually,
+    running_server,
+    token,
+)
 
 CREW = auth("paramedic", "crew-ne23")
 
@@ -201,3 +207,35 @@ class TestMessages:
             assert (await next_message(socket))["error"] == "unsupported_message"
             await record_observations(client, case["id"], pulse=99)
             assert (await next_message(socket))["type"] == "observations_updated"
+
+
+class TestReconnectionStorm:
+    async def test_a_crew_waiting_its_turn_stays_alive_and_is_answered_in_order(
+        self, settings: EmbeddedSettings, resources: Resources
+    ) -> None:
+        # As for the dashboards: the stream's opening read waits behind a storm of other
+        # sockets, and the server's keep-alive (made short here) must not end it meanwhile.
+        app = create_app(settings, resources=resources)
+        async with (
+            running_server(app, ws_ping_interval=0.1, ws_ping_timeout=0.3) as address,
+            httpx.AsyncClient(base_url=f"http://{address}") as http,
+        ):
+            case = await new_case(http)
+            storm_over = asyncio.Event()
+
+            async def another_socket(_: Any) -> None:
+                await storm_over.wait()
+
+            ahead = [
+                asyncio.create_task(resources.socket_reads.run(another_socket)) for _ in range(20)
+            ]
+            await eventually(lambda: resources.socket_reads.waiting > 0)
+            async with connect(f"ws://{address}/v1/cases/{case['id']}/stream") as socket:
+                greeting = {"type": "hello", "token": token("paramedic", "crew-ne23")}
+                await socket.send(json.dumps(greeting))
+                await socket.send(json.dumps({"type": "ping"}))
+                await asyncio.sleep(1.0)  # several keep-alive rounds
+                storm_over.set()
+                await asyncio.gather(*ahead)
+                first, second = await next_message(socket), await next_message(socket)
+                assert {first["type"], second["type"]} == {"queued", "pong"}
