@@ -49,6 +49,9 @@ from tests.factories import case_body
 CONNECT_BATCH = 100
 # Apart enough that each change is its own broadcast (the feed waits out a debounce).
 CHANGE_SPACING_SECONDS = 1.0
+# A crew's case every so often while the sockets open.
+SUBMIT_EVERY_SECONDS = 0.5
+SERVE_WAIT_SECONDS = 180.0
 
 
 def token(role: str, sub: str) -> str:
@@ -69,10 +72,12 @@ PING_SECONDS = 25.0
 
 @dataclass
 class Held:
-    """One socket the load generator holds: when it first saw each case in a queue, and
-    how it ended if the server closed it."""
+    """One socket the load generator holds: when the server first served it (a
+    dashboard's first queue, a crew's first event), when it first saw each case in a
+    queue, and how it ended if the server closed it."""
 
     socket: ClientConnection
+    served_at: float | None = None
     first_seen: dict[str, float] = field(default_factory=dict)
     closed: str | None = None
 
@@ -102,10 +107,12 @@ async def hold(held: Held, *, reads_queue: bool) -> None:
     try:
         async for raw in held.socket:
             if not reads_queue:
+                held.served_at = held.served_at or time.perf_counter()
                 continue
             message = json.loads(raw)
             if message["type"] == "queue":
                 now = time.perf_counter()
+                held.served_at = held.served_at or now
                 for item in message["items"]:
                     held.first_seen.setdefault(item["case_id"], now)
     except ConnectionClosed as closed:
@@ -125,6 +132,50 @@ async def open_all(factories: list[Callable[[], Awaitable[ClientConnection]]]) -
         batch = factories[start : start + CONNECT_BATCH]
         held += [Held(s) for s in await asyncio.gather(*(make() for make in batch))]
     return held
+
+
+@dataclass
+class Submissions:
+    """Crews' cases sent while the sockets open: what a reconnection storm costs them."""
+
+    seconds: list[float] = field(default_factory=list)
+    refused: Counter[int] = field(default_factory=Counter)
+
+
+async def submit_meanwhile(
+    http: httpx.AsyncClient, headers: dict[str, str], stop: asyncio.Event, into: Submissions
+) -> None:
+    number = 0
+    while not stop.is_set():
+        number += 1
+        key = {"Idempotency-Key": f"conn-storm-{number}-{time.time_ns()}"}
+        sent = time.perf_counter()
+        response = await http.post("/v1/cases", json=case_body(), headers={**headers, **key})
+        if response.status_code == 201:
+            into.seconds.append(time.perf_counter() - sent)
+            # Cancelled, so that the queue the changes broadcast is the same size
+            # however many cases the storm let through.
+            cancelled = await http.post(
+                f"/v1/cases/{response.json()['id']}/cancel",
+                json={"reason": "benchmark"},
+                headers=headers,
+            )
+            cancelled.raise_for_status()
+        else:
+            into.refused[response.status_code] += 1
+        await asyncio.sleep(SUBMIT_EVERY_SECONDS)
+
+
+async def all_served(everyone: list[Held], *, since: float) -> str:
+    """How long after the first connection every socket still open had been served."""
+    deadline = time.perf_counter() + SERVE_WAIT_SECONDS
+    while time.perf_counter() < deadline:
+        if all(held.served_at or held.closed for held in everyone):
+            last = max(held.served_at or since for held in everyone)
+            return f"{last - since:.1f} s after the first connection"
+        await asyncio.sleep(0.1)
+    unserved = sum(1 for held in everyone if not (held.served_at or held.closed))
+    return f"not within {SERVE_WAIT_SECONDS:.0f} s ({unserved} still waiting)"
 
 
 async def run(server_url: str, pid: int, consultants: int, crews: int, changes: int) -> None:
@@ -149,12 +200,18 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
         await asyncio.sleep(2.0)
         before = resident_kib(pid)
         connected_at = time.perf_counter()
+        storm_over, submissions = asyncio.Event(), Submissions()
+        submitter = asyncio.create_task(submit_meanwhile(http, crew, storm_over, submissions))
         boards = await open_all([partial(dashboard, ws_base, i) for i in range(consultants)])
         streams = await open_all([partial(crew_stream, ws_base, case_id)] * crews)
         connect_seconds = time.perf_counter() - connected_at
         holders = [asyncio.create_task(hold(h, reads_queue=True)) for h in boards]
         holders += [asyncio.create_task(hold(h, reads_queue=False)) for h in streams]
-        await asyncio.sleep(5.0)  # welcomes delivered, the process settled
+        everyone = boards + streams
+        served_seconds = await all_served(everyone, since=connected_at)
+        await asyncio.sleep(5.0)  # the process settled
+        storm_over.set()
+        await submitter
         after = resident_kib(pid)
         changed_at: dict[str, float] = {}
         for number in range(changes):
@@ -166,12 +223,19 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
             changed_at[response.json()["id"]] = sent
             await asyncio.sleep(CHANGE_SPACING_SECONDS)
         await asyncio.sleep(5.0)  # the last change's broadcast
-        everyone = boards + streams
         for task in holders:  # first, so that our own closing is not counted as the server's
             task.cancel()
         for held in everyone:
             await held.socket.close()
     report(consultants, crews, boards, everyone, changed_at, connect_seconds, before, after)
+    print(f"every open socket served (welcome and queue, or first event) {served_seconds}")
+    waits = sorted(submissions.seconds)
+    if waits:
+        print(
+            f"crews' cases sent while the sockets opened: {len(waits)} accepted, p50 "
+            f"{waits[len(waits) // 2] * 1000:.0f} ms, max {waits[-1] * 1000:.0f} ms; refused: "
+            f"{dict(submissions.refused) or 'none'}"
+        )
 
 
 def report(
