@@ -128,8 +128,8 @@ def create_app(
             ):
                 await res.notifier.listen(channel)
             tasks = await stack.enter_async_context(background_tasks())
-            # Neither is work anyone claims: every replica keeps its own consultants'
-            # presence alive and broadcasts to its own dashboards.
+            # None is work anyone claims: every replica keeps its own consultants'
+            # presence alive, broadcasts to its own dashboards and watches the log for them.
             tasks.start(
                 f"{SERVICE_NAME}-presence",
                 partial(presence.keep_alive, ctx=ctx, maker=res.sessionmaker),
@@ -143,6 +143,14 @@ def create_app(
                     load=partial(
                         in_transaction, res.sessionmaker, partial(snapshots.open_queue, ctx=ctx)
                     ),
+                ),
+            )
+            tasks.start(
+                f"{SERVICE_NAME}-log-watch",
+                partial(
+                    ctx.log_watch.run,
+                    maker=res.sessionmaker,
+                    interval=settings.stream_poll_seconds,
                 ),
             )
             if settings.background_tasks:

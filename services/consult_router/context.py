@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.consult_router.log_watch import LogWatch
 from services.consult_router.queue_feed import QueueFeed
 from services.consult_router.recent_messages import RecentMessages
 from services.consult_router.settings import RouterSettings
@@ -90,3 +91,5 @@ class RouterContext:
     queue_feed: QueueFeed = field(default_factory=QueueFeed)
     # Consultant messages this process logged lately, for its own sockets to send.
     recent_messages: RecentMessages = field(default_factory=RecentMessages)
+    # The streams' safety net: one look at the log for all this process's sockets.
+    log_watch: LogWatch = field(default_factory=LogWatch)

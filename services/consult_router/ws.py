@@ -51,7 +51,6 @@ from services.shared.ws import (
     Sender,
     authenticate,
     parse_after,
-    poll_interval,
     reading,
     run_until_first_ends,
 )
@@ -87,6 +86,8 @@ class _Line:
     welcomed: bool = False
     queue_missed: bool = False
     too_slow: bool = False
+    # The log watch saw a message this socket has not sent: read the log, not memory.
+    check_log: bool = False
 
     async def send(self, kind: str, **body: Any) -> None:
         await self.sender.send({"type": kind, "seq": self.last_seq, **body})
@@ -178,6 +179,9 @@ async def _serve(
     with (
         ctx.notifier.subscribe(CONSULTANT_CHANNEL, consultant_id) as mine,
         ctx.queue_feed.watch(partial(_deliver_queue, line), drop=partial(_too_slow, line, mine)),
+        ctx.log_watch.watch(
+            consultant_id, sent=lambda: line.last_seq, look_again=partial(_look_again, line, mine)
+        ),
     ):
         await _welcome(line, resources, ctx, replay_from)
         done, _ = await run_until_first_ends(
@@ -242,6 +246,12 @@ async def _deliver_queue(line: _Line, encoded_items: str) -> None:
     await line.sender.send_text(_queue_message(line, encoded_items))
 
 
+def _look_again(line: _Line, wake: Subscription) -> None:
+    """The log watch found a message past what this socket sent (its wake-up was lost)."""
+    line.check_log = True
+    wake.wake()
+
+
 def _too_slow(line: _Line, wake: Subscription) -> None:
     """The queue feed gave up on this socket (it stopped reading): close it."""
     line.too_slow = True
@@ -258,7 +268,8 @@ async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Sub
         for kept in ctx.recent_messages.following(consultant_id, line.last_seq):
             line.last_seq = kept.seq
             await line.sender.send({"type": kept.type, "seq": kept.seq, **kept.payload})
-        if not (notified and _caught_up_in_memory(line, ctx)):
+        if line.check_log or not (notified and _caught_up_in_memory(line, ctx)):
+            line.check_log = False  # before the read: a look during it asks again
             logged = await resources.socket_reads.run(
                 partial(
                     message_repo.after,
@@ -274,8 +285,9 @@ async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Sub
                 )
             if len(logged) == _BATCH:
                 continue
-        # A quiet spell (no notification) ends with a look at the log all the same.
-        notified = await wake.wait(timeout=poll_interval(ctx.settings.stream_poll_seconds))
+        # Woken by a notification, the queue feed giving up on the socket, or the log
+        # watch (the safety net for a lost notification: one look for every socket).
+        notified = await wake.wait()
 
 
 def _caught_up_in_memory(line: _Line, ctx: RouterContext) -> bool:

@@ -16,6 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from services.consult_router.app import create_app
+from services.consult_router.context import RouterContext
 from services.consult_router.repository import messages as message_repo
 from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
@@ -414,6 +415,43 @@ class TestLoggedMessagesFromMemory:
             offer = await receive_type(socket, "offer")
         assert first["seq"] == elsewhere == welcome["seq"] + 1
         assert offer["seq"] == elsewhere + 1
+
+
+class TestLostWakeUps:
+    async def test_the_log_watch_sends_a_message_whose_wake_up_was_lost_and_reads_no_more(
+        self, live_settings: EmbeddedSettings, resources: Resources, clock: ManualClock
+    ) -> None:
+        # One look at the log for every socket of the process (no socket polls on its
+        # own); only the socket that is behind reads the log.
+        app = create_app(live_settings, resources=resources)
+        async with (
+            running_server(app) as address,
+            httpx.AsyncClient(base_url=f"http://{address}") as http,
+        ):
+            ctx: RouterContext = app.state.router
+            desk = Desk(http, clock, resources)
+            await desk.consultant("dr-behind", ["frailty"], available=False)
+            await desk.consultant("dr-current", ["frailty"], available=False)
+            with statements_sent(resources.engine, _reads_the_log) as reads:
+                behind, welcome = await hello(address, "dr-behind")
+                current, _ = await hello(address, "dr-current")
+                await eventually(lambda: len(reads) == 2)  # each replays from the log once
+                async with behind, current:
+                    # Logged by another process whose notification never came.
+                    async with unit_of_work(resources.sessionmaker) as session:
+                        lost = await message_repo.append(
+                            session, "dr-behind", type="case_updated", payload={}, at=clock.now()
+                        )
+                    await ctx.log_watch.look(resources.sessionmaker)
+                    message = await receive_type(behind, "case_updated")
+                    await eventually(lambda: len(reads) == 3)
+                    await current.send(json.dumps({"type": "ping"}))
+                    assert (await receive(current))["type"] == "pong"
+                    await ctx.log_watch.look(resources.sessionmaker)  # nobody behind now
+                    await behind.send(json.dumps({"type": "ping"}))
+                    assert (await receive(behind))["type"] == "pong"
+        assert message["seq"] == lost == welcome["seq"] + 1
+        assert len(reads) == 3  # the two replays, then dr-behind's socket, once
 
 
 def _reads_the_log(statement: str) -> bool:

@@ -66,3 +66,11 @@ async def last_seq(session: AsyncSession, consultant_id: str) -> int:
 
 async def purge_before(session: AsyncSession, moment: datetime) -> None:
     await session.execute(delete(ConsultMessage).where(ConsultMessage.created_at < moment))
+
+
+async def newest_seqs(session: AsyncSession, consultant_ids: list[str]) -> dict[str, int]:
+    """Each consultant's newest message seq (0 for none), in one statement."""
+    statement = select(ConsultConsultant.id, ConsultConsultant.message_seq).where(
+        ConsultConsultant.id.in_(consultant_ids)
+    )
+    return {row.id: int(row.message_seq) for row in await session.execute(statement)}
