@@ -18,13 +18,14 @@ import httpx
 import uvicorn
 from sqlalchemy import event as orm_event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from websockets.asyncio.client import connect as ws_connect
 
 from services.shared.auth import ServiceTokenSigner, mint_token
 from services.shared.clock import Clock, SystemClock
 from services.shared.db import migrate
 from services.shared.db.models import Base
+from services.shared.db.socket_reads import SocketReads
 
 JWT_SECRET = "test-secret-for-people-tokens-0123456789"
 INTERNAL_SECRET = "test-secret-for-service-tokens-0123456789"
@@ -216,6 +217,22 @@ async def running_server(app: Any, **options: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=10)
+
+
+class SocketStorm:
+    """Other sockets' transactions in `reads`, each holding its turn until `end()`: what
+    a reconnection storm looks like to the next socket in line."""
+
+    def __init__(self, reads: SocketReads, sockets: int) -> None:
+        self._over = asyncio.Event()
+        self._tasks = [asyncio.create_task(reads.run(self._hold)) for _ in range(sockets)]
+
+    async def _hold(self, _: AsyncSession) -> None:
+        await self._over.wait()
+
+    async def end(self) -> None:
+        self._over.set()
+        await asyncio.gather(*self._tasks)
 
 
 class _WebsocketsWatched:

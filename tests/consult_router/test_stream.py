@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import Any
 
 import httpx
@@ -24,6 +23,7 @@ from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
 from tests.support import (
+    SocketStorm,
     errors_when_leaving_before_hello,
     eventually,
     running_server,
@@ -250,14 +250,7 @@ class TestReconnectionStorm:
             httpx.AsyncClient(base_url=f"http://{address}") as http,
         ):
             await Desk(http, clock, resources).consultant("dr-a", ["frailty"])
-            storm_over = asyncio.Event()
-
-            async def another_socket(_: Any) -> None:
-                await storm_over.wait()
-
-            ahead = [
-                asyncio.create_task(resources.socket_reads.run(another_socket)) for _ in range(20)
-            ]
+            storm = SocketStorm(resources.socket_reads, 20)
             # Every turn taken, the rest of the storm in line, for operations to see.
             await eventually(lambda: resources.socket_reads.waiting > 0)
             metrics = (await http.get("/metrics")).text
@@ -269,8 +262,7 @@ class TestReconnectionStorm:
                 await socket.send(json.dumps({"type": "ping"}))
                 # Several keep-alive rounds pass while the dashboard waits its turn.
                 await asyncio.sleep(1.0)
-                storm_over.set()
-                await asyncio.gather(*ahead)
+                await storm.end()
                 kinds = [(await receive(socket))["type"] for _ in range(3)]
                 assert kinds == ["welcome", "queue", "pong"]
 
@@ -284,31 +276,19 @@ class TestReconnectionStorm:
         await live_desk.consultant("dr-late", ["frailty"], available=False)
         watching, _ = await hello(server, "dr-watching")
         reads = resources.socket_reads
-        first_wave, second_wave = asyncio.Event(), asyncio.Event()
-
-        async def another_socket(wave: asyncio.Event, _: Any) -> None:
-            await wave.wait()
-
-        def storm(wave: asyncio.Event) -> list[asyncio.Task[None]]:
-            return [
-                asyncio.create_task(reads.run(partial(another_socket, wave)))
-                for _ in range(reads.at_once)
-            ]
-
-        ahead = storm(first_wave)  # every turn taken
+        first_wave = SocketStorm(reads, reads.at_once)  # every turn taken
         await eventually(lambda: reads.waiting == 0)
         async with watching, connect(f"ws://{server}/v1/consultant/stream") as late:
             await late.send(json.dumps({"type": "hello", "token": token("consultant", "dr-late")}))
             await eventually(lambda: reads.waiting == 1)  # dr-late's connection, in line
-            ahead += storm(second_wave)  # behind it: its welcome will wait for these
-            first_wave.set()
+            second_wave = SocketStorm(reads, reads.at_once)  # its welcome waits for these
+            await first_wave.end()
             await eventually(lambda: reads.waiting == 1)  # now its welcome, in line
             case = snapshot(clock)
             await live_desk.send_case(case)
             queue = await receive_type(watching, "queue")
             assert [item["case_id"] for item in queue["items"]] == [case["id"]]
-            second_wave.set()
-            await asyncio.gather(*ahead)
+            await second_wave.end()
             assert (await receive(late))["type"] == "welcome"
             queue = await receive(late)
             assert [item["case_id"] for item in queue["items"]] == [case["id"]]

@@ -19,6 +19,7 @@ from services.shared.resources import Resources
 from services.triage_api.app import create_app
 from tests.factories import NORMAL_OBSERVATIONS, case_body, idempotency_key
 from tests.support import (
+    SocketStorm,
     auth,
     errors_when_leaving_before_hello,
     eventually,
@@ -221,21 +222,13 @@ class TestReconnectionStorm:
             httpx.AsyncClient(base_url=f"http://{address}") as http,
         ):
             case = await new_case(http)
-            storm_over = asyncio.Event()
-
-            async def another_socket(_: Any) -> None:
-                await storm_over.wait()
-
-            ahead = [
-                asyncio.create_task(resources.socket_reads.run(another_socket)) for _ in range(20)
-            ]
+            storm = SocketStorm(resources.socket_reads, 20)
             await eventually(lambda: resources.socket_reads.waiting > 0)
             async with connect(f"ws://{address}/v1/cases/{case['id']}/stream") as socket:
                 greeting = {"type": "hello", "token": token("paramedic", "crew-ne23")}
                 await socket.send(json.dumps(greeting))
                 await socket.send(json.dumps({"type": "ping"}))
                 await asyncio.sleep(1.0)  # several keep-alive rounds
-                storm_over.set()
-                await asyncio.gather(*ahead)
+                await storm.end()
                 first, second = await next_message(socket), await next_message(socket)
                 assert {first["type"], second["type"]} == {"queued", "pong"}

@@ -101,8 +101,14 @@ async def unit_of_work(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def in_transaction(maker: SessionMaker, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run `work` in its own unit of work, shielded from the caller's cancellation.
+async def in_transaction(
+    maker: SessionMaker,
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    ended: Callable[[], None] | None = None,
+) -> T:
+    """Run `work` in its own unit of work, shielded from the caller's cancellation;
+    `ended`, if given, is called when the transaction has ended, however it ended.
 
     A socket's tasks are cancelled the moment the socket closes. Cancelled half-way
     through a transaction, a task would abandon its pooled connection mid-statement, and
@@ -115,16 +121,17 @@ async def in_transaction(maker: SessionMaker, work: Callable[[AsyncSession], Awa
         async with unit_of_work(maker) as session:
             return await work(session)
 
+    def finished(transaction: asyncio.Future[T]) -> None:
+        # A caller that stopped waiting never sees how it ended; without this, asyncio
+        # would report its failure (a pool timeout, say) as never retrieved.
+        if not transaction.cancelled():
+            transaction.exception()
+        if ended is not None:
+            ended()
+
     transaction = asyncio.ensure_future(attempt())
-    # A caller that stopped waiting never sees how it ended; without this, asyncio would
-    # report its failure (a pool timeout, say) as never retrieved.
-    transaction.add_done_callback(_seen)
+    transaction.add_done_callback(finished)
     return await asyncio.shield(transaction)
-
-
-def _seen(transaction: asyncio.Future[Any]) -> None:
-    if not transaction.cancelled():
-        transaction.exception()
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -55,11 +55,4 @@ class SocketReads:
             await self._turns.acquire()
         finally:
             self._waiting -= 1
-        transaction = asyncio.ensure_future(in_transaction(self._maker, work))
-        transaction.add_done_callback(self._give_back)
-        return await asyncio.shield(transaction)
-
-    def _give_back(self, transaction: asyncio.Future[Any]) -> None:
-        self._turns.release()
-        if not transaction.cancelled():
-            transaction.exception()  # seen: its caller, if still there, has it too
+        return await in_transaction(self._maker, work, ended=self._turns.release)
