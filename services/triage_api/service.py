@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.auth import Principal
+from services.shared.db.base import read_only_row
 from services.shared.db.models import TriageCase, TriageCaseEvent
 from services.shared.db.session import after_commit
 from services.shared.domain.news2 import (
@@ -145,7 +146,7 @@ class NewCase:
         """The case as stored (not attached to a session), built once: the outbox events
         and the response are both made from it."""
         if self._case is None:
-            self._case = TriageCase(**self.values)
+            self._case = read_only_row(TriageCase, self.values)
         return self._case
 
 

@@ -4,12 +4,13 @@ constraint names are stable across SQLite and PostgreSQL and migrations can drop
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import JSON, DateTime, MetaData, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, configure_mappers
+from sqlalchemy.orm.instrumentation import manager_of_class
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -53,6 +54,8 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+M = TypeVar("M", bound="Base")
+
 # JSON documents: JSONB on PostgreSQL, JSON text elsewhere.
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 
@@ -60,3 +63,18 @@ JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime}
+
+
+def read_only_row(model: type[M], values: dict[str, Any]) -> M:
+    """A row just written, as an object to read from, built the way SQLAlchemy builds a
+    row it loads: the values go straight into the instance's dict.
+
+    The constructor instead records each attribute as a change to flush (40 us for a
+    case's 36 columns on the benchmark VM; this takes 2 us), which a row already written
+    does not need. Never add the result to a session: it has no changes to flush, and
+    the row it describes is already stored.
+    """
+    configure_mappers()  # the constructor would; a no-op once done
+    instance: M = manager_of_class(model).new_instance()
+    instance.__dict__.update(values)
+    return instance
