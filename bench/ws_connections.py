@@ -35,6 +35,7 @@ from bench.harness import (
     BENCH_SECRET,
     PYTHON,
     base_env,
+    cpu_seconds,
     free_port,
     fresh_sqlite,
     machine_report,
@@ -52,6 +53,8 @@ CHANGE_SPACING_SECONDS = 1.0
 # A crew's case every so often while the sockets open.
 SUBMIT_EVERY_SECONDS = 0.5
 SERVE_WAIT_SECONDS = 180.0
+# Two of the streams' safety-net intervals (`REACH_STREAM_POLL_SECONDS`, 30 s).
+QUIET_SECONDS = 60.0
 
 
 def token(role: str, sub: str) -> str:
@@ -223,12 +226,19 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
             changed_at[response.json()["id"]] = sent
             await asyncio.sleep(CHANGE_SPACING_SECONDS)
         await asyncio.sleep(5.0)  # the last change's broadcast
+        # What holding the sockets costs while nothing happens: the clients' pings and the
+        # server's safety-net looks at the database.
+        quiet_from = cpu_seconds(pid)
+        await asyncio.sleep(QUIET_SECONDS)
+        quiet_share = (cpu_seconds(pid) - quiet_from) / QUIET_SECONDS
         for task in holders:  # first, so that our own closing is not counted as the server's
             task.cancel()
         for held in everyone:
             await held.socket.close()
     report(consultants, crews, boards, everyone, changed_at, connect_seconds, before, after)
     print(f"every open socket served (welcome and queue, or first event) {served_seconds}")
+    print(f"held for {QUIET_SECONDS:.0f} s with nothing happening: server CPU {quiet_share:.1%} "
+          "of a core")  # fmt: skip
     waits = sorted(submissions.seconds)
     if waits:
         print(

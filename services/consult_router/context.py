@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.consult_router.log_watch import LogWatch
 from services.consult_router.queue_feed import QueueFeed
 from services.consult_router.recent_messages import RecentMessages
+from services.consult_router.repository import messages as message_repo
 from services.consult_router.settings import RouterSettings
 from services.shared.clock import Clock
 from services.shared.notify import Notifier
 from services.shared.outbox import Outbox
+from services.shared.seq_watch import SeqWatch
 
 # Wakes the routing loop: a case to route, an offer to expire, a consultant free.
 WORK_CHANNEL = "router_work"
@@ -92,4 +93,6 @@ class RouterContext:
     # Consultant messages this process logged lately, for its own sockets to send.
     recent_messages: RecentMessages = field(default_factory=RecentMessages)
     # The streams' safety net: one look at the log for all this process's sockets.
-    log_watch: LogWatch = field(default_factory=LogWatch)
+    log_watch: SeqWatch = field(
+        default_factory=lambda: SeqWatch(message_repo.newest_seqs, what="the message log")
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -176,12 +175,6 @@ async def authenticate(
     if principal.role not in roles:
         raise CloseConnection(CLOSE_FORBIDDEN, "role not allowed")
     return principal, hello
-
-
-def poll_interval(seconds: float) -> float:
-    """A stream's safety-net poll, spread so that sockets opened together do not poll
-    the database together."""
-    return seconds * (0.8 + 0.4 * random.random())  # noqa: S311 - not for security
 
 
 def parse_after(value: Any) -> int | None:

@@ -96,6 +96,14 @@ def create_app(
             for channel in (STREAM_CHANNEL, outbox_channel(SERVICE_NAME)):
                 await res.notifier.listen(channel)
             tasks = await stack.enter_async_context(background_tasks())
+            tasks.start(
+                f"{SERVICE_NAME}-stream-watch",
+                partial(
+                    ctx.stream_watch.run,
+                    maker=res.sessionmaker,
+                    interval=settings.stream_poll_seconds,
+                ),
+            )
             if settings.background_tasks:
                 tasks.start(f"{SERVICE_NAME}-outbox", delivery.run)
             yield

@@ -90,6 +90,12 @@ async def append_event(
     return event
 
 
+async def newest_event_seqs(session: AsyncSession, case_ids: list[str]) -> dict[str, int]:
+    """Each case's newest stream seq, in one statement."""
+    statement = select(TriageCase.id, TriageCase.event_seq).where(TriageCase.id.in_(case_ids))
+    return {row.id: int(row.event_seq) for row in await session.execute(statement)}
+
+
 async def events_after(
     session: AsyncSession, case_id: str, *, after: int, limit: int
 ) -> list[TriageCaseEvent]:

@@ -29,7 +29,6 @@ from services.shared.ws import (
     Sender,
     authenticate,
     parse_after,
-    poll_interval,
     reading,
     run_until_first_ends,
 )
@@ -130,15 +129,22 @@ async def _pump_events(
     wake: Any,
 ) -> None:
     last = after
-    while True:
-        events = await resources.socket_reads.run(
-            partial(repository.events_after, case_id=case_id, after=last, limit=_BATCH)
-        )
-        for event in events:
-            await sender.send(event_read(event).model_dump(mode="json"))
-            last = event.seq
-        if len(events) < _BATCH:
-            await wake.wait(timeout=poll_interval(ctx.settings.stream_poll_seconds))
+
+    def sent() -> int:
+        return last
+
+    # Woken by a notification, or by the stream watch when one was lost (the safety net:
+    # one look at the cases for every socket in the process).
+    with ctx.stream_watch.watch(case_id, sent=sent, look_again=wake.wake):
+        while True:
+            events = await resources.socket_reads.run(
+                partial(repository.events_after, case_id=case_id, after=last, limit=_BATCH)
+            )
+            for event in events:
+                await sender.send(event_read(event).model_dump(mode="json"))
+                last = event.seq
+            if len(events) < _BATCH:
+                await wake.wait()
 
 
 async def _listen(inbox: Inbox, sender: Sender, *, max_bytes: int) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from services.consult_router.log_watch import LogWatch
 from services.consult_router.repository import messages as message_repo
 from services.shared.clock import ManualClock
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
+from services.shared.seq_watch import SeqWatch
 from tests.consult_router.conftest import Desk
 from tests.support import eventually
 
@@ -22,7 +22,8 @@ async def test_the_loop_looks_until_stopped_and_wakes_only_the_sockets_behind(
         newest = await message_repo.append(
             session, "dr-a", type="case_updated", payload={}, at=clock.now()
         )
-    watch, stopping = LogWatch(), asyncio.Event()
+    watch = SeqWatch(message_repo.newest_seqs, what="the message log")
+    stopping = asyncio.Event()
     told: list[str] = []
     with (
         watch.watch("dr-a", sent=lambda: newest - 1, look_again=lambda: told.append("behind")),

@@ -15,8 +15,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from services.embedded import EmbeddedSettings
+from services.shared.db.models import TriageCase
+from services.shared.db.session import unit_of_work
+from services.shared.domain.vocabulary import CaseEventType
 from services.shared.resources import Resources
+from services.triage_api import repository
 from services.triage_api.app import create_app
+from services.triage_api.context import TriageContext
 from tests.factories import NORMAL_OBSERVATIONS, case_body, idempotency_key
 from tests.support import (
     SocketStorm,
@@ -24,6 +29,7 @@ from tests.support import (
     errors_when_leaving_before_hello,
     eventually,
     running_server,
+    statements_sent,
     token,
 )
 
@@ -232,3 +238,51 @@ class TestReconnectionStorm:
                 await storm.end()
                 first, second = await next_message(socket), await next_message(socket)
                 assert {first["type"], second["type"]} == {"queued", "pong"}
+
+
+class TestLostWakeUps:
+    async def test_the_stream_watch_sends_an_event_whose_wake_up_was_lost_and_reads_no_more(
+        self, settings: EmbeddedSettings, resources: Resources
+    ) -> None:
+        # One look at the cases for every crew stream of the process (no stream polls on
+        # its own); only the stream that is behind reads its events.
+        app = create_app(settings, resources=resources)
+        async with (
+            running_server(app) as address,
+            httpx.AsyncClient(base_url=f"http://{address}") as http,
+        ):
+            ctx: TriageContext = app.state.triage
+            behind_case, current_case = await new_case(http), await new_case(http)
+            with statements_sent(resources.engine, _reads_events) as reads:
+                behind = await open_stream(address, behind_case["id"])
+                current = await open_stream(address, current_case["id"])
+                async with behind, current:
+                    queued = await next_message(behind), await next_message(current)
+                    assert [message["type"] for message in queued] == ["queued", "queued"]
+                    assert len(reads) == 2  # each replays once
+                    # Written by another process whose notification never came.
+                    async with unit_of_work(resources.sessionmaker) as session:
+                        case = await session.get_one(TriageCase, behind_case["id"])
+                        lost = await repository.append_event(
+                            session, case, type=CaseEventType.OFFERED, at=case.updated_at,
+                            data={"status": "offered"},
+                        )  # fmt: skip
+                    await ctx.stream_watch.look(resources.sessionmaker)
+                    event = await next_message(behind)
+                    await current.send(json.dumps({"type": "ping"}))
+                    assert (await next_message(current))["type"] == "pong"
+                    await ctx.stream_watch.look(resources.sessionmaker)  # nobody behind now
+                    await behind.send(json.dumps({"type": "ping"}))
+                    assert (await next_message(behind))["type"] == "pong"
+        assert (event["type"], event["seq"]) == ("offered", lost.seq)
+        assert len(reads) == 3  # the two replays, then the stream that was behind, once
+
+
+async def open_stream(address: str, case_id: str) -> ClientConnection:
+    socket = await connect(f"ws://{address}/v1/cases/{case_id}/stream")
+    await socket.send(json.dumps({"type": "hello", "token": token("paramedic", "crew-ne23")}))
+    return socket
+
+
+def _reads_events(statement: str) -> bool:
+    return statement.lstrip().upper().startswith("SELECT") and "FROM triage_case_event" in statement
