@@ -133,18 +133,27 @@ async def _pump_events(
     def sent() -> int:
         return last
 
-    # Woken by a notification, or by the stream watch when one was lost (the safety net:
-    # one look at the cases for every socket in the process).
+    async def send_what_is_new() -> bool:
+        """The events after `last`; True if there may be more."""
+        nonlocal last
+        events = await resources.socket_reads.run(
+            partial(repository.events_after, case_id=case_id, after=last, limit=_BATCH)
+        )
+        for event in events:
+            await sender.send(event_read(event).model_dump(mode="json"))
+            last = event.seq
+        return len(events) == _BATCH
+
+    while await send_what_is_new():  # the replay
+        pass
+    # Watched once replayed: a look while the replay waits its turn in a reconnection
+    # storm would only make the stream read again. Woken by a notification, or by the
+    # stream watch when one was lost (one look at the cases for every socket).
     with ctx.stream_watch.watch(case_id, sent=sent, look_again=wake.wake):
         while True:
-            events = await resources.socket_reads.run(
-                partial(repository.events_after, case_id=case_id, after=last, limit=_BATCH)
-            )
-            for event in events:
-                await sender.send(event_read(event).model_dump(mode="json"))
-                last = event.seq
-            if len(events) < _BATCH:
-                await wake.wait()
+            await wake.wait()
+            while await send_what_is_new():
+                pass
 
 
 async def _listen(inbox: Inbox, sender: Sender, *, max_bytes: int) -> None:

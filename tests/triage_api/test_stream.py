@@ -11,14 +11,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import func, select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from services.embedded import EmbeddedSettings
-from services.shared.db.models import TriageCase
+from services.shared.db.models import TriageCase, TriageOutbox
 from services.shared.db.session import unit_of_work
 from services.shared.domain.vocabulary import CaseEventType
 from services.shared.resources import Resources
+from services.shared.schemas.events import EventType
 from services.triage_api import repository
 from services.triage_api.app import create_app
 from services.triage_api.context import TriageContext
@@ -277,6 +279,36 @@ class TestLostWakeUps:
         assert (event["type"], event["seq"]) == ("offered", lost.seq)
         assert len(reads) == 3  # the two replays, then the stream that was behind, once
 
+    async def test_a_stream_replaying_behind_a_storm_is_not_woken_to_read_it_again(
+        self, settings: EmbeddedSettings, resources: Resources
+    ) -> None:
+        # A look while the replay waits its turn finds the stream behind (it has sent
+        # nothing yet); were it watched, it would read everything twice.
+        app = create_app(settings, resources=resources)
+        turns = resources.socket_reads
+        async with (
+            running_server(app) as address,
+            httpx.AsyncClient(base_url=f"http://{address}") as http,
+        ):
+            ctx: TriageContext = app.state.triage
+            case = await new_case(http)
+            with statements_sent(resources.engine, _reads_events) as reads:
+                first_storm = SocketStorm(turns, turns.at_once)
+                async with await open_stream(address, case["id"]) as socket:
+                    await eventually(lambda: turns.waiting == 1)  # the opening read
+                    second_storm = SocketStorm(turns, turns.at_once)
+                    await eventually(lambda: turns.waiting == 1 + turns.at_once)
+                    await first_storm.end()
+                    # The opening is done (its read is audited); the replay waits.
+                    await eventually(lambda: _stream_reads_audited(resources))
+                    await eventually(lambda: turns.waiting == 1)
+                    await ctx.stream_watch.look(resources.sessionmaker)
+                    await second_storm.end()
+                    assert (await next_message(socket))["type"] == "queued"
+                    await socket.send(json.dumps({"type": "ping"}))
+                    assert (await next_message(socket))["type"] == "pong"
+        assert len(reads) == 1
+
 
 async def open_stream(address: str, case_id: str) -> ClientConnection:
     socket = await connect(f"ws://{address}/v1/cases/{case_id}/stream")
@@ -286,3 +318,11 @@ async def open_stream(address: str, case_id: str) -> ClientConnection:
 
 def _reads_events(statement: str) -> bool:
     return statement.lstrip().upper().startswith("SELECT") and "FROM triage_case_event" in statement
+
+
+async def _stream_reads_audited(resources: Resources) -> bool:
+    async with unit_of_work(resources.sessionmaker) as session:
+        viewed = await session.scalar(
+            select(func.count()).where(TriageOutbox.event_type == EventType.CASE_VIEWED)
+        )
+    return bool(viewed)
