@@ -202,6 +202,7 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
         case_id = response.json()["id"]
         await asyncio.sleep(2.0)
         before = resident_kib(pid)
+        cpu_at_start = cpu_seconds(pid)
         connected_at = time.perf_counter()
         storm_over, submissions = asyncio.Event(), Submissions()
         submitter = asyncio.create_task(submit_meanwhile(http, crew, storm_over, submissions))
@@ -212,6 +213,7 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
         holders += [asyncio.create_task(hold(h, reads_queue=False)) for h in streams]
         everyone = boards + streams
         served_seconds = await all_served(everyone, since=connected_at)
+        burst_cpu = cpu_seconds(pid) - cpu_at_start
         await asyncio.sleep(5.0)  # the process settled
         storm_over.set()
         await submitter
@@ -236,7 +238,8 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
         for held in everyone:
             await held.socket.close()
     report(consultants, crews, boards, everyone, changed_at, connect_seconds, before, after)
-    print(f"every open socket served (welcome and queue, or first event) {served_seconds}")
+    print(f"every open socket served (welcome and queue, or first event) {served_seconds}; "
+          f"server CPU until then {burst_cpu:.1f} s")  # fmt: skip
     print(f"held for {QUIET_SECONDS:.0f} s with nothing happening: server CPU {quiet_share:.1%} "
           "of a core")  # fmt: skip
     waits = sorted(submissions.seconds)
