@@ -87,9 +87,8 @@ class HttpSettings(_Block):
     websocket_max_lifetime_seconds: float = Field(default=4 * 3600.0, gt=0)
     websocket_idle_timeout_seconds: float = Field(default=120.0, gt=0)
     # Live streams recheck the database this often even without a wake-up: a deep safety
-    # net only (a reconnected LISTEN already wakes every stream). The consultants'
-    # streams share one look per process; a crew's stream looks on its own (a cost per
-    # open socket, so it is long), spreading its looks by +-20%.
+    # net only (a reconnected LISTEN already wakes every stream): one look per process
+    # for all its consultants' streams, and one for all its crews' (`SeqWatch`).
     stream_poll_seconds: float = Field(default=30.0, gt=0)
     # permessage-deflate on websockets. Off by default: our messages are small or sent to
     # many dashboards at once, and compressing each copy per connection cost more CPU

@@ -2,8 +2,9 @@
 
 After the hello, the server sends every event after the client's `after`, then live
 ones, each with its `seq`, so a client that reconnects with its last seq misses nothing.
-The database is the source of truth: a wake-up only says "look again", and the stream
-looks again every few seconds anyway.
+The database is the source of truth: a wake-up only says "look again", and should one
+be lost, the process's stream watch finds the stream behind within
+`stream_poll_seconds`.
 """
 
 from __future__ import annotations

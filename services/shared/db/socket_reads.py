@@ -1,6 +1,6 @@
 """The database work websockets do on their own account, a few transactions at a time.
 
-A socket opening (its welcome, its catch-up from `after`), its safety-net poll and its
+A socket opening (its welcome, its catch-up from `after`), its reads when woken and its
 goodbye each take a transaction. Thousands of dashboards and crews reconnecting at once
 (a proxy restarted, a site's network came back) would put thousands of transactions in
 the pool's queue together; a crew's `POST /v1/cases`, an accepted offer or the presence
