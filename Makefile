@@ -49,6 +49,7 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& apt-get install -y -qq wrk >/dev/null; } || echo "wrk is missing: install it (apt-get install wrk)"
 	$(BIN)/python -m bench.submit_throughput
+	$(BIN)/python -m bench.submit_cpu
 	$(BIN)/python -m bench.routing_latency
 	$(BIN)/python -m bench.ws_fanout
 	$(BIN)/python -m bench.ws_connections
