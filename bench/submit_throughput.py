@@ -92,7 +92,12 @@ def reach_command(port: int, url: str, service: str | None = None) -> list[str]:
 def peers_of_triage(url: str) -> Iterator[dict[str, str]]:
     """The router and audit as their own processes on the load generator's core (wrk
     uses 1-2% of it), so triage-api's outbox is delivered as in production; yields the
-    settings that point triage-api at them."""
+    settings that point triage-api at them.
+
+    They keep their tables in a database of their own (`url`), as split services would
+    on SQLite: one file has one writer at a time, and three processes writing to one
+    file spend their time in each other's locks (triage-api sat idle a fifth of the
+    run, waiting out SQLite's busy handler while the router wrote)."""
     ports = {"consult-router": free_port(), "audit": free_port()}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     env = base_env(REACH_CONSULT_ROUTER_URL=urls["consult-router"], REACH_AUDIT_URL=urls["audit"])
@@ -104,7 +109,10 @@ def peers_of_triage(url: str) -> Iterator[dict[str, str]]:
         yield {"REACH_CONSULT_ROUTER_URL": urls["consult-router"], "REACH_AUDIT_URL": urls["audit"]}
 
 
-def measure(app: str, url: str, *, connections: int, seconds: int) -> tuple[WrkResult, float]:
+def measure(
+    app: str, url: str, *, peers_url: str | None, connections: int, seconds: int
+) -> tuple[WrkResult, float]:
+    """One app under wrk; `peers_url` is the database of triage-api's peers (split only)."""
     port = free_port()
     with contextlib.ExitStack() as stack:
         if app == "baseline":
@@ -115,7 +123,10 @@ def measure(app: str, url: str, *, connections: int, seconds: int) -> tuple[WrkR
             migrate(url)
             service = "triage-api" if app == "reach-split" else None
             command = reach_command(port, url, service)
-            peers = stack.enter_context(peers_of_triage(url)) if service else {}
+            peers = {}
+            if service is not None and peers_url is not None:
+                migrate(peers_url)
+                peers = stack.enter_context(peers_of_triage(peers_url))
             env = base_env(**peers)
         server = stack.enter_context(serve(command, env=env, port=port, name=app))
         target = f"{server.base_url}/v1/cases"
@@ -157,10 +168,13 @@ def measure_round(
     """Every app once, each on a fresh database; None if the backend is not there."""
     measured = []
     for app in APPS:
-        url = fresh(f"reach_bench_{app}")
-        if url is None:
+        url = fresh(f"reach_bench_{app.replace('-', '_')}")
+        peers_url = fresh("reach_bench_peers") if app == "reach-split" else None
+        if url is None or (app == "reach-split" and peers_url is None):
             return None
-        result, server_share = measure(app, url, connections=connections, seconds=seconds)
+        result, server_share = measure(
+            app, url, peers_url=peers_url, connections=connections, seconds=seconds
+        )
         measured.append((app, result, server_share))
     return measured
 
