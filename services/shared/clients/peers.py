@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from services.shared.auth import ServiceTokenSigner
+from services.shared.jsoncodec import json_bytes
 from services.shared.schemas.events import EventBatchResult
 
 
@@ -81,8 +82,11 @@ class PeerClient:
             async with asyncio.timeout(self._timeout):
                 response = await self._client.post(
                     url,
-                    json={"events": events},
-                    headers={"Authorization": f"Bearer {self._signer.token()}"},
+                    content=json_bytes({"events": events}),
+                    headers={
+                        "Authorization": f"Bearer {self._signer.token()}",
+                        "Content-Type": "application/json",
+                    },
                     timeout=self._timeout,
                 )
         except TimeoutError as exc:

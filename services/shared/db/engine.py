@@ -6,6 +6,7 @@ pool is fairer and faster than spinning on `SQLITE_BUSY`. Every transaction star
 `BEGIN IMMEDIATE`, so a read that later writes cannot fail to upgrade its lock when
 several processes share the file. The connection runs its short calls on the event loop
 and only the lock and the commit on a thread (`sqlite_inline`).
+JSON columns are written and read with `services.shared.jsoncodec`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.shared.db import sqlite_inline
+from services.shared.jsoncodec import json_text, load_json
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -41,6 +43,8 @@ def create_engine(
         engine = create_async_engine(
             url,
             echo=echo,
+            json_serializer=json_text,
+            json_deserializer=load_json,
             pool_size=1,
             max_overflow=0,
             pool_timeout=pool_timeout,
@@ -54,6 +58,8 @@ def create_engine(
         engine = create_async_engine(
             url,
             echo=echo,
+            json_serializer=json_text,
+            json_deserializer=load_json,
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_timeout=pool_timeout,
