@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.auth import ServiceTokenSigner
 from services.shared.clients.peers import EVENTS_PATH, Peer, PeerClient
+from services.shared.db.engine import is_sqlite
 from services.shared.db.group_commit import GroupCommit
 from services.shared.db.models import TriageInbox, TriageOutbox
 from services.shared.db.session import unit_of_work
@@ -74,6 +75,7 @@ def create_app(
                 partial(service.create_cases_together, ctx=ctx),
                 max_batch=settings.intake_batch_max,
                 name="case intake",
+                writers=1 if is_sqlite(res.database_url) else 2,
             )
             app.state.event_handlers = router_event_handlers(ctx)
             delivery = OutboxDelivery(

@@ -201,10 +201,17 @@ async def create_cases_together(
     """Store a batch of new cases in one transaction, one statement per table (see
     `GroupCommit`). A case whose key or reference is taken is not stored (False): its
     request goes the way of `create_case`, which replays or draws again."""
-    stored_ids = await repository.insert_cases_if_new(session, [new.values for new in batch])
+    # In the order of their idempotency keys: two batches written at once (PostgreSQL)
+    # that share keys then wait for each other in one order, never in a deadlock.
+    rows = sorted((new.values for new in batch), key=_idempotency_order)
+    stored_ids = await repository.insert_cases_if_new(session, rows)
     stored = [new.values["id"] in stored_ids for new in batch]
     await _store_the_rest(session, ctx, [new for new, ok in zip(batch, stored, strict=True) if ok])
     return stored
+
+
+def _idempotency_order(values: dict[str, Any]) -> tuple[str, str]:
+    return values["paramedic_id"], values["idempotency_key"]
 
 
 async def _store_the_rest(session: AsyncSession, ctx: TriageContext, news: list[NewCase]) -> None:

@@ -51,9 +51,11 @@ class InboxWriter:
 
 
 def group_commit(
-    resources: Resources, write: WriteBatch[str], *, max_batch: int = 64
+    resources: Resources, write: WriteBatch[str], *, max_batch: int = 64, writers: int = 1
 ) -> GroupCommit[str]:
-    return GroupCommit[str](resources.sessionmaker, write, max_batch=max_batch, name="test")
+    return GroupCommit[str](
+        resources.sessionmaker, write, max_batch=max_batch, name="test", writers=writers
+    )
 
 
 async def stored_ids(resources: Resources) -> list[str]:
@@ -182,3 +184,53 @@ async def test_an_outage_is_a_warning_and_every_item_goes_alone(
     assert answers == [False, False, False]
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert "database unreachable; 3 go alone" in caplog.text
+
+
+class HeldFirstBatch:
+    """A writer whose first batch waits for `release` before it touches the database."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.inner = InboxWriter(clock)
+        self.first_waiting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, session: AsyncSession, items: Sequence[str]) -> list[bool]:
+        if not self.first_waiting.is_set():
+            self.first_waiting.set()
+            await self.release.wait()
+        return await self.inner(session, items)
+
+
+async def test_with_two_writers_a_batch_is_written_while_another_waits(
+    resources: Resources, clock: ManualClock
+) -> None:
+    writer = HeldFirstBatch(clock)
+    intake = group_commit(resources, writer, writers=2)
+    first = asyncio.create_task(intake.submit("first"))
+    await writer.first_waiting.wait()
+    assert await intake.submit("second") is True
+    assert not first.done()
+    writer.release.set()
+    assert await first is True
+    assert await stored_ids(resources) == ["first", "second"]
+
+
+async def test_with_one_writer_the_next_batch_waits_for_the_one_being_written(
+    resources: Resources, clock: ManualClock
+) -> None:
+    writer = HeldFirstBatch(clock)
+    intake = group_commit(resources, writer)
+    first = asyncio.create_task(intake.submit("first"))
+    await writer.first_waiting.wait()
+    second = asyncio.create_task(intake.submit("second"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert writer.inner.batches == []
+    writer.release.set()
+    assert await asyncio.gather(first, second) == [True, True]
+    assert writer.inner.batches == [1, 1]
+
+
+def test_a_group_commit_needs_a_writer(resources: Resources, clock: ManualClock) -> None:
+    with pytest.raises(ValueError, match="needs a writer"):
+        group_commit(resources, InboxWriter(clock), writers=0)
