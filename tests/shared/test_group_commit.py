@@ -227,7 +227,7 @@ async def test_with_one_writer_the_next_batch_waits_for_the_one_being_written(
         await asyncio.sleep(0)
     assert writer.inner.batches == []
     writer.release.set()
-    assert await asyncio.gather(first, second) == [True, True]
+    assert [await first, await second] == [True, True]
     assert writer.inner.batches == [1, 1]
 
 
