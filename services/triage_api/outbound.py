@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.shared.auth import Principal
 from services.shared.clients.peers import Peer
 from services.shared.db.models import TriageCase
-from services.shared.schemas.events import Event, EventActor, EventType
+from services.shared.schemas.events import EventType, event_document
 from services.triage_api import SERVICE_NAME
 from services.triage_api.context import STREAM_CHANNEL, TriageContext
 
@@ -89,7 +89,7 @@ async def announce_change(
 ) -> None:
     """Outbox events for a change to a case, and a wake-up for its live streams."""
     items = change_events(ctx, case, event_type=event_type, actor=actor, audit_extra=audit_extra)
-    await ctx.outbox.enqueue_each(session, items)
+    await ctx.outbox.enqueue_documents(session, items)
     await ctx.notifier.publish(session, STREAM_CHANNEL, case.id)
 
 
@@ -100,23 +100,23 @@ def change_events(
     event_type: str,
     actor: Principal,
     audit_extra: dict[str, Any] | None = None,
-) -> list[tuple[Event, tuple[str, ...]]]:
-    """The events telling the router and audit about a change, each with its destination."""
-    event = Event.new(
+) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """The events telling the router and audit about a change (as JSON documents), each
+    with its destination."""
+    event = event_document(
         type=event_type,
         source=SERVICE_NAME,
         occurred_at=ctx.clock.now(),
         subject_id=case.id,
-        actor=EventActor.of(actor),
+        actor=actor,
+        data={},
     )
     # One event id for both peers: each deduplicates on its own; the content differs.
-    items: list[tuple[Event, tuple[str, ...]]] = []
+    items: list[tuple[dict[str, Any], tuple[str, ...]]] = []
     if event_type in _TO_ROUTER:
-        items.append(
-            (event.model_copy(update={"data": router_snapshot(case)}), (Peer.CONSULT_ROUTER,))
-        )
+        items.append((event | {"data": router_snapshot(case)}, (Peer.CONSULT_ROUTER,)))
     audit_data = audit_summary(case) | (audit_extra or {})
-    items.append((event.model_copy(update={"data": audit_data}), (Peer.AUDIT,)))
+    items.append((event | {"data": audit_data}, (Peer.AUDIT,)))
     return items
 
 
@@ -130,19 +130,18 @@ async def audit_reads(
 ) -> None:
     """One `case.viewed` per case read: who looked, at which case, how, and when."""
     now = ctx.clock.now()
-    actor_ref = EventActor.of(actor)
     items = [
         (
-            Event.new(
+            event_document(
                 type=EventType.CASE_VIEWED,
                 source=SERVICE_NAME,
                 occurred_at=now,
                 subject_id=case.id,
-                actor=actor_ref,
+                actor=actor,
                 data={"reference": case.reference, "via": via},
             ),
             (Peer.AUDIT,),
         )
         for case in cases
     ]
-    await ctx.outbox.enqueue_each(session, items)
+    await ctx.outbox.enqueue_documents(session, items)

@@ -220,11 +220,7 @@ async def _store_the_rest(session: AsyncSession, ctx: TriageContext, news: list[
     if not news:
         return
     cases = [new.case() for new in news]
-    observations = [
-        _observation_row(new.values["id"], new.payload.observations, new.assessment, new.actor,
-                         new.now)
-        for new in news
-    ]  # fmt: skip
+    observations = [_observation_row(new) for new in news]
     await repository.insert_first_rows(
         session,
         observations=[row for row in observations if row is not None],
@@ -240,7 +236,7 @@ async def _store_the_rest(session: AsyncSession, ctx: TriageContext, news: list[
         ],
     )
     # No stream wake-up: nobody can follow a case before its id has been returned.
-    await ctx.outbox.enqueue_each(
+    await ctx.outbox.enqueue_documents(
         session,
         [
             item
@@ -324,21 +320,16 @@ def _new_case(
     }
 
 
-def _observation_row(
-    case_id: str,
-    observations: ObservationSet | None,
-    assessment: Assessment,
-    actor: Principal,
-    now: datetime,
-) -> dict[str, Any] | None:
-    if observations is None:
+def _observation_row(new: NewCase) -> dict[str, Any] | None:
+    """The case's first observation set: the same documents as the case row's."""
+    if new.payload.observations is None:
         return None
     return {
-        "case_id": case_id,
-        "recorded_at": now,
-        "recorded_by": actor.sub,
-        "values": observations.model_dump(mode="json"),
-        "news2": news2_document(assessment.news2),
+        "case_id": new.values["id"],
+        "recorded_at": new.now,
+        "recorded_by": new.actor.sub,
+        "values": new.values["observations"],
+        "news2": new.values["news2"],
     }
 
 

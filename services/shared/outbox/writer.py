@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,18 +43,27 @@ class Outbox:
         self, session: AsyncSession, items: Iterable[tuple[Event, Iterable[str]]]
     ) -> None:
         """Several events (each to its own destinations) in one statement."""
+        await self.enqueue_documents(
+            session,
+            [(event.model_dump(mode="json"), destinations) for event, destinations in items],
+        )
+
+    async def enqueue_documents(
+        self, session: AsyncSession, items: Iterable[tuple[dict[str, Any], Iterable[str]]]
+    ) -> None:
+        """Like `enqueue_each`, for events already in their JSON form (`event_document`)."""
         now = self._clock.now()
         rows = [
             {
-                "event_id": event.id,
-                "event_type": event.type,
+                "event_id": document["id"],
+                "event_type": document["type"],
                 "destination": destination,
-                "payload": event.model_dump(mode="json"),
+                "payload": document,
                 "created_at": now,
                 "next_attempt_at": now,
                 "attempts": 0,
             }
-            for event, destinations in items
+            for document, destinations in items
             for destination in destinations
         ]
         if not rows:

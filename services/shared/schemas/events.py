@@ -61,6 +61,33 @@ class Event(BaseModel):
         )
 
 
+def event_document(
+    *,
+    type: str,
+    source: str,
+    occurred_at: datetime,
+    subject_id: str,
+    actor: Principal | None,
+    data: dict[str, Any],
+) -> dict[str, Any]:
+    """A new event as `Event.new(...).model_dump(mode="json")` writes it, built directly.
+
+    For the hot paths, whose values are this service's own and already valid: a new case
+    writes two events, and validating, copying and dumping them as models cost ~45 us of
+    its CPU. `data` must hold JSON values only (strings for times and vocabulary).
+    """
+    moment = occurred_at.isoformat()
+    return {
+        "id": uuid.uuid4().hex,
+        "type": type,
+        "source": source,
+        "occurred_at": moment[:-6] + "Z" if moment.endswith("+00:00") else moment,
+        "subject_id": subject_id,
+        "actor": None if actor is None else {"sub": actor.sub, "role": str(actor.role)},
+        "data": data,
+    }
+
+
 class EventBatch(BaseModel):
     """What a sender posts; events are validated one by one by the receiver."""
 
