@@ -6,7 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from services.shared.db.session import SessionDep, TransactionalRoute
+from services.shared.db.session import (
+    SessionDep,
+    SessionMakerDep,
+    TransactionalRoute,
+    unit_of_work,
+)
 from services.shared.errors import error_responses
 from services.triage_api import lifecycle, service
 from services.triage_api.deps import CaseIntake, CaseReader, ContextDep, CurrentCrew
@@ -46,7 +51,7 @@ CaseId = Annotated[str, "the case's id"]
 async def submit_case(
     payload: CaseCreate,
     idempotency_key: IdempotencyKey,
-    session: SessionDep,
+    maker: SessionMakerDep,
     ctx: ContextDep,
     intake: CaseIntake,
     crew: CurrentCrew,
@@ -59,8 +64,10 @@ async def submit_case(
     if await intake.submit(new):
         return case_read(new.case())
     # Not taken by the batch (a key seen before, a reference drawn twice): alone, the
-    # ordinary way, which replays, redraws or says what is wrong.
-    case, replayed = await service.create_case(session, ctx=ctx, new=new)
+    # ordinary way, which replays, redraws or says what is wrong. Only this path opens a
+    # session; the batch's own transaction did the rest.
+    async with unit_of_work(maker) as session:
+        case, replayed = await service.create_case(session, ctx=ctx, new=new)
     if replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
