@@ -5,10 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.models import ConsultConsultant, ConsultMessage
+
+# Built once: every message appended and every socket catching up runs these (see
+# `repository.cases` for why).
+_INSERT_MESSAGE = insert(ConsultMessage)
+_AFTER = (
+    select(ConsultMessage)
+    .where(
+        ConsultMessage.consultant_id == bindparam("consultant_id"),
+        ConsultMessage.seq > bindparam("seq"),
+    )
+    .order_by(ConsultMessage.seq)
+    .limit(bindparam("limit"))
+)
 
 
 async def append(
@@ -32,7 +45,7 @@ async def append(
     )
     seq = int(result.scalar_one())
     await session.execute(
-        insert(ConsultMessage),
+        _INSERT_MESSAGE,
         [
             {
                 "consultant_id": consultant_id,
@@ -49,13 +62,8 @@ async def append(
 async def after(
     session: AsyncSession, consultant_id: str, *, seq: int, limit: int
 ) -> list[ConsultMessage]:
-    statement = (
-        select(ConsultMessage)
-        .where(ConsultMessage.consultant_id == consultant_id, ConsultMessage.seq > seq)
-        .order_by(ConsultMessage.seq)
-        .limit(limit)
-    )
-    return list((await session.execute(statement)).scalars())
+    params = {"consultant_id": consultant_id, "seq": seq, "limit": limit}
+    return list((await session.execute(_AFTER, params)).scalars())
 
 
 async def last_seq(session: AsyncSession, consultant_id: str) -> int:

@@ -1,11 +1,14 @@
-"""Consultants, shifts and presence."""
+"""Consultants, shifts and presence.
+
+The queries of a routing pass are built once (see `repository.cases` for why).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.models import (
@@ -15,26 +18,44 @@ from services.shared.db.models import (
     ConsultShift,
 )
 
+_CONSULTANT = select(ConsultConsultant).where(ConsultConsultant.id == bindparam("consultant_id"))
+_CONSULTANT_LOCKED = _CONSULTANT.with_for_update()
+_CONSULTANT_IF_FREE = _CONSULTANT.with_for_update(skip_locked=True)
+_SHIFTS_ON_AT = (
+    select(ConsultShift, ConsultConsultant)
+    .join(ConsultConsultant, ConsultConsultant.id == ConsultShift.consultant_id)
+    .where(
+        ConsultShift.specialty.in_(bindparam("specialties", expanding=True)),
+        ConsultShift.starts_at <= bindparam("at"),
+        ConsultShift.ends_at > bindparam("at"),
+    )
+    .order_by(ConsultConsultant.name, ConsultConsultant.id)
+)
+_ACTIVE_CONSULT_COUNTS = (
+    select(ConsultConsult.consultant_id, func.count())
+    .where(
+        ConsultConsult.consultant_id.in_(bindparam("consultant_ids", expanding=True)),
+        ConsultConsult.advised_at.is_(None),
+        ConsultConsult.ended_at.is_(None),
+    )
+    .group_by(ConsultConsult.consultant_id)
+)
+
 
 async def get_consultant(
     session: AsyncSession, consultant_id: str, *, for_update: bool = False
 ) -> ConsultConsultant | None:
-    statement = select(ConsultConsultant).where(ConsultConsultant.id == consultant_id)
-    if for_update:
-        statement = statement.with_for_update()
-    return (await session.execute(statement)).scalar_one_or_none()
+    statement = _CONSULTANT_LOCKED if for_update else _CONSULTANT
+    rows = await session.execute(statement, {"consultant_id": consultant_id})
+    return rows.scalar_one_or_none()
 
 
 async def lock_consultant_if_free(
     session: AsyncSession, consultant_id: str
 ) -> ConsultConsultant | None:
     """The consultant's row, locked; None if another process holds it right now."""
-    statement = (
-        select(ConsultConsultant)
-        .where(ConsultConsultant.id == consultant_id)
-        .with_for_update(skip_locked=True)
-    )
-    return (await session.execute(statement)).scalar_one_or_none()
+    rows = await session.execute(_CONSULTANT_IF_FREE, {"consultant_id": consultant_id})
+    return rows.scalar_one_or_none()
 
 
 async def list_consultants(session: AsyncSession) -> list[ConsultConsultant]:
@@ -78,17 +99,8 @@ async def shifts_on_at(
     session: AsyncSession, *, specialties: Iterable[str], at: datetime
 ) -> list[tuple[ConsultShift, ConsultConsultant]]:
     """Shifts covering `at` in the given specialties, with their consultants."""
-    statement = (
-        select(ConsultShift, ConsultConsultant)
-        .join(ConsultConsultant, ConsultConsultant.id == ConsultShift.consultant_id)
-        .where(
-            ConsultShift.specialty.in_(list(specialties)),
-            ConsultShift.starts_at <= at,
-            ConsultShift.ends_at > at,
-        )
-        .order_by(ConsultConsultant.name, ConsultConsultant.id)
-    )
-    return [(shift, consultant) for shift, consultant in (await session.execute(statement)).all()]
+    rows = await session.execute(_SHIFTS_ON_AT, {"specialties": list(specialties), "at": at})
+    return [(shift, consultant) for shift, consultant in rows.all()]
 
 
 async def active_consult_counts(
@@ -98,18 +110,8 @@ async def active_consult_counts(
     wanted = list(set(consultant_ids))
     if not wanted:
         return {}
-    statement = (
-        select(ConsultConsult.consultant_id, func.count())
-        .where(
-            ConsultConsult.consultant_id.in_(wanted),
-            ConsultConsult.advised_at.is_(None),
-            ConsultConsult.ended_at.is_(None),
-        )
-        .group_by(ConsultConsult.consultant_id)
-    )
-    counts = {
-        consultant_id: int(count) for consultant_id, count in await session.execute(statement)
-    }
+    rows = await session.execute(_ACTIVE_CONSULT_COUNTS, {"consultant_ids": wanted})
+    counts = {consultant_id: int(count) for consultant_id, count in rows}
     return {consultant_id: counts.get(consultant_id, 0) for consultant_id in wanted}
 
 
