@@ -16,7 +16,7 @@ from services.consult_router import outbound
 from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.views import case_summary, full_case
-from services.shared.db.models import ConsultCase
+from services.shared.db.models import ConsultCase, ConsultOffer
 from services.shared.errors import Unprocessable
 from services.shared.schemas.cases import CaseSnapshot
 from services.shared.schemas.events import Event
@@ -121,7 +121,7 @@ async def _cancel(session: AsyncSession, ctx: RouterContext, case: ConsultCase) 
     case.status = "cancelled"
     case.escalate_at = None
     for offer in await case_repo.open_offers_for_case(session, case.id):
-        await withdraw_offer(session, ctx, offer_id=offer.id, case=case, reason="cancelled")
+        await withdraw_offer(session, ctx, offer=offer, case=case, reason="cancelled")
     consult = await case_repo.consult_for_case(session, case.id)
     if consult is not None and consult.advised_at is None and consult.ended_at is None:
         consult.ended_at = now
@@ -158,15 +158,18 @@ async def _tell_holders(session: AsyncSession, ctx: RouterContext, case: Consult
 
 
 async def withdraw_offer(
-    session: AsyncSession, ctx: RouterContext, *, offer_id: str, case: ConsultCase, reason: str
+    session: AsyncSession,
+    ctx: RouterContext,
+    *,
+    offer: ConsultOffer,
+    case: ConsultCase,
+    reason: str,
 ) -> bool:
     """Close an open offer as withdrawn, tell its consultant and audit; False if it had
-    already closed."""
+    already closed. `offer` is this session's own (the close updates it in place)."""
     now = ctx.clock.now()
-    if not await case_repo.close_offer(session, offer_id, state="withdrawn", reason=reason, at=now):
+    if not await case_repo.close_offer(session, offer.id, state="withdrawn", reason=reason, at=now):
         return False
-    offer = await case_repo.get_offer(session, offer_id)
-    assert offer is not None  # noqa: S101 -- closed just now, in this transaction
     outbound.count_offer(session, ctx, "withdrawn")
     await outbound.tell_consultant(
         session,

@@ -144,9 +144,7 @@ async def _take(
         await case_repo.close_offer(session, offer.id, state="accepted", reason="accepted", at=now)
         outbound.count_offer(session, ctx, "accepted")
     for other in await case_repo.open_offers_for_case(session, case.id):
-        await withdraw_offer(
-            session, ctx, offer_id=other.id, case=case, reason="accepted_elsewhere"
-        )
+        await withdraw_offer(session, ctx, offer=other, case=case, reason="accepted_elsewhere")
     case.status = "accepted"
     case.accepted_at = now
     case.escalate_at = None

@@ -95,4 +95,4 @@ async def release_offers(
     for offer in await case_repo.open_offers_for_consultant(session, consultant_id):
         case = await case_repo.get_case(session, offer.case_id, for_update=True)
         if case is not None:
-            await withdraw_offer(session, ctx, offer_id=offer.id, case=case, reason=reason)
+            await withdraw_offer(session, ctx, offer=offer, case=case, reason=reason)

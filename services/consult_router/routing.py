@@ -170,22 +170,24 @@ async def route_case(
     case = await case_repo.lock_open_case(session, case_id)
     if case is None:
         return  # taken, ended, or another process is routing it
-    open_offers = await _drop_holders_off_shift(session, ctx, view, case)
+    offers = await case_repo.offers_open_or_in_round(session, case.id, case.offer_round)
+    open_offers = await _drop_holders_off_shift(
+        session, ctx, view, case, [o for o in offers if o.state == "open"]
+    )
+    # Read before any withdrawal above, these are the same objects: their states are
+    # current (closing an offer updates this session's copy).
+    in_round = [o for o in offers if o.round == case.offer_round]
     made = 0
     if not case.broadcast:
         if open_offers:
             return  # someone is being asked; their deadline or answer moves it on
-        tried = {
-            o.consultant_id
-            for o in await case_repo.offers_in_round(session, case.id, case.offer_round)
-        }
-        untried = view.free_in(case.specialty) - tried
+        untried = view.free_in(case.specialty) - {o.consultant_id for o in in_round}
         if untried:
             made = await _offer_each(session, ctx, view, case, [view.best_of(untried)], now=now)
         else:
             case.broadcast = True
     if case.broadcast:
-        made = await _broadcast(session, ctx, view, case, open_offers, now=now)
+        made = await _broadcast(session, ctx, view, case, open_offers, in_round, now=now)
     await _settle_status(session, ctx, case, still_open=bool(open_offers) or made > 0, made=made)
 
 
@@ -194,16 +196,20 @@ def _specialties_for(case: ConsultCase) -> set[str]:
 
 
 async def _drop_holders_off_shift(
-    session: AsyncSession, ctx: RouterContext, view: RoutingView, case: ConsultCase
+    session: AsyncSession,
+    ctx: RouterContext,
+    view: RoutingView,
+    case: ConsultCase,
+    open_offers: list[ConsultOffer],
 ) -> list[ConsultOffer]:
     """Withdraw offers held by consultants whose shift has ended (a handover): the case
-    moves on at once rather than waiting out the deadline."""
+    moves on at once rather than waiting out the deadline. The offers still open."""
     still_open = []
-    for offer in await case_repo.open_offers_for_case(session, case.id):
+    for offer in open_offers:
         if view.on_shift_for(offer.consultant_id, _specialties_for(case)):
             still_open.append(offer)
         else:
-            await withdraw_offer(session, ctx, offer_id=offer.id, case=case, reason="reassigned")
+            await withdraw_offer(session, ctx, offer=offer, case=case, reason="reassigned")
             view.offered.discard(offer.consultant_id)
     return still_open
 
@@ -214,6 +220,7 @@ async def _broadcast(
     view: RoutingView,
     case: ConsultCase,
     open_offers: list[ConsultOffer],
+    in_round: list[ConsultOffer],
     *,
     now: datetime,
 ) -> int:
@@ -224,7 +231,7 @@ async def _broadcast(
     cooling_since = now - timedelta(seconds=ctx.settings.offer_timeout_seconds)
     recent = {
         o.consultant_id
-        for o in await case_repo.offers_in_round(session, case.id, case.offer_round)
+        for o in in_round
         if o.state == "declined" and o.closed_at is not None and o.closed_at > cooling_since
     }
     candidates = (
@@ -248,6 +255,9 @@ async def _offer_each(
         consultant = await rota_repo.lock_consultant_if_free(session, consultant_id)
         if consultant is None or consultant.status != ConsultantStatus.AVAILABLE:
             continue
+        # A statement of its own, after the lock: on PostgreSQL it reads what committed
+        # before the lock was granted (in the locking statement it would read as of its
+        # start, and miss an offer committed meanwhile).
         if await case_repo.open_offers_for_consultant(session, consultant_id):
             view.offered.add(consultant_id)
             continue  # another process offered them something meanwhile

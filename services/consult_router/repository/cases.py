@@ -52,8 +52,11 @@ _OPEN_OFFERS_FOR_CONSULTANT = (
 _OPEN_OFFER_PAIRS = select(ConsultOffer.case_id, ConsultOffer.consultant_id).where(
     ConsultOffer.state == "open"
 )
-_OFFERS_IN_ROUND = select(ConsultOffer).where(
-    ConsultOffer.case_id == bindparam("case_id"), ConsultOffer.round == bindparam("round")
+# What routing a case needs of its offers in one read: those still open (any round) and
+# those of its current round (tried already, declined moments ago).
+_OFFERS_OPEN_OR_IN_ROUND = select(ConsultOffer).where(
+    ConsultOffer.case_id == bindparam("case_id"),
+    (ConsultOffer.state == "open") | (ConsultOffer.round == bindparam("round")),
 )
 _CONSULT_FOR_CASE = select(ConsultConsult).where(ConsultConsult.case_id == bindparam("case_id"))
 _OPEN_OFFER_HOLDERS = select(ConsultOffer.case_id, ConsultOffer.consultant_id).where(
@@ -130,8 +133,11 @@ async def open_offer_pairs(session: AsyncSession) -> list[tuple[str, str]]:
     return [(case_id, consultant_id) for case_id, consultant_id in rows]
 
 
-async def offers_in_round(session: AsyncSession, case_id: str, round_: int) -> list[ConsultOffer]:
-    rows = await session.execute(_OFFERS_IN_ROUND, {"case_id": case_id, "round": round_})
+async def offers_open_or_in_round(
+    session: AsyncSession, case_id: str, round_: int
+) -> list[ConsultOffer]:
+    """The case's open offers and its offers of round `round_`, in one statement."""
+    rows = await session.execute(_OFFERS_OPEN_OR_IN_ROUND, {"case_id": case_id, "round": round_})
     return list(rows.scalars())
 
 
