@@ -6,7 +6,9 @@ Targets: p50 <= 5 ms and p99 <= 25 ms at 50 cases/s.
 
 Ten consultants on shift for frailty keep a socket open; each case is cancelled by its
 crew as soon as its offer arrives, so consultants are free for the next one and the open
-queue stays short, as it does in service.
+queue stays short, as it does in service. Beside the latencies: the server's CPU per case
+over the run (a case's whole life: submitted, routed, offered, cancelled, told to the other
+services and audit), which says how close a rate is to the one core the process has.
 
     python -m bench.routing_latency [--rates 10 50] [--seconds 30]
 """
@@ -18,6 +20,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -56,6 +59,9 @@ class Run:
     case_ids: dict[str, str] = field(default_factory=dict)
     health_ms: list[float] = field(default_factory=list)
     errors: int = 0
+    # The server's CPU seconds from the first case sent to the last offer's arrival (and
+    # its cancellation): what a case's whole life costs it, beside the latency.
+    server_cpu_seconds: float = 0.0
     cancels: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -144,7 +150,9 @@ async def health(http: httpx.AsyncClient, run: Run, stop: asyncio.Event) -> None
         await asyncio.sleep(0.05)
 
 
-async def measure(base: str, rate: float, seconds: float) -> tuple[Run, int]:
+async def measure(
+    base: str, rate: float, seconds: float, server_cpu: Callable[[], float]
+) -> tuple[Run, int]:
     run = Run()
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
@@ -157,6 +165,7 @@ async def measure(base: str, rate: float, seconds: float) -> tuple[Run, int]:
         stop = asyncio.Event()
         prober = asyncio.create_task(health(http, run, stop))
         count = int(rate * seconds)
+        cpu_before = server_cpu()
         start = time.perf_counter()
         posts = []
         for number in range(count):
@@ -169,6 +178,7 @@ async def measure(base: str, rate: float, seconds: float) -> tuple[Run, int]:
         await asyncio.sleep(2.0)  # the last offers arrive; a case never offered shows below
         stop.set()
         await prober
+        run.server_cpu_seconds = server_cpu() - cpu_before
         for task in sockets:
             task.cancel()
         await asyncio.gather(*sockets, return_exceptions=True)
@@ -207,6 +217,7 @@ def report(backend: str, rate: float, run: Run, count: int) -> None:
         f"{backend:<10} {rate:>5.0f}/s  cases {count:>5}  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms"
         f"  max {worst:7.1f} ms  healthz {health:5.2f} ms  p50/healthz {p50 / health:6.1f}x"
         f"  never offered {missing}  errors {run.errors}"
+        f"  server CPU {run.server_cpu_seconds / count * 1000:5.1f} ms/case"
         f"  | from the POST sent: p50 {centile(whole, 0.5):7.1f} ms"
         f"  p99 {centile(whole, 0.99):7.1f} ms"
     )
@@ -219,7 +230,7 @@ def bench_backend(backend: str, url: str, rates: list[float], seconds: float) ->
     command = [PYTHON, "-m", "services.cli", "serve", "--port", str(port)]
     with serve(command, env=env, port=port, name=f"routing-{backend}") as server:
         for rate in rates:
-            run, count = asyncio.run(measure(server.base_url, rate, seconds))
+            run, count = asyncio.run(measure(server.base_url, rate, seconds, server.cpu))
             report(backend, rate, run, count)
 
 
