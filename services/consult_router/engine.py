@@ -21,7 +21,7 @@ from services.consult_router import outbound, presence
 from services.consult_router.context import WORK_CHANNEL, RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import messages as message_repo
-from services.consult_router.routing import RoutingView, route_case
+from services.consult_router.routing import QUEUE_WINDOW, RoutingView, route_case
 from services.shared.db.session import SessionMaker, after_commit, unit_of_work
 from services.shared.observability import log_failure
 from services.shared.schemas.events import EventType
@@ -129,10 +129,16 @@ class RoutingEngine:
         could move: on a wake-up, a case waiting on someone's answer is left alone, so a
         pass costs the cases that can change, not every open one. The first such case is
         routed in the transaction that read the view; on a quiet system it is the only
-        one, and the offer's path is one transaction shorter."""
+        one, and the offer's path is one transaction shorter. With no case open (a crew's
+        cancellation woke the loop, say) the rota is not read at all."""
         async with unit_of_work(self._maker) as session:
+            open_cases = await case_repo.open_cases(
+                session, limit=QUEUE_WINDOW, with_snapshot=False
+            )
+            if not open_cases:
+                return
             view = await RoutingView.load(session, self._ctx, now=now)
-            waiting = iter(await view.open_queue(session))
+            waiting = iter(view.queue_order(open_cases))
             first = next((case for case in waiting if view.may_move(case, sweeping=sweeping)), None)
             if first is not None:
                 await route_case(session, self._ctx, view, case_id=first.id, now=now)
