@@ -268,7 +268,7 @@ async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Sub
         for kept in ctx.recent_messages.following(consultant_id, line.last_seq):
             line.last_seq = kept.seq
             await line.sender.send({"type": kept.type, "seq": kept.seq, **kept.payload})
-        if line.check_log or not (notified and _caught_up_in_memory(line, ctx)):
+        if line.check_log or not (notified and _caught_up_in_memory(line, ctx, wake)):
             line.check_log = False  # before the read: a look during it asks again
             logged = await resources.socket_reads.run(
                 partial(
@@ -290,11 +290,13 @@ async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Sub
         notified = await wake.wait()
 
 
-def _caught_up_in_memory(line: _Line, ctx: RouterContext) -> bool:
+def _caught_up_in_memory(line: _Line, ctx: RouterContext, wake: Subscription) -> bool:
     """Whether the socket has sent everything there is without reading the log: true only
-    when no other process can log messages (the notifier stays in this process) and the
-    newest message this process logged is the last one sent."""
-    if ctx.notifier.spans_processes:
+    when nothing since the last look can have come from another process (the notifier
+    stays in this process, or every wake-up since was this process's own commit) and the
+    newest message this process logged is the last one sent. Another process's message
+    wakes the socket through PostgreSQL, and a lost wake-up is the log watch's to find."""
+    if ctx.notifier.spans_processes and wake.take_from_elsewhere():
         return False
     return ctx.recent_messages.newest_seq(line.principal.sub) == line.last_seq
 

@@ -43,14 +43,26 @@ class Subscription:
         self.key = key
         self._event = asyncio.Event()
         self.keys: set[str] = set()
+        # Whether a wake-up since the last `take_from_elsewhere` may stand for a change
+        # another process made, not only this process's own commits.
+        self._from_elsewhere = False
 
-    def _signal(self, key: str) -> None:
+    def _signal(self, key: str, *, from_elsewhere: bool) -> None:
         self.keys.add(key)
+        self._from_elsewhere = self._from_elsewhere or from_elsewhere
         self._event.set()
 
     def wake(self) -> None:
-        """Wake the waiter as if notified (after a reconnect, nothing says what changed)."""
+        """Wake the waiter as if notified (after a reconnect, nothing says what changed,
+        nor where)."""
+        self._from_elsewhere = True
         self._event.set()
+
+    def take_from_elsewhere(self) -> bool:
+        """Whether any wake-up since the last call may have come from another process (a
+        notification through PostgreSQL, a reconnect); asking resets it."""
+        taken, self._from_elsewhere = self._from_elsewhere, False
+        return taken
 
     async def wait(
         self, timeout: float | None = None, *, stopping: asyncio.Event | None = None
@@ -119,11 +131,11 @@ class Hub:
                 if not keyed:
                     del self._by_key[index]
 
-    def dispatch(self, channel: str, key: str) -> None:
+    def dispatch(self, channel: str, key: str, *, from_elsewhere: bool = False) -> None:
         for subscription in self._by_channel.get(channel, ()):
-            subscription._signal(key)
+            subscription._signal(key, from_elsewhere=from_elsewhere)
         for subscription in self._by_key.get((channel, key), ()):
-            subscription._signal(key)
+            subscription._signal(key, from_elsewhere=from_elsewhere)
 
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._by_channel.values()) + sum(
@@ -287,7 +299,7 @@ class PostgresNotifier(LocalNotifier):
     def _on_notify(self, _conn: Any, pid: int, channel: str, payload: str) -> None:
         if self._own_backends is not None and pid in self._own_backends:
             return  # sent from this process, and dispatched here at its commit
-        self.hub.dispatch(channel.removeprefix(CHANNEL_PREFIX), payload)
+        self.hub.dispatch(channel.removeprefix(CHANNEL_PREFIX), payload, from_elsewhere=True)
 
     def _wake_everyone(self) -> None:
         """After (re)connecting, nothing says what was missed: wake every subscriber."""

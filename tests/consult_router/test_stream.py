@@ -11,15 +11,18 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from services.consult_router.app import create_app
-from services.consult_router.context import RouterContext
+from services.consult_router.context import CONSULTANT_CHANNEL, RouterContext
 from services.consult_router.repository import messages as message_repo
 from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
-from services.shared.db.session import unit_of_work
+from services.shared.db.engine import create_engine
+from services.shared.db.session import create_sessionmaker, unit_of_work
+from services.shared.notify import CHANNEL_PREFIX
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
 from tests.support import (
@@ -437,6 +440,63 @@ class TestLostWakeUps:
                     assert (await receive(behind))["type"] == "pong"
         assert message["seq"] == lost == welcome["seq"] + 1
         assert len(reads) == 3  # the two replays, then dr-behind's socket, once
+
+
+class TestWhatTheLogIsReadFor:
+    """A socket sends what its own process logged from memory; it reads the log for what
+    another process may have logged (on PostgreSQL, any replica)."""
+
+    async def test_an_offer_this_process_made_is_sent_without_reading_the_log(
+        self, live_settings: EmbeddedSettings, resources: Resources, clock: ManualClock
+    ) -> None:
+        app = create_app(live_settings.model_copy(update=_LOOKS_BY_HAND), resources=resources)
+        async with (
+            running_server(app) as address,
+            httpx.AsyncClient(base_url=f"http://{address}") as http,
+        ):
+            desk = Desk(http, clock, resources)
+            await desk.consultant("dr-a", ["frailty"])
+            with statements_sent(resources.engine, _reads_the_log) as reads:
+                socket, _ = await hello(address, "dr-a")
+                async with socket:
+                    await eventually(lambda: len(reads) == 1)  # the replay
+                    await desk.send_case(snapshot(clock))
+                    await receive_type(socket, "offer")
+                    await socket.send(json.dumps({"type": "ping"}))
+                    assert (await receive(socket))["type"] == "pong"
+        assert len(reads) == 1
+
+    async def test_a_message_another_process_logged_and_announced_is_read_and_sent(
+        self, live_settings: EmbeddedSettings, resources: Resources, clock: ManualClock
+    ) -> None:
+        if not resources.notifier.spans_processes:
+            pytest.skip("a SQLite file's notifications stay in its one process")
+        app = create_app(live_settings.model_copy(update=_LOOKS_BY_HAND), resources=resources)
+        assert live_settings.database_url is not None
+        elsewhere = create_engine(live_settings.database_url)
+        try:
+            async with (
+                running_server(app) as address,
+                httpx.AsyncClient(base_url=f"http://{address}") as http,
+            ):
+                desk = Desk(http, clock, resources)
+                await desk.consultant("dr-a", ["frailty"])
+                socket, _ = await hello(address, "dr-a")
+                async with socket:
+                    await desk.send_case(snapshot(clock))
+                    offer = await receive_type(socket, "offer")  # caught up, from memory
+                    # Another process: its own connection, its own message, its own
+                    # notification, which reaches this one through PostgreSQL.
+                    async with unit_of_work(create_sessionmaker(elsewhere)) as session:
+                        seq = await message_repo.append(
+                            session, "dr-a", type="case_updated", payload={}, at=clock.now()
+                        )
+                        channel = CHANNEL_PREFIX + CONSULTANT_CHANNEL
+                        await session.execute(select(func.pg_notify(channel, "dr-a")))
+                    message = await receive_type(socket, "case_updated")
+        finally:
+            await elsewhere.dispose()
+        assert message["seq"] == seq == offer["seq"] + 1
 
 
 def _reads_the_log(statement: str) -> bool:

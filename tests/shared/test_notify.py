@@ -177,9 +177,9 @@ class TestPostgresOwnChanges:
         dispatched: list[str] = []
         dispatch = here.hub.dispatch
 
-        def recording(channel: str, key: str) -> None:
+        def recording(channel: str, key: str, *, from_elsewhere: bool = False) -> None:
             dispatched.append(key)
-            dispatch(channel, key)
+            dispatch(channel, key, from_elsewhere=from_elsewhere)
 
         here.hub.dispatch = recording  # type: ignore[method-assign]
         for notifier in (here, elsewhere):
@@ -191,12 +191,14 @@ class TestPostgresOwnChanges:
                     await here.publish(session, "cases", "mine")
                     assert not await wake.wait(timeout=0)  # not before the commit
                 assert dispatched == ["mine"]  # at the commit, not a round trip later
+                assert not wake.take_from_elsewhere()  # this process's own change
                 async with unit_of_work(create_sessionmaker(engines[1])) as session:
                     await elsewhere.publish(session, "cases", "theirs")
                 await eventually(lambda: "theirs" in dispatched, timeout=5)
                 # A LISTEN connection gets notifications in commit order: PostgreSQL's
                 # copy of "mine" came before "theirs", and was not dispatched again.
                 assert dispatched == ["mine", "theirs"]
+                assert wake.take_from_elsewhere()  # another process's, through PostgreSQL
                 assert await wake.wait(timeout=0)
                 assert wake.drain_keys() == {"mine", "theirs"}
         finally:
