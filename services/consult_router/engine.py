@@ -21,7 +21,7 @@ from services.consult_router import outbound, presence
 from services.consult_router.context import WORK_CHANNEL, RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import messages as message_repo
-from services.consult_router.routing import QUEUE_WINDOW, RoutingView, route_case
+from services.consult_router.routing import RoutingView, open_cases_to_route, route_case
 from services.shared.db.session import SessionMaker, after_commit, unit_of_work
 from services.shared.observability import log_failure
 from services.shared.schemas.events import EventType
@@ -132,9 +132,7 @@ class RoutingEngine:
         one, and the offer's path is one transaction shorter. With no case open (a crew's
         cancellation woke the loop, say) the rota is not read at all."""
         async with unit_of_work(self._maker) as session:
-            open_cases = await case_repo.open_cases(
-                session, limit=QUEUE_WINDOW, with_snapshot=False
-            )
+            open_cases = await open_cases_to_route(session)
             if not open_cases:
                 return
             view = await RoutingView.load(session, self._ctx, now=now)

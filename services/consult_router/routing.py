@@ -37,6 +37,12 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 QUEUE_WINDOW = 200
 
 
+async def open_cases_to_route(session: AsyncSession) -> list[ConsultCase]:
+    """The open cases a routing pass orders, oldest first (read for ordering only: their
+    clinical snapshot is not loaded)."""
+    return await case_repo.open_cases(session, limit=QUEUE_WINDOW, with_snapshot=False)
+
+
 @dataclass
 class RoutingView:
     """Who is on call and free, read once per routing pass and kept current as the
@@ -106,10 +112,8 @@ class RoutingView:
         )
 
     async def open_queue(self, session: AsyncSession) -> list[ConsultCase]:
-        """The open cases, most urgent first (read for ordering only: their clinical
-        snapshot is not loaded)."""
-        cases = await case_repo.open_cases(session, limit=QUEUE_WINDOW, with_snapshot=False)
-        return self.queue_order(cases)
+        """The open cases, most urgent first."""
+        return self.queue_order(await open_cases_to_route(session))
 
     def queue_order(self, cases: list[ConsultCase]) -> list[ConsultCase]:
         """Most urgent first: priority raised by waiting, then NEWS2, then the oldest."""

@@ -5,13 +5,13 @@ presence, and bad, big, fast or silent clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -22,7 +22,7 @@ from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
 from services.shared.db.engine import create_engine
 from services.shared.db.session import create_sessionmaker, unit_of_work
-from services.shared.notify import CHANNEL_PREFIX
+from services.shared.notify import PostgresNotifier
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
 from tests.support import (
@@ -404,6 +404,20 @@ class TestLoggedMessagesFromMemory:
 _LOOKS_BY_HAND = {"stream_poll_seconds": 3600.0}
 
 
+@contextlib.asynccontextmanager
+async def looks_by_hand(
+    settings: EmbeddedSettings, resources: Resources, clock: ManualClock
+) -> AsyncIterator[tuple[str, Desk, RouterContext]]:
+    """A server whose streams look at the log only when the test says (or a wake-up
+    does): its address, a desk to set things up, and its context."""
+    app = create_app(settings.model_copy(update=_LOOKS_BY_HAND), resources=resources)
+    async with (
+        running_server(app) as address,
+        httpx.AsyncClient(base_url=f"http://{address}") as http,
+    ):
+        yield address, Desk(http, clock, resources), app.state.router
+
+
 class TestLostWakeUps:
     async def test_the_log_watch_sends_a_message_whose_wake_up_was_lost_and_reads_no_more(
         self, live_settings: EmbeddedSettings, resources: Resources, clock: ManualClock
@@ -411,13 +425,7 @@ class TestLostWakeUps:
         # One look at the log for every socket of the process (no socket polls on its
         # own); only the socket that is behind reads the log. The test makes the looks
         # itself: one from the process's loop during a read would add a read.
-        app = create_app(live_settings.model_copy(update=_LOOKS_BY_HAND), resources=resources)
-        async with (
-            running_server(app) as address,
-            httpx.AsyncClient(base_url=f"http://{address}") as http,
-        ):
-            ctx: RouterContext = app.state.router
-            desk = Desk(http, clock, resources)
+        async with looks_by_hand(live_settings, resources, clock) as (address, desk, ctx):
             await desk.consultant("dr-behind", ["frailty"], available=False)
             await desk.consultant("dr-current", ["frailty"], available=False)
             with statements_sent(resources.engine, _reads_the_log) as reads:
@@ -449,12 +457,7 @@ class TestWhatTheLogIsReadFor:
     async def test_an_offer_this_process_made_is_sent_without_reading_the_log(
         self, live_settings: EmbeddedSettings, resources: Resources, clock: ManualClock
     ) -> None:
-        app = create_app(live_settings.model_copy(update=_LOOKS_BY_HAND), resources=resources)
-        async with (
-            running_server(app) as address,
-            httpx.AsyncClient(base_url=f"http://{address}") as http,
-        ):
-            desk = Desk(http, clock, resources)
+        async with looks_by_hand(live_settings, resources, clock) as (address, desk, _):
             await desk.consultant("dr-a", ["frailty"])
             with statements_sent(resources.engine, _reads_the_log) as reads:
                 socket, _ = await hello(address, "dr-a")
@@ -471,28 +474,23 @@ class TestWhatTheLogIsReadFor:
     ) -> None:
         if not resources.notifier.spans_processes:
             pytest.skip("a SQLite file's notifications stay in its one process")
-        app = create_app(live_settings.model_copy(update=_LOOKS_BY_HAND), resources=resources)
         assert live_settings.database_url is not None
+        # Another process: its own connection and its own notifier, whose notification
+        # reaches this one through PostgreSQL.
         elsewhere = create_engine(live_settings.database_url)
+        their_notifier = PostgresNotifier(live_settings.database_url)
         try:
-            async with (
-                running_server(app) as address,
-                httpx.AsyncClient(base_url=f"http://{address}") as http,
-            ):
-                desk = Desk(http, clock, resources)
+            async with looks_by_hand(live_settings, resources, clock) as (address, desk, _):
                 await desk.consultant("dr-a", ["frailty"])
                 socket, _ = await hello(address, "dr-a")
                 async with socket:
                     await desk.send_case(snapshot(clock))
                     offer = await receive_type(socket, "offer")  # caught up, from memory
-                    # Another process: its own connection, its own message, its own
-                    # notification, which reaches this one through PostgreSQL.
                     async with unit_of_work(create_sessionmaker(elsewhere)) as session:
                         seq = await message_repo.append(
                             session, "dr-a", type="case_updated", payload={}, at=clock.now()
                         )
-                        channel = CHANNEL_PREFIX + CONSULTANT_CHANNEL
-                        await session.execute(select(func.pg_notify(channel, "dr-a")))
+                        await their_notifier.publish(session, CONSULTANT_CHANNEL, "dr-a")
                     message = await receive_type(socket, "case_updated")
         finally:
             await elsewhere.dispose()
