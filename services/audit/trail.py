@@ -11,16 +11,36 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from services.audit.chain import GENESIS, canonical, link
 from services.audit.redaction import details_of
+from services.shared.db.base import read_only_row, table_of
 from services.shared.db.models import AuditChainHead, AuditEntry
 from services.shared.db.statements import insert_if_absent
 from services.shared.schemas.events import Event
 
 HEAD_ID = 1
+
+# Appending writes as Core on the tables (see `table_of`): the entries are new rows the
+# session need not track, and the head's object is brought up to date here.
+_INSERT_ENTRIES = insert(table_of(AuditEntry))
+# Read afresh every time: an append undone with its savepoint leaves the session's head
+# object as the append left it (its new values were set, not flushed).
+_HEAD_LOCKED = (
+    select(AuditChainHead)
+    .where(AuditChainHead.id == HEAD_ID)
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+_HEADS = table_of(AuditChainHead)
+_MOVE_HEAD = (
+    update(_HEADS)
+    .where(_HEADS.c.id == HEAD_ID)
+    .values(seq=bindparam("last_seq"), hash=bindparam("last_hash"))
+)
 
 
 @dataclass(frozen=True)
@@ -70,11 +90,10 @@ def entry_hash(entry: AuditEntry | Any, prev_hash: str) -> str:
 async def locked_head(session: AsyncSession) -> AuditChainHead:
     """The chain's head row, locked. It is made by the first append ever (whichever
     replica gets there first); after that, taking it is one statement."""
-    statement = select(AuditChainHead).where(AuditChainHead.id == HEAD_ID).with_for_update()
-    head = (await session.execute(statement)).scalar_one_or_none()
+    head = (await session.execute(_HEAD_LOCKED)).scalar_one_or_none()
     if head is None:
         await insert_if_absent(session, AuditChainHead, {"id": HEAD_ID, "seq": 0, "hash": GENESIS})
-        head = (await session.execute(statement)).scalar_one()
+        head = (await session.execute(_HEAD_LOCKED)).scalar_one()
     return head
 
 
@@ -89,28 +108,27 @@ async def append_many(
     """Append entries in order under one lock of the head: a batch costs one insert."""
     head = await locked_head(session)
     seq, prev_hash = head.seq, head.hash
+    rows: list[dict[str, Any]] = []
     appended = []
     for new in news:
         seq += 1
-        entry = AuditEntry(
-            seq=seq,
-            event_id=new.event_id,
-            event_type=new.event_type,
-            source=new.source,
-            subject_id=new.subject_id,
-            actor_sub=new.actor_sub,
-            actor_role=new.actor_role,
-            occurred_at=new.occurred_at,
-            recorded_at=recorded_at,
-            details=new.details,
-            prev_hash=prev_hash,
-            hash="",
-        )
-        entry.hash = prev_hash = entry_hash(entry, prev_hash)
+        row = {
+            "seq": seq, "event_id": new.event_id, "event_type": new.event_type,
+            "source": new.source, "subject_id": new.subject_id, "actor_sub": new.actor_sub,
+            "actor_role": new.actor_role, "occurred_at": new.occurred_at,
+            "recorded_at": recorded_at, "details": new.details, "prev_hash": prev_hash,
+        }  # fmt: skip
+        entry = read_only_row(AuditEntry, row)
+        row["hash"] = prev_hash = entry_hash(entry, prev_hash)
+        set_committed_value(entry, "hash", prev_hash)
+        rows.append(row)
         appended.append(entry)
-    session.add_all(appended)
-    head.seq, head.hash = seq, prev_hash
-    await session.flush()
+    if not rows:
+        return appended
+    await session.execute(_INSERT_ENTRIES, rows)
+    await session.execute(_MOVE_HEAD, {"last_seq": seq, "last_hash": prev_hash})
+    set_committed_value(head, "seq", seq)
+    set_committed_value(head, "hash", prev_hash)
     return appended
 
 

@@ -168,7 +168,7 @@ async def withdraw_offer(
     """Close an open offer as withdrawn, tell its consultant and audit; False if it had
     already closed. `offer` is this session's own (the close updates it in place)."""
     now = ctx.clock.now()
-    if not await case_repo.close_offer(session, offer.id, state="withdrawn", reason=reason, at=now):
+    if not await case_repo.close_offer(session, offer, state="withdrawn", reason=reason, at=now):
         return False
     outbound.count_offer(session, ctx, "withdrawn")
     await outbound.tell_consultant(

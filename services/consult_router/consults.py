@@ -90,7 +90,7 @@ async def decline_offer(
     if case is None:
         raise NotFound("no such offer")
     if not await case_repo.close_offer(
-        session, offer.id, state="declined", reason="declined", at=ctx.clock.now()
+        session, offer, state="declined", reason="declined", at=ctx.clock.now()
     ):
         return  # already closed: declining again changes nothing
     outbound.count_offer(session, ctx, "declined")
@@ -141,7 +141,7 @@ async def _take(
     if not await insert_if_absent(session, ConsultConsult, values):
         raise Conflict("someone else has the case", code=taken_code)
     if offer is not None:
-        await case_repo.close_offer(session, offer.id, state="accepted", reason="accepted", at=now)
+        await case_repo.close_offer(session, offer, state="accepted", reason="accepted", at=now)
         outbound.count_offer(session, ctx, "accepted")
     for other in await case_repo.open_offers_for_case(session, case.id):
         await withdraw_offer(session, ctx, offer=other, case=case, reason="accepted_elsewhere")

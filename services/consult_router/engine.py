@@ -87,7 +87,7 @@ class RoutingEngine:
             if case is None:
                 continue
             if not await case_repo.close_offer(
-                session, offer.id, state="expired", reason="expired", at=now
+                session, offer, state="expired", reason="expired", at=now
             ):
                 continue
             outbound.count_offer(session, self._ctx, "expired")

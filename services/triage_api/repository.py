@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.shared.db.base import table_of
 from services.shared.db.models import TriageCase, TriageCaseEvent, TriageObservation
 from services.shared.db.statements import insert_if_absent, insert_many_if_absent
 
@@ -16,6 +17,9 @@ from services.shared.db.statements import insert_if_absent, insert_many_if_absen
 _CASE = select(TriageCase).where(TriageCase.id == bindparam("case_id"))
 # Every change to a case takes its row lock first, so stream seqs never collide.
 _CASE_LOCKED = _CASE.with_for_update()
+# New cases' first rows: plain inserts on the tables (Core: see `table_of`).
+_INSERT_OBSERVATIONS = insert(table_of(TriageObservation))
+_INSERT_EVENTS = insert(table_of(TriageCaseEvent))
 
 
 async def get_case(
@@ -73,9 +77,9 @@ async def insert_first_rows(
 ) -> None:
     """New cases' first observation sets and the first events of their streams."""
     if observations:
-        await session.execute(insert(TriageObservation), observations)
+        await session.execute(_INSERT_OBSERVATIONS, observations)
     if events:
-        await session.execute(insert(TriageCaseEvent), events)
+        await session.execute(_INSERT_EVENTS, events)
 
 
 async def append_event(

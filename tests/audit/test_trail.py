@@ -9,7 +9,11 @@ from datetime import timedelta
 import httpx
 import pytest
 
+from services.audit import trail
 from services.shared.clock import ManualClock
+from services.shared.db.session import unit_of_work
+from services.shared.resources import Resources
+from services.shared.schemas.events import Event
 from tests.audit.conftest import COORDINATOR, Feed, event
 from tests.factories import RECOGNISABLE_HANDOVER, RECOGNISABLE_NHS_NUMBER
 from tests.support import auth
@@ -155,3 +159,30 @@ class TestAccess:
         body = {"events": [event("case.submitted", "case-6", clock.now())]}
         response = await http.post("/internal/audit/events", json=body, headers=COORDINATOR)
         assert response.status_code == 401
+
+
+class TestAppendUndone:
+    async def test_an_append_undone_with_its_savepoint_is_not_built_on(
+        self, resources: Resources, feed: Feed, clock: ManualClock
+    ) -> None:
+        """The inbox undoes a batch's savepoint when one of its events is refused, then
+        handles the events one by one in the same transaction: the next append must
+        take up from the head as stored, not as the undone append left it in memory."""
+
+        def new_entry(case_id: str) -> trail.NewEntry:
+            raw = event("case.submitted", case_id, clock.now())
+            return trail.NewEntry.of(Event.model_validate(raw))
+
+        before, undone, after = new_entry("c-1"), new_entry("c-2"), new_entry("c-3")
+        async with unit_of_work(resources.sessionmaker) as session:
+            await trail.append(session, before, recorded_at=clock.now())
+            # Held, the head's object stays in the session (it is weakly kept otherwise).
+            head = await trail.locked_head(session)
+            savepoint = await session.begin_nested()
+            await trail.append(session, undone, recorded_at=clock.now())
+            await savepoint.rollback()
+            appended = await trail.append(session, after, recorded_at=clock.now())
+        assert (appended.seq, head.seq) == (2, 2)
+        entries = await feed.trail()
+        assert [e["event_id"] for e in entries] == [before.event_id, after.event_id]
+        assert (await feed.verify(full=True))["ok"] is True

@@ -13,7 +13,9 @@ from datetime import datetime
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
+from sqlalchemy.orm.attributes import set_committed_value
 
+from services.shared.db.base import table_of
 from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
 
 OPEN_CASE = ("queued", "offered")
@@ -49,6 +51,15 @@ _OPEN_OFFERS_FOR_CONSULTANT = (
     .where(ConsultOffer.consultant_id == bindparam("consultant_id"), ConsultOffer.state == "open")
     .order_by(ConsultOffer.created_at)
 )
+_OFFER_TABLE = table_of(ConsultOffer)
+# Core (see `table_of`): the caller holds the offer's object and it is brought up to
+# date here, rather than by the ORM searching the session for it.
+_CLOSE_OPEN_OFFER = (
+    update(_OFFER_TABLE)
+    .where(_OFFER_TABLE.c.id == bindparam("offer_id"), _OFFER_TABLE.c.state == "open")
+    .values(state=bindparam("closed_as"), close_reason=bindparam("reason"),
+            closed_at=bindparam("at"))
+)  # fmt: skip
 _OPEN_OFFER_PAIRS = select(ConsultOffer.case_id, ConsultOffer.consultant_id).where(
     ConsultOffer.state == "open"
 )
@@ -153,15 +164,18 @@ async def expired_offers(session: AsyncSession, *, now: datetime, limit: int) ->
 
 
 async def close_offer(
-    session: AsyncSession, offer_id: str, *, state: str, reason: str | None, at: datetime
+    session: AsyncSession, offer: ConsultOffer, *, state: str, reason: str | None, at: datetime
 ) -> bool:
-    """Close an offer that is still open; False if it was already closed."""
+    """Close an offer that is still open, and `offer` with it; False if it was already
+    closed (and `offer` is left as it was read)."""
     result = await session.execute(
-        update(ConsultOffer)
-        .where(ConsultOffer.id == offer_id, ConsultOffer.state == "open")
-        .values(state=state, close_reason=reason, closed_at=at)
+        _CLOSE_OPEN_OFFER, {"offer_id": offer.id, "closed_as": state, "reason": reason, "at": at}
     )
-    return bool(getattr(result, "rowcount", 0) == 1)
+    if getattr(result, "rowcount", 0) != 1:
+        return False
+    for key, value in (("state", state), ("close_reason", reason), ("closed_at", at)):
+        set_committed_value(offer, key, value)
+    return True
 
 
 async def get_consult(session: AsyncSession, consult_id: str) -> ConsultConsult | None:

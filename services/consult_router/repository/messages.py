@@ -8,11 +8,19 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.shared.db.base import table_of
 from services.shared.db.models import ConsultConsultant, ConsultMessage
 
 # Built once: every message appended and every socket catching up runs these (see
-# `repository.cases` for why).
-_INSERT_MESSAGE = insert(ConsultMessage)
+# `repository.cases` for why); the writes on the tables, as Core (see `table_of`).
+_CONSULTANTS = table_of(ConsultConsultant)
+_NEXT_SEQ = (
+    update(_CONSULTANTS)
+    .where(_CONSULTANTS.c.id == bindparam("consultant"))
+    .values(message_seq=_CONSULTANTS.c.message_seq + 1)
+    .returning(_CONSULTANTS.c.message_seq)
+)
+_INSERT_MESSAGE = insert(table_of(ConsultMessage))
 _AFTER = (
     select(ConsultMessage)
     .where(
@@ -37,12 +45,7 @@ async def append(
     The counter is bumped with one UPDATE ... RETURNING, which holds the consultant's
     row until commit: two processes never hand out the same seq.
     """
-    result = await session.execute(
-        update(ConsultConsultant)
-        .where(ConsultConsultant.id == consultant_id)
-        .values(message_seq=ConsultConsultant.message_seq + 1)
-        .returning(ConsultConsultant.message_seq)
-    )
+    result = await session.execute(_NEXT_SEQ, {"consultant": consultant_id})
     seq = int(result.scalar_one())
     await session.execute(
         _INSERT_MESSAGE,

@@ -23,11 +23,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.clients.peers import Peer, PeerClient, PeerUnavailable
 from services.shared.clock import Clock
+from services.shared.db.base import table_of
 from services.shared.db.models.outbox import OutboxRowMixin
 from services.shared.db.session import SessionMaker, unit_of_work
 from services.shared.notify import Notifier
@@ -95,21 +96,50 @@ def due_rows(
     """The oldest rows due for delivery and not leased to another deliverer, as a claim
     reads them. Served by the pending-rows index: its cost follows the undelivered rows,
     not all."""
+    table = table_of(model)
     due = (
-        select(model.id, model.event_id, model.destination, model.payload, model.attempts)
+        select(table.c.id, table.c.event_id, table.c.destination, table.c.payload,
+               table.c.attempts)
         .where(
-            model.delivered_at.is_(None),
-            model.dead_at.is_(None),
-            model.next_attempt_at <= now,
-            or_(model.claimed_until.is_(None), model.claimed_until < now),
+            table.c.delivered_at.is_(None),
+            table.c.dead_at.is_(None),
+            table.c.next_attempt_at <= now,
+            or_(table.c.claimed_until.is_(None), table.c.claimed_until < now),
         )
-        .order_by(model.id)
+        .order_by(table.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
-    )
+    )  # fmt: skip
     if paused:
-        due = due.where(model.destination.not_in(paused))
+        due = due.where(table.c.destination.not_in(paused))
     return due
+
+
+class _Writes:
+    """What a delivery writes to its outbox's rows, built once on the table (Core: see
+    `table_of`), with the values as parameters."""
+
+    def __init__(self, table: Table) -> None:
+        among = table.c.id.in_(bindparam("ids", expanding=True))
+        self.lease = update(table).where(among).values(claimed_until=bindparam("until"))
+        self.delivered = (
+            update(table)
+            .where(among)
+            .values(delivered_at=bindparam("at"), claimed_until=None,
+                    attempts=table.c.attempts + 1)
+        )  # fmt: skip
+        self.dead = (
+            update(table)
+            .where(table.c.id == bindparam("row_id"))
+            .values(dead_at=bindparam("at"), claimed_until=None, last_error=bindparam("error"))
+        )
+        self.held_back = (
+            update(table)
+            .where(among)
+            .values(attempts=table.c.attempts + 1, next_attempt_at=bindparam("retry_at"),
+                    claimed_until=None, last_error=bindparam("error"))
+        )  # fmt: skip
+        self.purge = delete(table).where(table.c.delivered_at < bindparam("before"))
 
 
 class _HandOverFailed(Exception):
@@ -161,6 +191,7 @@ class OutboxDelivery:
         self._outbox = outbox
         self._local_peers = local_peers if local_peers is not None else {}
         self._model = outbox.model
+        self._writes = _Writes(table_of(outbox.model))
         self._maker = sessionmaker
         self._peers = peers
         self._notifier = notifier
@@ -252,9 +283,7 @@ class OutboxDelivery:
         """Rows posted after the claim commits stay ours for a lease, which another
         deliverer honours and which lapses if this process dies while posting."""
         lease = self._clock.now() + timedelta(seconds=self._settings.outbox_lease_seconds)
-        await session.execute(
-            update(self._model).where(self._model.id.in_(ids)).values(claimed_until=lease)
-        )
+        await session.execute(self._writes.lease, {"ids": ids, "until": lease})
 
     async def _hand_over(
         self, session: AsyncSession, destination: str, rows: list[_Claimed]
@@ -286,20 +315,16 @@ class OutboxDelivery:
 
     async def _record(self, session: AsyncSession, destination: str, sorted_out: _Sorted) -> None:
         """What the receiver answered: delivered, dead, or (no answer) held back."""
-        model = self._model
         now = self._clock.now()
         if sorted_out.delivered:
+            ids = [row.id for row in sorted_out.delivered]
+            await session.execute(self._writes.delivered, {"ids": ids, "at": now})
+        if sorted_out.rejected:
             await session.execute(
-                update(model)
-                .where(model.id.in_([r.id for r in sorted_out.delivered]))
-                .values(delivered_at=now, claimed_until=None, attempts=model.attempts + 1)
-            )
-        for row, detail in sorted_out.rejected:
-            await session.execute(
-                update(model)
-                .where(model.id == row.id)
-                .values(dead_at=now, claimed_until=None, last_error=detail[:500])
-            )
+                self._writes.dead,
+                [{"row_id": row.id, "at": now, "error": detail[:500]}
+                 for row, detail in sorted_out.rejected],
+            )  # fmt: skip
         if sorted_out.unanswered:
             await self._hold_back(
                 session, destination, sorted_out.unanswered, "no result for the event"
@@ -340,16 +365,9 @@ class OutboxDelivery:
         )
         # Every failed row waits out the destination's pause, so when the peer is back its
         # backlog goes in the order it was written.
-        model = self._model
         await session.execute(
-            update(model)
-            .where(model.id.in_([row.id for row in rows]))
-            .values(
-                attempts=model.attempts + 1,
-                next_attempt_at=now + pause,
-                claimed_until=None,
-                last_error=reason[:500],
-            )
+            self._writes.held_back,
+            {"ids": [row.id for row in rows], "retry_at": now + pause, "error": reason[:500]},
         )
 
     def _backoff(self, attempts: int) -> timedelta:
@@ -363,8 +381,5 @@ class OutboxDelivery:
         if self._last_purge is not None and now - self._last_purge < PURGE_EVERY:
             return
         self._last_purge = now
-        model = self._model
         async with unit_of_work(self._maker) as session:
-            await session.execute(
-                delete(model).where(model.delivered_at < now - DELIVERED_RETENTION)
-            )
+            await session.execute(self._writes.purge, {"before": now - DELIVERED_RETENTION})

@@ -9,6 +9,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.clock import Clock
+from services.shared.db.base import table_of
 from services.shared.db.models.outbox import OutboxRowMixin
 from services.shared.notify import Notifier
 from services.shared.schemas.events import Event
@@ -31,6 +32,7 @@ class Outbox:
     ) -> None:
         self.service = service
         self.model = model
+        self._insert = insert(table_of(model))
         self._notifier = notifier
         self._clock = clock
 
@@ -68,5 +70,5 @@ class Outbox:
         ]
         if not rows:
             return
-        await session.execute(insert(self.model), rows)
+        await session.execute(self._insert, rows)
         await self._notifier.publish(session, outbox_channel(self.service), "")
