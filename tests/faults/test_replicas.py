@@ -96,7 +96,12 @@ async def test_killing_a_router_replica_with_offers_outstanding_loses_no_case(
 
         async def crews_see_dr_steady() -> bool:
             # The router's acceptances reach triage_api through its outbox: soon, not at once.
-            seen = [(await hands.case(case_id))["assigned_consultant"] for case_id in cases]
+            # A read the test's balancer drops (a replica busy past its keep-alive on a
+            # loaded machine) is asked again; what must hold within the limit is the answer.
+            try:
+                seen = [(await hands.case(case_id))["assigned_consultant"] for case_id in cases]
+            except httpx.TransportError:
+                return False
             return all(who is not None and who["id"] == "dr-steady" for who in seen)
 
         await support.eventually(crews_see_dr_steady, timeout=30, message="not all assigned")
