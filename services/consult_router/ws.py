@@ -268,7 +268,9 @@ async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Sub
         for kept in ctx.recent_messages.following(consultant_id, line.last_seq):
             line.last_seq = kept.seq
             await line.sender.send({"type": kept.type, "seq": kept.seq, **kept.payload})
-        if line.check_log or not (notified and _caught_up_in_memory(line, ctx, wake)):
+        # Taken at every look, so a read of the log below answers for what it stood for.
+        from_elsewhere = wake.take_from_elsewhere()
+        if line.check_log or not (notified and _caught_up_in_memory(line, ctx, from_elsewhere)):
             line.check_log = False  # before the read: a look during it asks again
             logged = await resources.socket_reads.run(
                 partial(
@@ -290,13 +292,13 @@ async def _pump(line: _Line, resources: Resources, ctx: RouterContext, wake: Sub
         notified = await wake.wait()
 
 
-def _caught_up_in_memory(line: _Line, ctx: RouterContext, wake: Subscription) -> bool:
+def _caught_up_in_memory(line: _Line, ctx: RouterContext, from_elsewhere: bool) -> bool:
     """Whether the socket has sent everything there is without reading the log: true only
     when nothing since the last look can have come from another process (the notifier
     stays in this process, or every wake-up since was this process's own commit) and the
     newest message this process logged is the last one sent. Another process's message
     wakes the socket through PostgreSQL, and a lost wake-up is the log watch's to find."""
-    if ctx.notifier.spans_processes and wake.take_from_elsewhere():
+    if ctx.notifier.spans_processes and from_elsewhere:
         return False
     return ctx.recent_messages.newest_seq(line.principal.sub) == line.last_seq
 
