@@ -117,6 +117,8 @@ def create_app(
                 settings=settings,
                 metrics=res.outbox_metrics,
                 local_peers=res.local_peers,
+                deferred=frozenset({Peer.AUDIT}),
+                defer_seconds=settings.outbox_audit_linger_seconds,
             )
             app.state.outbox_delivery = delivery
             app.state.refresh_metrics = partial(_refresh_metrics, res, ctx, delivery)

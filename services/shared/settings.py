@@ -76,6 +76,9 @@ class OutboxSettings(_Block):
     outbox_lease_seconds: float = Field(default=30.0, gt=0)
     outbox_base_backoff_seconds: float = Field(default=0.5, gt=0)
     outbox_max_backoff_seconds: float = Field(default=60.0, gt=0)
+    # Audit's events are delivered in a loop of their own, after gathering this long, so
+    # no offer waits for the trail (see `OutboxDelivery`). 0: at once, still on their own.
+    outbox_audit_linger_seconds: float = Field(default=0.25, ge=0, le=10)
 
 
 class HttpSettings(_Block):

@@ -50,6 +50,9 @@ def make_delivery(
     outbox: Outbox,
     settings: EmbeddedSettings,
     local_peers: dict[str, LocalReceiver] | None = None,
+    *,
+    deferred: frozenset[str] = frozenset(),
+    defer_seconds: float = 0.0,
 ) -> OutboxDelivery:
     return OutboxDelivery(
         outbox=outbox,
@@ -67,6 +70,8 @@ def make_delivery(
         settings=settings,
         metrics=resources.outbox_metrics,
         local_peers=local_peers,
+        deferred=deferred,
+        defer_seconds=defer_seconds,
     )
 
 
@@ -76,7 +81,12 @@ def delivery(resources: Resources, outbox: Outbox, settings: EmbeddedSettings) -
 
 
 async def write_events(
-    resources: Resources, outbox: Outbox, count: int, *, to: tuple[Peer, ...] = (Peer.AUDIT,)
+    resources: Resources,
+    outbox: Outbox,
+    count: int,
+    *,
+    to: tuple[Peer, ...] = (Peer.AUDIT,),
+    first_case: int = 0,
 ) -> list[str]:
     ids = []
     async with unit_of_work(resources.sessionmaker) as session:
@@ -85,7 +95,7 @@ async def write_events(
                 type="case.submitted",
                 source="triage_api",
                 occurred_at=resources.clock.now(),
-                subject_id=f"case-{number}",
+                subject_id=f"case-{first_case + number}",
                 data={"n": number},
             )
             ids.append(event.id)
@@ -577,3 +587,117 @@ class TestPeerInThisProcess:
             assert sorted(waiting) == ["audit"] * 3
         assert routed == 3
         assert await audit_rows(resources) == (0, 0)
+
+
+class CountingRouter:
+    """The router's receiving side in this process (`note_for_router`), counting its
+    hand-overs."""
+
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.receive = note_for_router(resources)
+        self.calls = 0
+
+    async def __call__(self, session: AsyncSession, raw: list[dict[str, Any]]) -> Any:
+        self.calls += 1
+        return await self.receive(session, raw)
+
+
+async def audit_delivered(resources: Resources, count: int) -> bool:
+    return await audit_rows(resources) == (count, count)
+
+
+async def router_served(resources: Resources, count: int) -> bool:
+    return await router_inbox_rows(resources) == count
+
+
+class TestDeferredDestinations:
+    """audit's events go in a lane of their own: the router's are handed over in
+    transactions that never wait for the trail, nor are undone by it."""
+
+    @pytest.fixture
+    def local_audit(self, resources: Resources) -> LocalAudit:
+        return LocalAudit(resources)
+
+    @pytest.fixture
+    def router(self, resources: Resources) -> CountingRouter:
+        return CountingRouter(resources)
+
+    def lanes(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit, router: CountingRouter, *, defer_seconds: float = 0.0,
+    ) -> OutboxDelivery:  # fmt: skip
+        return make_delivery(
+            resources, outbox, settings,
+            local_peers={Peer.AUDIT: local_audit, Peer.CONSULT_ROUTER: router},
+            deferred=frozenset({Peer.AUDIT}), defer_seconds=defer_seconds,
+        )  # fmt: skip
+
+    async def test_the_router_is_served_at_once_while_audit_gathers(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit, router: CountingRouter,
+    ) -> None:  # fmt: skip
+        # A gathering far longer than the test, and no polling: audit cannot be served
+        # before the gathering ends, and the loops pass only when woken (or at start).
+        quiet = settings.model_copy(update={"outbox_poll_seconds": 600})
+        delivery = self.lanes(resources, outbox, quiet, local_audit, router, defer_seconds=600)
+        # What waits when the loops start is delivered at once, by both.
+        await write_events(resources, outbox, 1, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
+        stopping = asyncio.Event()
+        running = asyncio.create_task(delivery.run(stopping))
+        await eventually(lambda: audit_delivered(resources, 1), message="audit not served")
+        await eventually(lambda: router_served(resources, 1), message="router not served")
+        await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER), first_case=1)
+        await eventually(lambda: router_served(resources, 4), message="router not served")
+        assert await audit_rows(resources) == (1, 1)
+        assert await pending_rows(resources) == 3  # audit's, still gathering
+        # Stopping does not wait out the gathering; the rows stay for the next start.
+        stopping.set()
+        await asyncio.wait_for(running, timeout=5)
+        await delivery.deliver_due()
+        assert await audit_rows(resources) == (4, 4)
+        assert await pending_rows(resources) == 0
+
+    async def test_one_pass_delivers_each_lane_in_a_transaction_of_its_own(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit, router: CountingRouter,
+    ) -> None:  # fmt: skip
+        delivery = self.lanes(resources, outbox, settings, local_audit, router)
+        await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
+        began: list[object] = []
+
+        def count(connection: object) -> None:
+            began.append(connection)
+
+        sa_event.listen(resources.engine.sync_engine, "begin", count)
+        try:
+            await delivery.deliver_due()
+        finally:
+            sa_event.remove(resources.engine.sync_engine, "begin", count)
+        assert len(began) == 2
+        assert (router.calls, local_audit.calls) == (1, 1)
+        assert await router_inbox_rows(resources) == 3
+        assert await audit_rows(resources) == (3, 3)
+        assert await pending_rows(resources) == 0
+
+    async def test_audit_failing_never_undoes_the_routers_handling(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit, router: CountingRouter, clock: ManualClock,
+    ) -> None:  # fmt: skip
+        delivery = self.lanes(resources, outbox, settings, local_audit, router)
+        # The router's rows first: in one pass with audit's, they would be handed over
+        # before audit failed, and undone with it.
+        await write_events(resources, outbox, 2, to=(Peer.CONSULT_ROUTER, Peer.AUDIT))
+        local_audit.fail_with = RuntimeError("lock timeout")
+        await delivery.deliver_due()
+        # Handed over once and kept: not undone with audit's failure and done again.
+        assert router.calls == 1
+        assert await router_inbox_rows(resources) == 2
+        assert await audit_rows(resources) == (0, 0)
+        assert await pending_rows(resources) == 2  # audit's, paused
+        local_audit.fail_with = None
+        clock.advance(timedelta(seconds=settings.outbox_max_backoff_seconds + 1))
+        await delivery.deliver_due()
+        assert await audit_rows(resources) == (2, 2)
+        assert router.calls == 1
+        assert await pending_rows(resources) == 0

@@ -9,11 +9,17 @@ database connection is held while posting, and a replica that dies mid-delivery 
 rows that another picks up once the lease lapses. A peer that fails is paused with
 exponential back-off (and its rows keep their place); a receiver that rejects an event as
 invalid marks that row dead, which is counted and alerted on, and never retried.
+
+Destinations no one waits on (audit's trail) can be *deferred*: a second loop delivers
+them, in transactions of their own, after letting their events gather for a moment. The
+router's offer to a consultant then never waits for the trail's hashing and writing, and
+the trail takes its events in fewer, larger batches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -91,11 +97,16 @@ class _Claimed:
 
 
 def due_rows(
-    model: type[OutboxRowMixin], *, now: datetime, limit: int, paused: list[str]
+    model: type[OutboxRowMixin],
+    *,
+    now: datetime,
+    limit: int,
+    paused: list[str],
+    only: list[str] | None = None,
 ) -> Select[tuple[int, str, str, dict[str, Any], int]]:
     """The oldest rows due for delivery and not leased to another deliverer, as a claim
-    reads them. Served by the pending-rows index: its cost follows the undelivered rows,
-    not all."""
+    reads them (not for the `paused` destinations; if `only` is given, for those alone).
+    Served by the pending-rows index: its cost follows the undelivered rows, not all."""
     table = table_of(model)
     due = (
         select(table.c.id, table.c.event_id, table.c.destination, table.c.payload,
@@ -112,6 +123,8 @@ def due_rows(
     )  # fmt: skip
     if paused:
         due = due.where(table.c.destination.not_in(paused))
+    if only is not None:
+        due = due.where(table.c.destination.in_(only))
     return due
 
 
@@ -187,8 +200,12 @@ class OutboxDelivery:
         settings: OutboxSettings,
         metrics: OutboxMetrics,
         local_peers: Mapping[str, LocalReceiver] | None = None,
+        deferred: frozenset[str] = frozenset(),
+        defer_seconds: float = 0.0,
     ) -> None:
         self._outbox = outbox
+        self._deferred = deferred
+        self._defer_seconds = defer_seconds
         self._local_peers = local_peers if local_peers is not None else {}
         self._model = outbox.model
         self._writes = _Writes(table_of(outbox.model))
@@ -205,22 +222,44 @@ class OutboxDelivery:
         self._last_purge: datetime | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Deliver until `stopping` is set; wakes on new events, polls as a safety net."""
+        """Deliver until `stopping` is set: the prompt destinations at once, the deferred
+        ones (if any) in a loop of their own."""
+        if not self._deferred:
+            await self._run_lane(stopping, deferred=False)
+            return
+        async with asyncio.TaskGroup() as lanes:
+            lanes.create_task(self._run_lane(stopping, deferred=False))
+            lanes.create_task(self._run_lane(stopping, deferred=True))
+
+    async def _run_lane(self, stopping: asyncio.Event, *, deferred: bool) -> None:
+        """One lane's loop; wakes on new events, polls as a safety net."""
         with self._notifier.subscribe(outbox_channel(self._service)) as wake:
             while not stopping.is_set():
                 try:
-                    sent_full_batch = await self.deliver_due()
-                    await self._purge_if_due()
+                    sent_full_batch = await self._deliver_lane(deferred=deferred)
+                    if not deferred:
+                        await self._purge_if_due()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the database is away: keep the loop alive
                     log_failure(logger, f"outbox delivery pass failed for {self._service}", exc)
                     sent_full_batch = False
                 if not sent_full_batch:
-                    await wake.wait(self._settings.outbox_poll_seconds, stopping=stopping)
+                    woken = await wake.wait(self._settings.outbox_poll_seconds, stopping=stopping)
+                    if woken and deferred:
+                        # Let the events of the next moment join this pass.
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stopping.wait(), self._defer_seconds)
 
     async def deliver_due(self) -> bool:
-        """One pass. True when a full batch was claimed (more may be waiting).
+        """One pass of each lane: the prompt destinations, then the deferred. True when
+        either claimed a full batch (more may be waiting)."""
+        prompt_full = await self._deliver_lane(deferred=False)
+        deferred_full = await self._deliver_lane(deferred=True) if self._deferred else False
+        return prompt_full or deferred_full
+
+    async def _deliver_lane(self, *, deferred: bool) -> bool:
+        """One pass over the prompt destinations, or over the deferred ones.
 
         Rows for a peer in this process are handed to its inbox and marked in the claiming
         transaction itself: its row locks are the claim, so no lease is written, and a
@@ -233,17 +272,17 @@ class OutboxDelivery:
         # one more peer, so this ends.
         for _attempt in range(len(self._local_peers)):
             try:
-                return await self._deliver_pass()
+                return await self._deliver_pass(deferred=deferred)
             except _HandOverFailed as failed:
                 async with unit_of_work(self._maker) as session:
                     await self._hold_back(session, failed.destination, failed.rows, failed.reason)
-        return await self._deliver_pass()
+        return await self._deliver_pass(deferred=deferred)
 
-    async def _deliver_pass(self) -> bool:
+    async def _deliver_pass(self, *, deferred: bool) -> bool:
         handed: list[tuple[str, _Sorted]] = []
         away: dict[str, list[_Claimed]] = defaultdict(list)
         async with unit_of_work(self._maker) as session:
-            claimed = await self._claim(session)
+            claimed = await self._claim(session, deferred=deferred)
             here: dict[str, list[_Claimed]] = defaultdict(list)
             for row in claimed:
                 local = row.destination in self._local_peers
@@ -271,12 +310,19 @@ class OutboxDelivery:
         age = 0.0 if oldest is None else (self._clock.now() - oldest).total_seconds()
         self._metrics.oldest_pending.labels(self._service).set(max(age, 0.0))
 
-    async def _claim(self, session: AsyncSession) -> list[_Claimed]:
-        """The due rows, locked until `session` ends (`FOR UPDATE SKIP LOCKED`)."""
-        model = self._model
+    async def _claim(self, session: AsyncSession, *, deferred: bool = False) -> list[_Claimed]:
+        """The lane's due rows, locked until `session` ends (`FOR UPDATE SKIP LOCKED`)."""
         now = self._clock.now()
         paused = [dest for dest, until in self._paused_until.items() if until > now]
-        due = due_rows(model, now=now, limit=self._settings.outbox_batch_size, paused=paused)
+        if deferred:
+            lane = sorted(self._deferred.difference(paused))
+            if not lane:
+                return []
+            due = due_rows(self._model, now=now, limit=self._settings.outbox_batch_size,
+                           paused=[], only=lane)  # fmt: skip
+        else:
+            due = due_rows(self._model, now=now, limit=self._settings.outbox_batch_size,
+                           paused=[*paused, *sorted(self._deferred)])  # fmt: skip
         return [_Claimed(*row) for row in await session.execute(due)]
 
     async def _lease(self, session: AsyncSession, ids: list[int]) -> None:
