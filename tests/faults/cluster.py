@@ -45,6 +45,7 @@ class Balancer:
         self._turn = itertools.count()
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[object]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -55,36 +56,65 @@ class Balancer:
         return f"http://127.0.0.1:{self.port}"
 
     async def close(self) -> None:
+        """Stop listening, and end every connection through the balancer with both its
+        sockets closed before this returns (not left for the garbage collector, which
+        would report them in whatever test it happens to run in)."""
         if self._server is not None:
             self._server.close()
+        for connection in list(self._connections):
+            connection.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
         for pipe in list(self._pipes):
             pipe.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        start = next(self._turn)
-        for offset in range(len(self.backends)):
-            port = self.backends[(start + offset) % len(self.backends)]
-            try:
-                upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                continue  # a dead replica: the next one
-            pipes = [
-                asyncio.create_task(_pipe(reader, upstream_writer)),
-                asyncio.create_task(_pipe(upstream_reader, writer)),
-            ]
-            self._pipes.update(pipes)
-            try:
-                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pipe in pipes:
-                    pipe.cancel()
-                await asyncio.gather(*pipes, return_exceptions=True)
-                self._pipes.difference_update(pipes)
-                upstream_writer.close()
-                writer.close()
-            return
+        this = asyncio.current_task()
+        assert this is not None  # asyncio runs each connection's handler in a task
+        self._connections.add(this)
+        try:
+            await self._relay(reader, writer)
+        finally:
+            self._connections.discard(this)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers = [writer]
+        try:
+            start = next(self._turn)
+            for offset in range(len(self.backends)):
+                port = self.backends[(start + offset) % len(self.backends)]
+                try:
+                    upstream_reader, upstream_writer = await asyncio.open_connection(
+                        "127.0.0.1", port
+                    )
+                except OSError:
+                    continue  # a dead replica: the next one
+                writers.append(upstream_writer)
+                pipes = [
+                    asyncio.create_task(_pipe(reader, upstream_writer)),
+                    asyncio.create_task(_pipe(upstream_reader, writer)),
+                ]
+                self._pipes.update(pipes)
+                try:
+                    await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for pipe in pipes:
+                        pipe.cancel()
+                    await asyncio.gather(*pipes, return_exceptions=True)
+                    self._pipes.difference_update(pipes)
+                return
+        finally:
+            await _close_all(writers)
+
+
+async def _close_all(writers: list[asyncio.StreamWriter]) -> None:
+    """Close the sockets and wait until they are closed (a cancellation meanwhile still
+    leaves them closing: the transports were closed first)."""
+    for writer in writers:
         writer.close()
+    for writer in writers:
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
