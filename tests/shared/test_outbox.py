@@ -119,6 +119,21 @@ async def claim_for_posting(resources: Resources, delivery: OutboxDelivery) -> l
     return claimed
 
 
+async def transactions_of_one_pass(resources: Resources, delivery: OutboxDelivery) -> int:
+    """How many transactions `delivery.deliver_due()` begins."""
+    began: list[object] = []
+
+    def count(connection: object) -> None:
+        began.append(connection)
+
+    sa_event.listen(resources.engine.sync_engine, "begin", count)
+    try:
+        await delivery.deliver_due()
+    finally:
+        sa_event.remove(resources.engine.sync_engine, "begin", count)
+    return len(began)
+
+
 class TestWriting:
     async def test_events_commit_with_the_change_and_are_delivered_in_order(
         self, resources: Resources, outbox: Outbox, delivery: OutboxDelivery, fake_peers: FakePeer
@@ -496,17 +511,7 @@ class TestPeerInThisProcess:
         self, resources: Resources, outbox: Outbox, both: OutboxDelivery
     ) -> None:
         await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
-        began: list[object] = []
-
-        def count(connection: object) -> None:
-            began.append(connection)
-
-        sa_event.listen(resources.engine.sync_engine, "begin", count)
-        try:
-            await both.deliver_due()
-        finally:
-            sa_event.remove(resources.engine.sync_engine, "begin", count)
-        assert len(began) == 1
+        assert await transactions_of_one_pass(resources, both) == 1
         assert await audit_rows(resources) == (3, 3)
         assert await router_inbox_rows(resources) == 3
         assert await pending_rows(resources) == 0
@@ -664,17 +669,7 @@ class TestDeferredDestinations:
     ) -> None:  # fmt: skip
         delivery = self.lanes(resources, outbox, settings, local_audit, router)
         await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
-        began: list[object] = []
-
-        def count(connection: object) -> None:
-            began.append(connection)
-
-        sa_event.listen(resources.engine.sync_engine, "begin", count)
-        try:
-            await delivery.deliver_due()
-        finally:
-            sa_event.remove(resources.engine.sync_engine, "begin", count)
-        assert len(began) == 2
+        assert await transactions_of_one_pass(resources, delivery) == 2
         assert (router.calls, local_audit.calls) == (1, 1)
         assert await router_inbox_rows(resources) == 3
         assert await audit_rows(resources) == (3, 3)

@@ -314,15 +314,16 @@ class OutboxDelivery:
         """The lane's due rows, locked until `session` ends (`FOR UPDATE SKIP LOCKED`)."""
         now = self._clock.now()
         paused = [dest for dest, until in self._paused_until.items() if until > now]
+        only: list[str] | None = None
         if deferred:
-            lane = sorted(self._deferred.difference(paused))
-            if not lane:
+            only = sorted(self._deferred.difference(paused))
+            if not only:
                 return []
-            due = due_rows(self._model, now=now, limit=self._settings.outbox_batch_size,
-                           paused=[], only=lane)  # fmt: skip
+            paused = []
         else:
-            due = due_rows(self._model, now=now, limit=self._settings.outbox_batch_size,
-                           paused=[*paused, *sorted(self._deferred)])  # fmt: skip
+            paused = [*paused, *self._deferred]
+        limit = self._settings.outbox_batch_size
+        due = due_rows(self._model, now=now, limit=limit, paused=paused, only=only)
         return [_Claimed(*row) for row in await session.execute(due)]
 
     async def _lease(self, session: AsyncSession, ids: list[int]) -> None:
