@@ -32,6 +32,9 @@ from services.shared.db.session import ReachSession, after_commit, transaction_s
 logger = logging.getLogger("reach.notify")
 
 CHANNEL_PREFIX = "reach_"
+# The key of a wake-up that names nothing in particular (a reconnect, when nothing says
+# what was missed): every subscriber of the channel takes it as news for itself.
+ANY_KEY = ""
 
 
 class Subscription:
@@ -55,6 +58,7 @@ class Subscription:
     def wake(self) -> None:
         """Wake the waiter as if notified (after a reconnect, nothing says what changed,
         nor where)."""
+        self.keys.add(ANY_KEY)
         self._from_elsewhere = True
         self._event.set()
 

@@ -11,7 +11,7 @@ import pytest
 
 from services.shared.db.engine import create_engine
 from services.shared.db.session import create_sessionmaker, unit_of_work
-from services.shared.notify import LocalNotifier, PostgresNotifier
+from services.shared.notify import ANY_KEY, LocalNotifier, PostgresNotifier
 from tests.support import asyncpg_dsn, eventually, statements_sent
 
 
@@ -102,6 +102,7 @@ class TestPostgres:
                     "WHERE query LIKE 'LISTEN%' AND datname = current_database()"
                 )
                 assert await wake.wait(timeout=10)  # woken on reconnecting
+                assert ANY_KEY in wake.drain_keys()  # for nothing in particular
                 await eventually(lambda: reader.connected.is_set(), timeout=10)
                 await admin.execute("SELECT pg_notify('reach_cases', 'after-reconnect')")
                 assert await wake.wait(timeout=5)

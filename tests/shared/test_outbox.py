@@ -20,8 +20,10 @@ from services.shared.clock import ManualClock
 from services.shared.db.models import AuditDisposition, AuditInbox, ConsultInbox, TriageOutbox
 from services.shared.db.session import unit_of_work
 from services.shared.errors import Unprocessable
+from services.shared.notify import ANY_KEY
 from services.shared.outbox import LocalReceiver, Outbox, OutboxDelivery, receive_events
 from services.shared.outbox.delivery import due_rows
+from services.shared.outbox.writer import outbox_channel
 from services.shared.resources import Resources, open_resources
 from services.shared.schemas.events import Event
 from tests.support import FakePeer, eventually
@@ -696,3 +698,76 @@ class TestDeferredDestinations:
         assert await audit_rows(resources) == (2, 2)
         assert router.calls == 1
         assert await pending_rows(resources) == 0
+
+    async def test_each_lane_wakes_for_its_own_destinations_alone(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit, router: CountingRouter,
+    ) -> None:  # fmt: skip
+        quiet = settings.model_copy(update={"outbox_poll_seconds": 600})
+        delivery = self.lanes(resources, outbox, quiet, local_audit, router)
+        claims = ClaimsByLane(delivery)
+        stopping = asyncio.Event()
+        running = asyncio.create_task(delivery.run(stopping))
+        try:
+            await eventually(lambda: claims.counts() == (1, 1), message="no first passes")
+            await write_events(resources, outbox, 2, to=(Peer.AUDIT,))
+            await eventually(lambda: audit_delivered(resources, 2), message="audit not served")
+            await write_events(resources, outbox, 2, to=(Peer.CONSULT_ROUTER,), first_case=2)
+            await eventually(lambda: router_served(resources, 2), message="router not served")
+            # Each write woke the lane it was for and not the other (no pass to find
+            # nothing); a write for both wakes both.
+            assert claims.counts() == (2, 2)
+            await write_events(
+                resources, outbox, 1, to=(Peer.CONSULT_ROUTER, Peer.AUDIT), first_case=4
+            )
+            await eventually(lambda: audit_delivered(resources, 3), message="audit not served")
+            await eventually(lambda: router_served(resources, 3), message="router not served")
+            assert claims.counts() == (3, 3)
+            # A wake-up that names nothing (after a lost LISTEN connection) wakes both.
+            resources.notifier.hub.dispatch(outbox_channel("triage_api"), ANY_KEY)
+            await eventually(lambda: claims.counts() == (4, 4), message="a lane slept on")
+        finally:
+            stopping.set()
+            await asyncio.wait_for(running, timeout=5)
+
+    async def test_news_for_the_other_lane_never_holds_back_the_poll(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit, router: CountingRouter,
+    ) -> None:  # fmt: skip
+        polling = settings.model_copy(update={"outbox_poll_seconds": 0.2})
+        delivery = self.lanes(resources, outbox, polling, local_audit, router)
+        claims = ClaimsByLane(delivery)
+        stopping = asyncio.Event()
+        running = asyncio.create_task(delivery.run(stopping))
+        try:
+            # audit's events every 50 ms: the router's lane still looks each time its
+            # poll comes round (a retry fallen due is found), not only once they stop.
+            for number in range(30):
+                await write_events(resources, outbox, 1, to=(Peer.AUDIT,), first_case=number)
+                await asyncio.sleep(0.05)
+            prompt_passes, _ = claims.counts()
+            assert prompt_passes >= 3
+        finally:
+            stopping.set()
+            await asyncio.wait_for(running, timeout=5)
+
+
+class ClaimsByLane:
+    """Counts each lane's claims (a pass's first statement) on a delivery."""
+
+    def __init__(self, delivery: OutboxDelivery) -> None:
+        self.prompt = 0
+        self.deferred = 0
+        claim = delivery._claim
+
+        async def counted(session: AsyncSession, *, deferred: bool = False) -> list[Any]:
+            if deferred:
+                self.deferred += 1
+            else:
+                self.prompt += 1
+            return await claim(session, deferred=deferred)
+
+        delivery._claim = counted  # type: ignore[method-assign]
+
+    def counts(self) -> tuple[int, int]:
+        return self.prompt, self.deferred

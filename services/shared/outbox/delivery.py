@@ -37,7 +37,7 @@ from services.shared.clock import Clock
 from services.shared.db.base import table_of
 from services.shared.db.models.outbox import OutboxRowMixin
 from services.shared.db.session import SessionMaker, unit_of_work
-from services.shared.notify import Notifier
+from services.shared.notify import Notifier, Subscription
 from services.shared.observability import log_failure
 from services.shared.outbox.inbox import LocalReceiver
 from services.shared.outbox.writer import Outbox, outbox_channel
@@ -245,11 +245,33 @@ class OutboxDelivery:
                     log_failure(logger, f"outbox delivery pass failed for {self._service}", exc)
                     sent_full_batch = False
                 if not sent_full_batch:
-                    woken = await wake.wait(self._settings.outbox_poll_seconds, stopping=stopping)
-                    if woken and deferred:
-                        # Let the events of the next moment join this pass.
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stopping.wait(), self._defer_seconds)
+                    await self._wait_for_news(wake, stopping, deferred=deferred)
+
+    async def _wait_for_news(
+        self, wake: Subscription, stopping: asyncio.Event, *, deferred: bool
+    ) -> None:
+        """Until a commit writes events for one of the lane's destinations, the poll comes
+        round (a safety net: a row whose retry fell due, a wake-up lost), or `stopping`."""
+        loop = asyncio.get_running_loop()
+        poll_at = loop.time() + self._settings.outbox_poll_seconds
+        while True:
+            remaining = poll_at - loop.time()
+            if remaining <= 0 or not await wake.wait(remaining, stopping=stopping):
+                return
+            keys = wake.drain_keys()
+            if not keys or not keys <= self._other_lanes_destinations(deferred=deferred):
+                break
+        if deferred:
+            # Let the events of the next moment join this pass.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self._defer_seconds)
+
+    def _other_lanes_destinations(self, *, deferred: bool) -> frozenset[str]:
+        """News for these alone is not news for this lane. A wake-up for anything else
+        (another destination, `ANY_KEY`) is."""
+        if deferred:
+            return frozenset(Peer).difference(self._deferred)
+        return self._deferred
 
     async def deliver_due(self) -> bool:
         """One pass of each lane: the prompt destinations, then the deferred. True when

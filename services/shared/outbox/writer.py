@@ -71,4 +71,7 @@ class Outbox:
         if not rows:
             return
         await session.execute(self._insert, rows)
-        await self._notifier.publish(session, outbox_channel(self.service), "")
+        # Named by destination, so a delivery lane wakes only for its own (audit's
+        # events alone do not send the router's lane to look for nothing).
+        for destination in {row["destination"] for row in rows}:
+            await self._notifier.publish(session, outbox_channel(self.service), destination)
