@@ -8,6 +8,7 @@ from triage_api it takes the clinical content and the crew's cancelling or closi
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,18 +38,21 @@ async def apply_snapshots(
     True if it opened a case, which the caller routes (`routing.route_arrivals`)."""
     snapshots = [_snapshot_of(event) for event in events]
     cases = await case_repo.get_cases(session, {s.id for s in snapshots}, for_update=True)
+    unwritten: dict[str, dict[str, Any]] = {}  # new cases, written together
     opened = False
     for snapshot in snapshots:
-        case = cases.get(snapshot.id)
-        if case is None:
-            cases[snapshot.id] = _new_case(ctx, snapshot)
-            session.add(cases[snapshot.id])
+        if snapshot.id not in cases and snapshot.id not in unwritten:
+            unwritten[snapshot.id] = _new_case(ctx, snapshot)
             opened = True
             continue
-        if session.new:  # a case opened earlier in the batch is seen by what follows
-            await session.flush()
-        await _apply(session, ctx, case, snapshot)
+        if unwritten:  # a case opened earlier in the batch is seen by what follows
+            cases.update(await case_repo.insert_cases(session, list(unwritten.values())))
+            unwritten.clear()
+        await _apply(session, ctx, cases[snapshot.id], snapshot)
+    if unwritten:
+        cases.update(await case_repo.insert_cases(session, list(unwritten.values())))
     if opened:
+        # Routing re-reads each case it locks: what the batch changed must be written.
         await session.flush()
         await outbound.queue_changed(session, ctx)
     return opened
@@ -80,39 +84,43 @@ async def _apply(
     await outbound.queue_changed(session, ctx)
 
 
-def _new_case(ctx: RouterContext, snapshot: CaseSnapshot) -> ConsultCase:
+def _new_case(ctx: RouterContext, snapshot: CaseSnapshot) -> dict[str, Any]:
+    """Every column of a new case's row."""
     now = ctx.clock.now()
     status = snapshot.status if snapshot.status in _ENDED else "queued"
-    case = ConsultCase(
-        id=snapshot.id,
-        version=0,
-        reference=snapshot.reference,
-        status=status,
-        priority=snapshot.priority,
-        specialty=str(snapshot.requested_specialty),
-        call_category=str(snapshot.call_category),
-        news2_score=None,
-        snapshot={},
-        created_at=snapshot.created_at,
-        received_at=now,
-        broadcast=False,
-        offer_round=1,
-        escalate_at=None
+    return {
+        "id": snapshot.id,
+        "reference": snapshot.reference,
+        "status": status,
+        "specialty": str(snapshot.requested_specialty),
+        "call_category": str(snapshot.call_category),
+        "created_at": snapshot.created_at,
+        "received_at": now,
+        "broadcast": False,
+        "offer_round": 1,
+        "escalate_at": None
         if status in _ENDED
         else snapshot.created_at + timedelta(seconds=ctx.settings.escalate_after_seconds),
-        escalations=0,
-        router_version=0,
-        accepted_at=None,
-    )
-    _copy_clinical(case, snapshot)
-    return case
+        "escalations": 0,
+        "router_version": 0,
+        "accepted_at": None,
+        **_clinical(snapshot),
+    }
+
+
+def _clinical(snapshot: CaseSnapshot) -> dict[str, Any]:
+    """What a case takes from each newer snapshot."""
+    return {
+        "version": snapshot.version,
+        "priority": snapshot.priority,
+        "snapshot": snapshot.model_dump(mode="json"),
+        "news2_score": snapshot.news2.score if snapshot.news2 else None,
+    }
 
 
 def _copy_clinical(case: ConsultCase, snapshot: CaseSnapshot) -> None:
-    case.version = snapshot.version
-    case.priority = snapshot.priority
-    case.snapshot = snapshot.model_dump(mode="json")
-    case.news2_score = snapshot.news2.score if snapshot.news2 else None
+    for field, value in _clinical(snapshot).items():
+        setattr(case, field, value)
 
 
 async def _cancel(session: AsyncSession, ctx: RouterContext, case: ConsultCase) -> None:

@@ -265,20 +265,21 @@ async def _offer_each(
         if await case_repo.open_offers_for_consultant(session, consultant_id):
             view.offered.add(consultant_id)
             continue  # another process offered them something meanwhile
-        offer = ConsultOffer(
-            id=str(uuid.uuid4()),
-            case_id=case.id,
-            consultant_id=consultant_id,
-            round=case.offer_round,
-            broadcast=case.broadcast,
-            state="open",
-            created_at=now,
-            expires_at=deadline,
-            closed_at=None,
-            close_reason=None,
+        offer = await case_repo.insert_offer(
+            session,
+            {
+                "id": str(uuid.uuid4()),
+                "case_id": case.id,
+                "consultant_id": consultant_id,
+                "round": case.offer_round,
+                "broadcast": case.broadcast,
+                "state": "open",
+                "created_at": now,
+                "expires_at": deadline,
+                "closed_at": None,
+                "close_reason": None,
+            },
         )
-        session.add(offer)
-        await session.flush()
         view.take(consultant_id)
         made += 1
         outbound.count_offer(session, ctx, "made")

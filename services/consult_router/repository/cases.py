@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 
-from services.shared.db.base import table_of
+from services.shared.db.base import adopt_written_row, read_only_row, table_of
 from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
 
 OPEN_CASE = ("queued", "offered")
@@ -24,6 +24,7 @@ _CASE = select(ConsultCase).where(ConsultCase.id == bindparam("case_id"))
 # Every change to a case (routing, accepting, claiming, advising, cancelling) takes this
 # lock first: on PostgreSQL that is what makes one accept win.
 _CASE_LOCKED = _CASE.with_for_update()
+_INSERT_CASE = insert(table_of(ConsultCase))
 _CASES = select(ConsultCase).where(ConsultCase.id.in_(bindparam("case_ids", expanding=True)))
 _CASES_LOCKED = _CASES.order_by(ConsultCase.id).with_for_update()
 _OPEN_CASES = (
@@ -60,6 +61,7 @@ _CLOSE_OPEN_OFFER = (
     .values(state=bindparam("closed_as"), close_reason=bindparam("reason"),
             closed_at=bindparam("at"))
 )  # fmt: skip
+_INSERT_OFFER = insert(_OFFER_TABLE)
 _OPEN_OFFER_PAIRS = select(ConsultOffer.case_id, ConsultOffer.consultant_id).where(
     ConsultOffer.state == "open"
 )
@@ -90,6 +92,15 @@ async def get_cases(
     statement = _CASES_LOCKED if for_update else _CASES
     rows = await session.execute(statement, {"case_ids": sorted(case_ids)})
     return {case.id: case for case in rows.scalars()}
+
+
+async def insert_cases(
+    session: AsyncSession, rows: list[dict[str, object]]
+) -> dict[str, ConsultCase]:
+    """Write new cases in one statement (Core), each the session's own object from then
+    on, by id."""
+    await session.execute(_INSERT_CASE, rows)
+    return {str(row["id"]): adopt_written_row(session, ConsultCase, row) for row in rows}
 
 
 async def open_cases(
@@ -161,6 +172,13 @@ async def expired_offers(session: AsyncSession, *, now: datetime, limit: int) ->
         .with_for_update(skip_locked=True)
     )
     return list((await session.execute(statement)).scalars())
+
+
+async def insert_offer(session: AsyncSession, values: dict[str, object]) -> ConsultOffer:
+    """Write a new offer at once (Core: no flush of the whole session to make one row),
+    and return it as an object to read; later reads in the session load their own."""
+    await session.execute(_INSERT_OFFER, values)
+    return read_only_row(ConsultOffer, values)
 
 
 async def close_offer(

@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import JSON, DateTime, MetaData, Table, TypeDecorator
+from sqlalchemy import JSON, DateTime, MetaData, Table, TypeDecorator, inspect
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, configure_mappers
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, configure_mappers, make_transient_to_detached
 from sqlalchemy.orm.instrumentation import manager_of_class
 
 NAMING_CONVENTION = {
@@ -77,6 +78,25 @@ def read_only_row(model: type[M], values: dict[str, Any]) -> M:
     configure_mappers()  # the constructor would; a no-op once done
     instance: M = manager_of_class(model).new_instance()
     instance.__dict__.update(values)
+    return instance
+
+
+def adopt_written_row(session: AsyncSession, model: type[M], values: dict[str, Any]) -> M:
+    """A row just written as Core, made the session's own object as if it had been read:
+    later reads in the session find it, and its later changes flush as UPDATEs.
+
+    The ORM's own INSERT (`session.add`, then a flush) costs a flush of the whole
+    session, several times the statement (`table_of`). `values` must hold every column.
+    """
+    instance = read_only_row(model, values)
+    make_transient_to_detached(instance)
+    # The row did not exist until now (its INSERT would have failed), so an object the
+    # session holds under its key is a leftover of an undone savepoint: let it go.
+    key = inspect(instance).key
+    stale = session.identity_map.get(key) if key is not None else None
+    if stale is not None:
+        session.expunge(stale)
+    session.add(instance)
     return instance
 
 
