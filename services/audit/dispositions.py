@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.shared.db.base import table_of
 from services.shared.db.models import AuditDisposition
 from services.shared.db.statements import insert_many_if_absent
 from services.shared.schemas.events import Event, EventType
@@ -48,6 +49,19 @@ class _Facts(BaseModel):
     consultant: dict[str, Any] | None = None
 
 
+_TABLE = table_of(AuditDisposition)
+_LOCKED = (
+    select(_TABLE)
+    .where(_TABLE.c.case_id.in_(bindparam("case_ids", expanding=True)))
+    .order_by(_TABLE.c.case_id)
+    .with_for_update()
+)
+_KEY = "record_case_id"
+_FIELDS = tuple(column.name for column in _TABLE.c if column.name != "case_id")
+# Every field set from each row's values: one statement for the whole batch.
+_WRITE_BACK = update(_TABLE).where(_TABLE.c.case_id == bindparam(_KEY))
+
+
 async def record(session: AsyncSession, event: Event, *, now: datetime) -> None:
     await record_many(session, [event], now=now)
 
@@ -55,7 +69,10 @@ async def record(session: AsyncSession, event: Event, *, now: datetime) -> None:
 async def record_many(session: AsyncSession, events: list[Event], *, now: datetime) -> None:
     """Fill in the outcome records of a batch of events, in their order: one statement to
     create the records missing, one to lock them (in case order, so two batches never wait
-    on each other crosswise), one flush for the changes."""
+    on each other crosswise), one to write them back.
+
+    As Core on the table (see `table_of`): the records are read, filled in and written
+    back as plain rows, at about half the CPU of the ORM's objects and flush."""
     relevant = [event for event in events if event.type in RELEVANT]
     if not relevant:
         return
@@ -66,19 +83,17 @@ async def record_many(session: AsyncSession, events: list[Event], *, now: dateti
         [{"case_id": case_id, "risk_override": False, "updated_at": now} for case_id in case_ids],
         returning="case_id",
     )
-    statement = (
-        select(AuditDisposition)
-        .where(AuditDisposition.case_id.in_(case_ids))
-        .order_by(AuditDisposition.case_id)
-        .with_for_update()
-    )
-    rows = {row.case_id: row for row in (await session.execute(statement)).scalars()}
+    locked = await session.execute(_LOCKED, {"case_ids": case_ids})
+    rows = {row["case_id"]: dict(row) for row in locked.mappings()}
     for event in relevant:
         _apply(rows[event.subject_id], event, now=now)
-    await session.flush()
+    await session.execute(
+        _WRITE_BACK,
+        [{_KEY: case_id, **{name: row[name] for name in _FIELDS}} for case_id, row in rows.items()],
+    )
 
 
-def _apply(row: AuditDisposition, event: Event, *, now: datetime) -> None:
+def _apply(row: dict[str, Any], event: Event, *, now: datetime) -> None:
     facts = _Facts.model_validate(event.data)
     _fill(row, "reference", facts.reference or facts.case_reference)
     _fill(row, "specialty", facts.specialty)
@@ -87,7 +102,7 @@ def _apply(row: AuditDisposition, event: Event, *, now: datetime) -> None:
     if event.type == EventType.CASE_CANCELLED:
         _fill(row, "cancelled_at", event.occurred_at)
     if event.type == EventType.CASE_ACKNOWLEDGED and facts.followed is not None:
-        row.followed = facts.followed
+        row["followed"] = facts.followed
     if event.type in (EventType.CONSULT_ACCEPTED, EventType.CONSULT_ADVISED):
         _fill(row, "accepted_at", facts.accepted_at or facts.at)
         if facts.consultant:
@@ -96,16 +111,16 @@ def _apply(row: AuditDisposition, event: Event, *, now: datetime) -> None:
         _fill(row, "advised_at", facts.at or event.occurred_at)
         _fill(row, "disposition", facts.disposition)
         _fill(row, "pathway", facts.pathway)
-        row.risk_override = row.risk_override or facts.risk_override
-    if row.created_at is not None:
-        if row.accepted_at is not None:
-            row.accept_seconds = (row.accepted_at - row.created_at).total_seconds()
-        if row.advised_at is not None:
-            row.advice_seconds = (row.advised_at - row.created_at).total_seconds()
-    row.updated_at = now
+        row["risk_override"] = row["risk_override"] or facts.risk_override
+    if row["created_at"] is not None:
+        if row["accepted_at"] is not None:
+            row["accept_seconds"] = (row["accepted_at"] - row["created_at"]).total_seconds()
+        if row["advised_at"] is not None:
+            row["advice_seconds"] = (row["advised_at"] - row["created_at"]).total_seconds()
+    row["updated_at"] = now
 
 
-def _fill(row: AuditDisposition, field: str, value: Any) -> None:
+def _fill(row: dict[str, Any], field: str, value: Any) -> None:
     """Facts do not change once known: the first event to tell one sets it."""
-    if value is not None and getattr(row, field) is None:
-        setattr(row, field, value)
+    if value is not None and row[field] is None:
+        row[field] = value
