@@ -87,6 +87,10 @@ def adopt_written_row(session: AsyncSession, model: type[M], values: dict[str, A
 
     The ORM's own INSERT (`session.add`, then a flush) costs a flush of the whole
     session, several times the statement (`table_of`). `values` must hold every column.
+
+    Unlike a row the ORM inserted, it is not let go if the savepoint it was written in
+    is undone: the session keeps an object whose row is gone (not expired, if it was not
+    changed). Writing the row again adopts afresh; nothing else should look it up there.
     """
     instance = read_only_row(model, values)
     make_transient_to_detached(instance)
