@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -134,6 +135,19 @@ async def transactions_of_one_pass(resources: Resources, delivery: OutboxDeliver
     finally:
         sa_event.remove(resources.engine.sync_engine, "begin", count)
     return len(began)
+
+
+@asynccontextmanager
+async def running(delivery: OutboxDelivery) -> AsyncIterator[None]:
+    """The delivery's loops run while the block does; leaving it stops them, and stopping
+    must not take long."""
+    stopping = asyncio.Event()
+    loops = asyncio.create_task(delivery.run(stopping))
+    try:
+        yield
+    finally:
+        stopping.set()
+        await asyncio.wait_for(loops, timeout=5)
 
 
 class TestWriting:
@@ -340,16 +354,11 @@ class TestLoop:
     async def test_the_running_loop_delivers_as_soon_as_a_change_commits(
         self, resources: Resources, outbox: Outbox, delivery: OutboxDelivery, fake_peers: FakePeer
     ) -> None:
-        stopping = asyncio.Event()
-        task = asyncio.create_task(delivery.run(stopping))
-        try:
+        async with running(delivery):
             await asyncio.sleep(0.1)  # the loop is idle, waiting
             ids = await write_events(resources, outbox, 3)
             await eventually(lambda: len(fake_peers.received) == 3, timeout=5)
             assert [event["id"] for event in fake_peers.received] == ids
-        finally:
-            stopping.set()
-            await asyncio.wait_for(task, timeout=5)
 
     async def test_delivered_rows_are_purged_after_their_retention(
         self,
@@ -650,17 +659,17 @@ class TestDeferredDestinations:
         delivery = self.lanes(resources, outbox, quiet, local_audit, router, defer_seconds=600)
         # What waits when the loops start is delivered at once, by both.
         await write_events(resources, outbox, 1, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
-        stopping = asyncio.Event()
-        running = asyncio.create_task(delivery.run(stopping))
-        await eventually(lambda: audit_delivered(resources, 1), message="audit not served")
-        await eventually(lambda: router_served(resources, 1), message="router not served")
-        await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER), first_case=1)
-        await eventually(lambda: router_served(resources, 4), message="router not served")
-        assert await audit_rows(resources) == (1, 1)
-        assert await pending_rows(resources) == 3  # audit's, still gathering
-        # Stopping does not wait out the gathering; the rows stay for the next start.
-        stopping.set()
-        await asyncio.wait_for(running, timeout=5)
+        # Leaving the block stops the loops, which does not wait out the gathering; the
+        # rows stay for the next start.
+        async with running(delivery):
+            await eventually(lambda: audit_delivered(resources, 1), message="audit not served")
+            await eventually(lambda: router_served(resources, 1), message="router not served")
+            await write_events(
+                resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER), first_case=1
+            )
+            await eventually(lambda: router_served(resources, 4), message="router not served")
+            assert await audit_rows(resources) == (1, 1)
+            assert await pending_rows(resources) == 3  # audit's, still gathering
         await delivery.deliver_due()
         assert await audit_rows(resources) == (4, 4)
         assert await pending_rows(resources) == 0
@@ -706,9 +715,7 @@ class TestDeferredDestinations:
         quiet = settings.model_copy(update={"outbox_poll_seconds": 600})
         delivery = self.lanes(resources, outbox, quiet, local_audit, router)
         claims = ClaimsByLane(delivery)
-        stopping = asyncio.Event()
-        running = asyncio.create_task(delivery.run(stopping))
-        try:
+        async with running(delivery):
             await eventually(lambda: claims.counts() == (1, 1), message="no first passes")
             await write_events(resources, outbox, 2, to=(Peer.AUDIT,))
             await eventually(lambda: audit_delivered(resources, 2), message="audit not served")
@@ -726,9 +733,6 @@ class TestDeferredDestinations:
             # A wake-up that names nothing (after a lost LISTEN connection) wakes both.
             resources.notifier.hub.dispatch(outbox_channel("triage_api"), ANY_KEY)
             await eventually(lambda: claims.counts() == (4, 4), message="a lane slept on")
-        finally:
-            stopping.set()
-            await asyncio.wait_for(running, timeout=5)
 
     async def test_news_for_the_other_lane_never_holds_back_the_poll(
         self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
@@ -737,9 +741,7 @@ class TestDeferredDestinations:
         polling = settings.model_copy(update={"outbox_poll_seconds": 0.2})
         delivery = self.lanes(resources, outbox, polling, local_audit, router)
         claims = ClaimsByLane(delivery)
-        stopping = asyncio.Event()
-        running = asyncio.create_task(delivery.run(stopping))
-        try:
+        async with running(delivery):
             # audit's events every 50 ms: the router's lane still looks each time its
             # poll comes round (a retry fallen due is found), not only once they stop.
             for number in range(30):
@@ -747,9 +749,6 @@ class TestDeferredDestinations:
                 await asyncio.sleep(0.05)
             prompt_passes, _ = claims.counts()
             assert prompt_passes >= 3
-        finally:
-            stopping.set()
-            await asyncio.wait_for(running, timeout=5)
 
 
 class ClaimsByLane:

@@ -205,6 +205,7 @@ class OutboxDelivery:
     ) -> None:
         self._outbox = outbox
         self._deferred = deferred
+        self._not_deferred = frozenset(Peer).difference(deferred)
         self._defer_seconds = defer_seconds
         self._local_peers = local_peers if local_peers is not None else {}
         self._model = outbox.model
@@ -269,9 +270,7 @@ class OutboxDelivery:
     def _other_lanes_destinations(self, *, deferred: bool) -> frozenset[str]:
         """News for these alone is not news for this lane. A wake-up for anything else
         (another destination, `ANY_KEY`) is."""
-        if deferred:
-            return frozenset(Peer).difference(self._deferred)
-        return self._deferred
+        return self._not_deferred if deferred else self._deferred
 
     async def deliver_due(self) -> bool:
         """One pass of each lane: the prompt destinations, then the deferred. True when
