@@ -52,16 +52,16 @@ WEB = Path(__file__).parent / "web"
 
 def triage_batch_handler(ctx: RouterContext) -> BatchHandler:
     async def handle(session: AsyncSession, events: list[Event]) -> None:
-        if await cases.apply_snapshots(session, ctx=ctx, events=events):
-            await routing.route_arrivals(session, ctx)
+        if opened := await cases.apply_snapshots(session, ctx=ctx, events=events):
+            await routing.route_arrivals(session, ctx, opened)
 
     return handle
 
 
 def triage_event_handlers(ctx: RouterContext) -> dict[str, EventHandler]:
     async def handle(session: AsyncSession, event: Event) -> None:
-        if await cases.apply_snapshot(session, ctx=ctx, event=event):
-            await routing.route_arrivals(session, ctx)
+        if opened := await cases.apply_snapshot(session, ctx=ctx, event=event):
+            await routing.route_arrivals(session, ctx, opened)
 
     return dict.fromkeys(
         (

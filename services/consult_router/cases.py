@@ -17,7 +17,7 @@ from services.consult_router import outbound
 from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.views import case_summary, full_case
-from services.shared.db.models import ConsultCase, ConsultOffer
+from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
 from services.shared.errors import Unprocessable
 from services.shared.schemas.cases import CaseSnapshot
 from services.shared.schemas.events import Event
@@ -25,34 +25,37 @@ from services.shared.schemas.events import Event
 _ENDED = ("closed", "cancelled")
 
 
-async def apply_snapshot(session: AsyncSession, *, ctx: RouterContext, event: Event) -> bool:
+async def apply_snapshot(
+    session: AsyncSession, *, ctx: RouterContext, event: Event
+) -> dict[str, ConsultCase]:
     return await apply_snapshots(session, ctx=ctx, events=[event])
 
 
 async def apply_snapshots(
     session: AsyncSession, *, ctx: RouterContext, events: list[Event]
-) -> bool:
+) -> dict[str, ConsultCase]:
     """A delivered batch, each event as if alone and in order, but the batch's cases read
     (and locked, in id order) in one statement and its new cases inserted in one.
 
-    True if it opened a case, which the caller routes (`routing.route_arrivals`)."""
+    The cases it opened, by id, which the caller routes (`routing.route_arrivals`): this
+    session's own objects, current with every snapshot of the batch."""
     snapshots = [_snapshot_of(event) for event in events]
     cases = await case_repo.get_cases(session, {s.id for s in snapshots}, for_update=True)
     unwritten: dict[str, dict[str, Any]] = {}  # new cases, written together
-    opened = False
+    opened: dict[str, ConsultCase] = {}
     for snapshot in snapshots:
         if snapshot.id not in cases and snapshot.id not in unwritten:
             unwritten[snapshot.id] = _new_case(ctx, snapshot)
-            opened = True
             continue
         if unwritten:  # a case opened earlier in the batch is seen by what follows
-            cases.update(await case_repo.insert_cases(session, list(unwritten.values())))
+            opened.update(await case_repo.insert_cases(session, list(unwritten.values())))
+            cases.update(opened)
             unwritten.clear()
         await _apply(session, ctx, cases[snapshot.id], snapshot)
     if unwritten:
-        cases.update(await case_repo.insert_cases(session, list(unwritten.values())))
+        opened.update(await case_repo.insert_cases(session, list(unwritten.values())))
     if opened:
-        # Routing re-reads each case it locks: what the batch changed must be written.
+        # Routing re-reads the older cases it locks: what the batch changed must be written.
         await session.flush()
         await outbound.queue_changed(session, ctx)
     return opened
@@ -130,7 +133,7 @@ async def _cancel(session: AsyncSession, ctx: RouterContext, case: ConsultCase) 
     case.escalate_at = None
     for offer in await case_repo.open_offers_for_case(session, case.id):
         await withdraw_offer(session, ctx, offer=offer, case=case, reason="cancelled")
-    consult = await case_repo.consult_for_case(session, case.id)
+    consult = await _consult_of(session, case)
     if consult is not None and consult.advised_at is None and consult.ended_at is None:
         consult.ended_at = now
         consult.advice_due_at = None
@@ -146,7 +149,7 @@ async def _cancel(session: AsyncSession, ctx: RouterContext, case: ConsultCase) 
 
 async def _tell_holders(session: AsyncSession, ctx: RouterContext, case: ConsultCase) -> None:
     """New observations: whoever is looking at the case sees them at once."""
-    consult = await case_repo.consult_for_case(session, case.id)
+    consult = await _consult_of(session, case)
     if consult is not None and consult.advised_at is None and consult.ended_at is None:
         await outbound.tell_consultant(
             session,
@@ -163,6 +166,14 @@ async def _tell_holders(session: AsyncSession, ctx: RouterContext, case: Consult
             "case_updated",
             {"offer_id": offer.id, "case": case_summary(case).model_dump(mode="json")},
         )
+
+
+async def _consult_of(session: AsyncSession, case: ConsultCase) -> ConsultConsult | None:
+    """The case's consult, if it has one. A consult is written in the transaction that
+    sets the case's `accepted_at`, so a case never accepted is not searched for one."""
+    if case.accepted_at is None:
+        return None
+    return await case_repo.consult_for_case(session, case.id)
 
 
 async def withdraw_offer(

@@ -129,13 +129,20 @@ class RoutingEngine:
         could move: on a wake-up, a case waiting on someone's answer is left alone, so a
         pass costs the cases that can change, not every open one. The first such case is
         routed in the transaction that read the view; on a quiet system it is the only
-        one, and the offer's path is one transaction shorter. With no case open (a crew's
-        cancellation woke the loop, say) the rota is not read at all."""
+        one, and the offer's path is one transaction shorter. With no case open, or every
+        one awaiting the answer of the one consultant it is offered to (a crew's
+        cancellation woke the loop, say), the rota is not read at all."""
         async with unit_of_work(self._maker) as session:
             open_cases = await open_cases_to_route(session)
             if not open_cases:
                 return
-            view = await RoutingView.load(session, self._ctx, now=now)
+            open_offers = await case_repo.open_offer_pairs(session)
+            on_offer = {case_id for case_id, _ in open_offers}
+            if not sweeping and all(
+                RoutingView.awaits_an_answer(case, on_offer) for case in open_cases
+            ):
+                return
+            view = await RoutingView.load(session, self._ctx, now=now, open_offers=open_offers)
             waiting = iter(view.queue_order(open_cases))
             first = next((case for case in waiting if view.may_move(case, sweeping=sweeping)), None)
             if first is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -61,7 +62,16 @@ class RoutingView:
     made: list[str] = field(default_factory=list)
 
     @classmethod
-    async def load(cls, session: AsyncSession, ctx: RouterContext, *, now: datetime) -> RoutingView:
+    async def load(
+        cls,
+        session: AsyncSession,
+        ctx: RouterContext,
+        *,
+        now: datetime,
+        open_offers: list[tuple[str, str]] | None = None,
+    ) -> RoutingView:
+        """`open_offers`: the (case, consultant) pairs of the open offers, if the caller
+        has read them in this transaction already."""
         rows = await rota_repo.shifts_on_at(
             session, specialties=[str(s) for s in Specialty], at=now
         )
@@ -70,7 +80,8 @@ class RoutingView:
         for shift, consultant in rows:
             on_call.setdefault(shift.specialty, set()).add(consultant.id)
             consultants[consultant.id] = consultant
-        open_offers = await case_repo.open_offer_pairs(session)
+        if open_offers is None:
+            open_offers = await case_repo.open_offer_pairs(session)
         return cls(
             consultants=consultants,
             on_call=on_call,
@@ -127,6 +138,12 @@ class RoutingView:
 
         return sorted(cases, key=urgency)
 
+    @staticmethod
+    def awaits_an_answer(case: ConsultCase, on_offer: set[str]) -> bool:
+        """Offered to one consultant, whose answer or deadline alone moves it on: until
+        then only a sweep looks at it, whoever else is free."""
+        return case.status != "queued" and case.id in on_offer and not case.broadcast
+
     def may_move(self, case: ConsultCase, *, sweeping: bool) -> bool:
         """Whether routing the case now could change anything, so a pass skips the rest.
 
@@ -139,20 +156,23 @@ class RoutingView:
             return self.anyone_free()
         if sweeping or case.id not in self.on_offer:
             return True
-        return case.broadcast and self.anyone_free()
+        return case.broadcast and self.anyone_free()  # False if `awaits_an_answer`
 
     def take(self, consultant_id: str) -> None:
         self.offered.add(consultant_id)
         self.made.append(consultant_id)
 
 
-async def route_arrivals(session: AsyncSession, ctx: RouterContext) -> None:
+async def route_arrivals(
+    session: AsyncSession, ctx: RouterContext, arrivals: Mapping[str, ConsultCase]
+) -> None:
     """Offer new cases in the transaction that records them, rather than waking the
     routing loop to do it in transactions of its own afterwards.
 
     It is the pass a wake-up runs, over the whole queue in order of urgency, so a new case
     never goes ahead of one waiting longer or more urgently. Under a savepoint: if it
     fails, the cases stay recorded and the routing loop is woken to route them.
+    `arrivals` are the cases this transaction wrote, as this session holds them.
     """
     now = ctx.clock.now()
     try:
@@ -162,19 +182,37 @@ async def route_arrivals(session: AsyncSession, ctx: RouterContext) -> None:
                 return  # no new case can move: the queue is not read (it can be long then)
             for case in await view.open_queue(session):
                 if view.may_move(case, sweeping=False):
-                    await route_case(session, ctx, view, case_id=case.id, now=now)
+                    await route_case(
+                        session, ctx, view, case_id=case.id, now=now, arrival=arrivals.get(case.id)
+                    )
     except Exception as exc:  # the loop routes them instead
         log_failure(logger, "routing new cases on arrival failed; left to the routing loop", exc)
         await outbound.wake_routing(session, ctx)
 
 
 async def route_case(
-    session: AsyncSession, ctx: RouterContext, view: RoutingView, *, case_id: str, now: datetime
+    session: AsyncSession,
+    ctx: RouterContext,
+    view: RoutingView,
+    *,
+    case_id: str,
+    now: datetime,
+    arrival: ConsultCase | None = None,
 ) -> None:
-    case = await case_repo.lock_open_case(session, case_id)
-    if case is None:
-        return  # taken, ended, or another process is routing it
-    offers = await case_repo.offers_open_or_in_round(session, case.id, case.offer_round)
+    """Route one case. `arrival`: the case as this transaction wrote it, uncommitted, so
+    no other transaction can see it, let alone hold it or have offered it: it is routed
+    as it stands, without the locking read and with no offers to look up."""
+    offers: list[ConsultOffer] = []
+    if arrival is not None:
+        if arrival.status not in case_repo.OPEN_CASE:
+            return  # its own batch ended it
+        case = arrival
+    else:
+        locked = await case_repo.lock_open_case(session, case_id)
+        if locked is None:
+            return  # taken, ended, or another process is routing it
+        case = locked
+        offers = await case_repo.offers_open_or_in_round(session, case.id, case.offer_round)
     open_offers = await _drop_holders_off_shift(
         session, ctx, view, case, [o for o in offers if o.state == "open"]
     )

@@ -253,6 +253,24 @@ class TestPriorityAndChanges:
             assert log[1][1]["reason"] == "cancelled"
         assert await desk.offers("dr-em1") == []
 
+    async def test_a_case_never_accepted_is_not_searched_for_a_consult(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """Only accepting a case gives it a consult (and its `accepted_at`)."""
+        await desk.consultant("dr-a", ["frailty"])
+        case = snapshot(clock)
+        await desk.send_case(case)
+
+        def reads_its_consult(statement: str) -> bool:
+            return statement.startswith("SELECT") and "consult_consult.case_id = " in statement
+
+        with statements_sent(resources.engine, reads_its_consult) as reads:
+            await desk.send_case({**case, "version": 2, "priority": 1})
+            await desk.send_case({**case, "version": 3, "status": "cancelled"})
+        assert reads == []
+        log = await desk.log("dr-a")
+        assert kinds(log) == ["offer", "case_updated", "offer_withdrawn"]
+
     async def test_a_stale_or_repeated_snapshot_changes_nothing(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock
     ) -> None:
@@ -337,6 +355,35 @@ class TestOfferedOnArrival:
         assert len(began) == 1
         assert kinds(await desk.log("dr-a")) == ["offer"]
         assert offered_case(await desk.log("dr-a")) == case["id"]
+
+    async def test_an_arrival_is_offered_as_written_without_reading_it_back(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """Written by the transaction routing it, the case is nobody else's to lock or to
+        have offered: neither it nor its offers are read again."""
+        await desk.consultant("dr-a", ["frailty"])
+        case = snapshot(clock, risk_flags=["cannot_walk"])
+
+        def reads_one_case_or_its_offers(statement: str) -> bool:
+            return statement.startswith("SELECT") and (
+                "consult_case.id = " in statement or "consult_offer.case_id = " in statement
+            )
+
+        with statements_sent(resources.engine, reads_one_case_or_its_offers) as rereads:
+            await desk.send_case(case)
+        assert rereads == []
+        assert offered_case(await desk.log("dr-a")) == case["id"]
+        [offer] = await desk.offers("dr-a")
+        assert offer["case"]["risk_flags"] == ["cannot_walk"]  # the whole case, as written
+
+    async def test_an_arrival_ended_by_its_own_batch_is_not_offered(
+        self, desk: Desk, clock: ManualClock
+    ) -> None:
+        await desk.consultant("dr-a", ["frailty"])
+        case = snapshot(clock)
+        cancelled = {**case, "version": 2, "status": "cancelled"}
+        assert await desk.send_case(case, cancelled) == ["accepted", "accepted"]
+        assert await desk.log("dr-a") == []
 
     async def test_an_arrival_never_goes_ahead_of_a_more_urgent_case_waiting(
         self, desk: Desk, clock: ManualClock
@@ -426,6 +473,31 @@ class TestWakeUpPasses:
             event.remove(listen, "begin", count)
         assert len(transactions) == 1  # the view, and the declined case alone, together
         [moved] = await desk.offers(free)
+        assert moved["case"]["id"] == offer["case"]["id"]
+
+    async def test_with_every_case_awaiting_an_answer_a_wake_up_reads_no_rota(
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources
+    ) -> None:
+        for name in ("dr-a", "dr-b", "dr-c"):
+            await desk.consultant(name, ["frailty"])
+        for _ in range(2):
+            await desk.send_case(snapshot(clock))  # each offered to one consultant
+
+        def reads_the_rota(statement: str) -> bool:
+            return statement.startswith("SELECT") and (
+                "FROM consult_shift" in statement or "FROM consult_consult " in statement
+            )
+
+        with statements_sent(resources.engine, reads_the_rota) as rota_reads:
+            await engine.route_changes()
+        assert rota_reads == []
+        # A case whose offer closed can move: then the rota is read, and it moves.
+        [offer] = await desk.offers("dr-a")  # the most free (the first by name) has one
+        await desk.decline("dr-a", offer["offer_id"])
+        with statements_sent(resources.engine, reads_the_rota) as rota_reads:
+            await engine.route_changes()
+        assert rota_reads != []
+        [moved] = await desk.offers("dr-c")
         assert moved["case"]["id"] == offer["case"]["id"]
 
     async def test_the_case_routed_with_the_view_is_read_afresh_under_its_lock(
