@@ -17,15 +17,13 @@ async def refresh_gauges(session: AsyncSession, ctx: RouterContext) -> None:
         specialty: (count, oldest)
         for specialty, count, oldest in await case_repo.queue_depths(session, now=now)
     }
-    on_shift = await rota_repo.shifts_on_at(
-        session, specialties=[str(s) for s in Specialty], at=now
-    )
+    on_shift = await rota_repo.on_call_at(session, specialties=[str(s) for s in Specialty], at=now)
     available: dict[str, set[str]] = {}
     rostered: dict[str, set[str]] = {}
-    for shift, consultant in on_shift:
-        rostered.setdefault(shift.specialty, set()).add(consultant.id)
-        if consultant.status == ConsultantStatus.AVAILABLE:
-            available.setdefault(shift.specialty, set()).add(consultant.id)
+    for entry in on_shift:
+        rostered.setdefault(entry.specialty, set()).add(entry.consultant_id)
+        if entry.status == ConsultantStatus.AVAILABLE:
+            available.setdefault(entry.specialty, set()).add(entry.consultant_id)
     for specialty in Specialty:
         count, oldest = depths.get(str(specialty), (0, None))
         metrics.queue_depth.labels(str(specialty)).set(count)

@@ -23,8 +23,9 @@ from services.consult_router.cases import withdraw_offer
 from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import rota as rota_repo
+from services.consult_router.repository.rota import OnCall
 from services.consult_router.views import offer_read
-from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOffer
+from services.shared.db.models import ConsultCase, ConsultOffer
 from services.shared.db.session import after_commit
 from services.shared.domain.priority import aged_priority
 from services.shared.domain.vocabulary import FALLBACK_SPECIALTY, ConsultantStatus, Specialty
@@ -50,7 +51,8 @@ class RoutingView:
     pass makes offers. Offers re-check under row locks, so a stale view costs a skip,
     never a double offer."""
 
-    consultants: dict[str, ConsultConsultant]
+    # As read for the pass (not the session's objects): an offer locks and reads afresh.
+    consultants: dict[str, OnCall]
     on_call: dict[str, set[str]]
     active: dict[str, int]
     # Consultants being asked about a case, and the cases someone is being asked about.
@@ -72,14 +74,13 @@ class RoutingView:
     ) -> RoutingView:
         """`open_offers`: the (case, consultant) pairs of the open offers, if the caller
         has read them in this transaction already."""
-        rows = await rota_repo.shifts_on_at(
-            session, specialties=[str(s) for s in Specialty], at=now
-        )
         on_call: dict[str, set[str]] = {}
-        consultants: dict[str, ConsultConsultant] = {}
-        for shift, consultant in rows:
-            on_call.setdefault(shift.specialty, set()).add(consultant.id)
-            consultants[consultant.id] = consultant
+        consultants: dict[str, OnCall] = {}
+        for entry in await rota_repo.on_call_at(
+            session, specialties=[str(s) for s in Specialty], at=now
+        ):
+            on_call.setdefault(entry.specialty, set()).add(entry.consultant_id)
+            consultants[entry.consultant_id] = entry
         if open_offers is None:
             open_offers = await case_repo.open_offer_pairs(session)
         return cls(

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import event, text
 
 from services.consult_router import routing
@@ -499,6 +500,25 @@ class TestWakeUpPasses:
         assert rota_reads != []
         [moved] = await desk.offers("dr-c")
         assert moved["case"]["id"] == offer["case"]["id"]
+
+    async def test_a_consultant_who_goes_away_after_the_pass_read_the_rota_is_not_offered(
+        self, desk: Desk, router_app: FastAPI, clock: ManualClock, resources: Resources
+    ) -> None:
+        """The pass's view of who is free may be stale by the time it offers: the offer
+        goes by the consultant's row as it is once locked."""
+        if resources.engine.dialect.name == "sqlite":
+            pytest.skip("SQLite has one writer: nobody changes the rota while a pass runs")
+        ctx = router_app.state.router
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        case = snapshot(clock)
+        await desk.send_case(case)  # nobody free: it waits
+        await desk.status("dr-a", "available")
+        async with unit_of_work(resources.sessionmaker) as session:
+            view = await routing.RoutingView.load(session, ctx, now=clock.now())
+            assert view.free_in("frailty") == {"dr-a"}
+            await desk.status("dr-a", "away")  # committed meanwhile, on another connection
+            await routing.route_case(session, ctx, view, case_id=case["id"], now=clock.now())
+        assert await desk.log("dr-a") == []
 
     async def test_the_case_routed_with_the_view_is_read_afresh_under_its_lock(
         self, desk: Desk, clock: ManualClock, resources: Resources

@@ -6,11 +6,13 @@ The queries of a routing pass are built once (see `repository.cases` for why).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.shared.db.base import table_of
 from services.shared.db.models import (
     ConsultConnection,
     ConsultConsult,
@@ -20,7 +22,11 @@ from services.shared.db.models import (
 
 _CONSULTANT = select(ConsultConsultant).where(ConsultConsultant.id == bindparam("consultant_id"))
 _CONSULTANT_LOCKED = _CONSULTANT.with_for_update()
-_CONSULTANT_IF_FREE = _CONSULTANT.with_for_update(skip_locked=True)
+# Read afresh once locked, even if the session holds the consultant already: their status
+# may have changed since, and it is the row as locked that decides an offer.
+_CONSULTANT_IF_FREE = _CONSULTANT.with_for_update(skip_locked=True).execution_options(
+    populate_existing=True
+)
 _SHIFTS_ON_AT = (
     select(ConsultShift, ConsultConsultant)
     .join(ConsultConsultant, ConsultConsultant.id == ConsultShift.consultant_id)
@@ -31,6 +37,35 @@ _SHIFTS_ON_AT = (
     )
     .order_by(ConsultConsultant.name, ConsultConsultant.id)
 )
+_SHIFT_TABLE, _CONSULTANT_TABLE = table_of(ConsultShift), table_of(ConsultConsultant)
+# What a routing pass needs of who is on call (Core rows: no objects for the session to
+# build and track, one pair a consultant and shift, every pass).
+_ON_CALL_AT = (
+    select(
+        _SHIFT_TABLE.c.specialty,
+        _CONSULTANT_TABLE.c.id,
+        _CONSULTANT_TABLE.c.status,
+        _CONSULTANT_TABLE.c.last_assigned_at,
+    )
+    .join(_CONSULTANT_TABLE, _CONSULTANT_TABLE.c.id == _SHIFT_TABLE.c.consultant_id)
+    .where(
+        _SHIFT_TABLE.c.specialty.in_(bindparam("specialties", expanding=True)),
+        _SHIFT_TABLE.c.starts_at <= bindparam("at"),
+        _SHIFT_TABLE.c.ends_at > bindparam("at"),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OnCall:
+    """A consultant on shift for a specialty, as a routing pass reads them."""
+
+    specialty: str
+    consultant_id: str
+    status: str
+    last_assigned_at: datetime | None
+
+
 _ACTIVE_CONSULT_COUNTS = (
     select(ConsultConsult.consultant_id, func.count())
     .where(
@@ -101,6 +136,15 @@ async def shifts_on_at(
     """Shifts covering `at` in the given specialties, with their consultants."""
     rows = await session.execute(_SHIFTS_ON_AT, {"specialties": list(specialties), "at": at})
     return [(shift, consultant) for shift, consultant in rows.all()]
+
+
+async def on_call_at(
+    session: AsyncSession, *, specialties: Iterable[str], at: datetime
+) -> list[OnCall]:
+    """Who is on shift at `at` in the given specialties, with their status; one entry a
+    shift."""
+    rows = await session.execute(_ON_CALL_AT, {"specialties": list(specialties), "at": at})
+    return [OnCall(*row) for row in rows]
 
 
 async def active_consult_counts(
