@@ -15,6 +15,7 @@ from services.consult_router import routing
 from services.consult_router.context import WORK_CHANNEL
 from services.consult_router.engine import RoutingEngine
 from services.consult_router.repository import cases as case_repo
+from services.consult_router.repository import rota as rota_repo
 from services.shared.clock import ManualClock
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
@@ -519,6 +520,23 @@ class TestWakeUpPasses:
             await desk.status("dr-a", "away")  # committed meanwhile, on another connection
             await routing.route_case(session, ctx, view, case_id=case["id"], now=clock.now())
         assert await desk.log("dr-a") == []
+
+    async def test_a_consultant_locked_for_an_offer_is_read_afresh(
+        self, desk: Desk, resources: Resources
+    ) -> None:
+        """Even when the session holds the consultant already, the lock reads their row
+        as it is now, not as the session last saw it."""
+        if resources.engine.dialect.name == "sqlite":
+            pytest.skip("SQLite has one writer: nobody changes the rota while a pass runs")
+        await desk.consultant("dr-a", ["frailty"])
+        async with unit_of_work(resources.sessionmaker) as session:
+            seen = await rota_repo.get_consultant(session, "dr-a")
+            assert seen is not None
+            assert seen.status == "available"
+            await desk.status("dr-a", "away")  # committed meanwhile, on another connection
+            locked = await rota_repo.lock_consultant_if_free(session, "dr-a")
+            assert locked is seen
+            assert locked.status == "away"
 
     async def test_the_case_routed_with_the_view_is_read_afresh_under_its_lock(
         self, desk: Desk, clock: ManualClock, resources: Resources
