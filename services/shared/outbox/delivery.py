@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections import defaultdict
@@ -100,39 +101,31 @@ class _Claimed:
 _DueSelect = Select[int, str, str, dict[str, Any], int]
 
 
-class DueRows:
+def due_query(
+    model: type[OutboxRowMixin],
+    *,
+    now: datetime,
+    limit: int,
+    paused: list[str],
+    only: list[str] | None = None,
+) -> tuple[_DueSelect, dict[str, Any]]:
     """The oldest rows due for delivery and not leased to another deliverer, as a claim
-    reads them (not for the `paused` destinations; if `only` is given, for those alone).
-    Served by the pending-rows index: its cost follows the undelivered rows, not all.
-
-    Built once per shape, with the time, the limit and the destinations as parameters:
-    built afresh for each claim, the statement and its cache key cost about 200 us, more
-    than the claim took to run (see `bench/RESULTS.md`)."""
-
-    def __init__(self, model: type[OutboxRowMixin]) -> None:
-        self._table = table_of(model)
-        self._shapes: dict[tuple[bool, bool], _DueSelect]
-        self._shapes = {}
-
-    def query(
-        self, *, now: datetime, limit: int, paused: list[str], only: list[str] | None = None
-    ) -> tuple[_DueSelect, dict[str, Any]]:
-        """The statement for these destinations, and its parameters."""
-        params: dict[str, Any] = {"now": now, "limit": limit}
-        if paused:
-            params["paused"] = paused
-        if only is not None:
-            params["only"] = only
-        return self._shape(bool(paused), only is not None), params
-
-    def _shape(self, paused: bool, only: bool) -> _DueSelect:
-        statement = self._shapes.get((paused, only))
-        if statement is None:
-            statement = self._shapes[(paused, only)] = _due_select(self._table, paused, only)
-        return statement
+    reads them (not for the `paused` destinations; if `only` is given, for those alone):
+    the statement and its parameters. Served by the pending-rows index: its cost follows
+    the undelivered rows, not all."""
+    params: dict[str, Any] = {"now": now, "limit": limit}
+    if paused:
+        params["paused"] = paused
+    if only is not None:
+        params["only"] = only
+    return _due_select(table_of(model), bool(paused), only is not None), params
 
 
+@functools.cache
 def _due_select(table: Table, paused: bool, only: bool) -> _DueSelect:
+    # Built once per table and shape, the values as parameters: built afresh for each
+    # claim, the statement and its cache key cost about 200 us, more than the claim took
+    # to run (see `bench/RESULTS.md`).
     now = bindparam("now", type_=table.c.next_attempt_at.type)
     due = (
         select(table.c.id, table.c.event_id, table.c.destination, table.c.payload,
@@ -163,7 +156,7 @@ def due_rows(
     only: list[str] | None = None,
 ) -> _DueSelect:
     """A claim's statement with its values bound in, to inspect (its query plan, say)."""
-    statement, params = DueRows(model).query(now=now, limit=limit, paused=paused, only=only)
+    statement, params = due_query(model, now=now, limit=limit, paused=paused, only=only)
     return statement.params(params)
 
 
@@ -249,7 +242,6 @@ class OutboxDelivery:
         self._local_peers = local_peers if local_peers is not None else {}
         self._model = outbox.model
         self._writes = _Writes(table_of(outbox.model))
-        self._due = DueRows(outbox.model)
         self._maker = sessionmaker
         self._peers = peers
         self._notifier = notifier
@@ -384,7 +376,7 @@ class OutboxDelivery:
         else:
             paused = [*paused, *self._deferred]
         limit = self._settings.outbox_batch_size
-        due, params = self._due.query(now=now, limit=limit, paused=paused, only=only)
+        due, params = due_query(self._model, now=now, limit=limit, paused=paused, only=only)
         return [_Claimed(*row) for row in await session.execute(due, params)]
 
     async def _lease(self, session: AsyncSession, ids: list[int]) -> None:
