@@ -17,6 +17,7 @@ from services.shared.auth import mint_token
 from services.shared.clock import SystemClock
 from services.shared.db import migrate
 from services.shared.domain.vocabulary import Role
+from services.shared.heap import FreezeAfterStartup
 from services.shared.observability import configure_logging
 from services.shared.resources import resolve_secrets
 from services.shared.settings import DEFAULT_DATA_DIR, ServiceSettings
@@ -76,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.service is None:
         jwt_secret, _ = resolve_secrets(settings)
         _print_banner(args.host, args.port, settings, have_dev_secret=jwt_secret is not None)
-    app = _build_app(args.service, _overrides(args))
+    app = FreezeAfterStartup(_build_app(args.service, _overrides(args)))
     uvicorn.run(
         app,
         host=args.host,
