@@ -215,6 +215,28 @@ async def test_with_two_writers_a_batch_is_written_while_another_waits(
     assert await stored_ids(resources) == ["first", "second"]
 
 
+async def test_with_two_writers_items_arriving_together_are_shared_between_them(
+    resources: Resources, clock: ManualClock
+) -> None:
+    writer = InboxWriter(clock)
+    intake = group_commit(resources, writer, writers=2)
+    ids = [f"event-{n:02d}" for n in range(31)]
+    answers = await asyncio.gather(*(intake.submit(item) for item in ids))
+    assert answers == [True] * 31
+    assert sorted(writer.batches) == [15, 16]
+    assert await stored_ids(resources) == ids
+
+
+async def test_shares_are_still_cut_at_the_maximum(
+    resources: Resources, clock: ManualClock
+) -> None:
+    writer = InboxWriter(clock)
+    intake = group_commit(resources, writer, max_batch=8, writers=2)
+    answers = await asyncio.gather(*(intake.submit(f"event-{n:02d}") for n in range(30)))
+    assert answers == [True] * 30
+    assert sorted(writer.batches) == [6, 8, 8, 8]
+
+
 async def test_with_one_writer_the_next_batch_waits_for_the_one_being_written(
     resources: Resources, clock: ManualClock
 ) -> None:
