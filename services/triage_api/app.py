@@ -75,7 +75,10 @@ def create_app(
                 partial(service.create_cases_together, ctx=ctx),
                 max_batch=settings.intake_batch_max,
                 name="case intake",
-                writers=1 if is_sqlite(res.database_url) else 2,
+                # SQLite has one connection. On PostgreSQL three batches at once kept
+                # triage-api's core busiest under the submission benchmark (two and
+                # four did less well: bench/RESULTS.md).
+                writers=1 if is_sqlite(res.database_url) else 3,
             )
             app.state.event_handlers = router_event_handlers(ctx)
             delivery = OutboxDelivery(
