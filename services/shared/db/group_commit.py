@@ -11,8 +11,8 @@ On PostgreSQL more than one batch may be written at once (`writers`): while one 
 the server's round trips the process would otherwise sit idle with every request queued
 behind it (a tenth of triage-api's time under the submission benchmark). Writes that
 arrive together are shared evenly between the writers free to take them, so that they
-are in two batches, not one. SQLite has one connection per process, so there a second
-writer would only wait its turn.
+are in several batches, not one. SQLite has one connection per process, so there a
+second writer would only wait its turn.
 
 A batch is an optimisation, never the authority. The writer says, item by item, whether
 it stored it; an item it did not store (a unique key already taken, say) — or every item,
@@ -69,24 +69,23 @@ class GroupCommit(Generic[T]):
         """True once `item` is committed; False if the batch left it to the caller."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        self._start_writer_if_free()
-        # A caller that stops waiting (its client went away) leaves the item in the batch:
-        # it is written all the same, as it would have been on the ordinary path.
-        return await future
-
-    def _start_writer_if_free(self) -> None:
+        # Every writer is started as writes arrive, so those arriving together find the
+        # others there to share them with (`_share`).
         if len(self._writers) < self._max_writers:
             writer = asyncio.create_task(self._drain(), name=f"{self._name}-group-commit")
             self._writers.add(writer)
             writer.add_done_callback(self._writers.discard)  # cancelled before it began
+        # A caller that stops waiting (its client went away) leaves the item in the batch:
+        # it is written all the same, as it would have been on the ordinary path.
+        return await future
 
     def _share(self) -> int:
         """How many of the pending items a writer takes: an even share with the writers
         not busy with a batch, who take the rest at once. Callers who arrived together
-        then wait in two batches whose round trips overlap, and come back at different
-        moments, so one group's requests are worked on while the other's batch is at the
-        server (one batch of all of them left the loop idle for the whole of its round
-        trips)."""
+        then wait in several batches whose round trips overlap, and come back at
+        different moments, so one group's requests are worked on while another's batch is
+        at the server (one batch of all of them left the loop idle for the whole of its
+        round trips)."""
         sharing = self._max_writers - self._writing  # this writer among them
         even = -(-len(self._pending) // sharing)
         return min(even, self._max_batch)
@@ -96,8 +95,6 @@ class GroupCommit(Generic[T]):
         try:
             while self._pending:
                 batch = [self._pending.popleft() for _ in range(self._share())]
-                if self._pending:
-                    self._start_writer_if_free()
                 self._writing += 1
                 try:
                     stored = await self._write_batch([item for item, _ in batch])
