@@ -93,6 +93,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def core_busy(cpu: str) -> tuple[int, int]:
+    """Clock ticks core `cpu` has spent busy, and in all, so far (from /proc/stat): beside
+    the server's own CPU it shows what else ran on the server's core (the database)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *ticks = line.split()
+        if name == f"cpu{cpu}":
+            values = [int(tick) for tick in ticks]
+            idle = values[3] + values[4]  # idle and waiting for I/O
+            return sum(values) - idle, sum(values)
+    return 0, 0
+
+
+def database_cpu_seconds() -> float:
+    """CPU time so far of the PostgreSQL processes on this machine (0 when it runs
+    elsewhere): what the database's share of the work costs, which a server's own CPU
+    does not show. Processes that ended meanwhile are not counted."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if (entry / "comm").read_text().strip() == "postgres":
+                total += cpu_seconds(int(entry.name))
+    return total
+
+
 @dataclass
 class Server:
     process: subprocess.Popen[bytes]

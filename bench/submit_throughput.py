@@ -9,6 +9,11 @@ The apps take turns, round after round (baseline, triage-api, embedded, baseline
 each ratio is taken within a round, so a shared machine's drift moves both sides of it;
 the summary gives the median over the rounds and the range.
 
+Beside each run: the server's own CPU, its core's busy share (the server and whatever
+else the scheduler put there: on PostgreSQL, database processes), the database's CPU
+wherever it ran, and wrk's. A server core busier than the server says the database took
+part of the server's core, and the server's idle share is not waiting alone.
+
     python -m bench.submit_throughput [--connections 16] [--seconds 10] [--rounds 3]
 """
 
@@ -28,8 +33,11 @@ from bench.harness import (
     BENCH_SECRET,
     LOAD_CPU,
     PYTHON,
+    SERVER_CPU,
     WrkResult,
     base_env,
+    core_busy,
+    database_cpu_seconds,
     fail,
     free_port,
     fresh_postgres,
@@ -69,7 +77,18 @@ class Row:
     round: int
     app: str
     result: WrkResult
-    server_cpu_share: float
+    usage: Usage
+
+
+@dataclass
+class Usage:
+    """Shares of a core over a run: the server's own CPU, its core busy with anything
+    (the server, and any database process the scheduler put there), and the database's
+    processes wherever they ran."""
+
+    server: float
+    server_core: float
+    database: float
 
 
 def wrk_script() -> Path:
@@ -111,7 +130,7 @@ def peers_of_triage(url: str) -> Iterator[dict[str, str]]:
 
 def measure(
     app: str, url: str, *, peers_url: str | None, connections: int, seconds: int
-) -> tuple[WrkResult, float]:
+) -> tuple[WrkResult, Usage]:
     """One app under wrk; `peers_url` is the database of triage-api's peers (split only)."""
     port = free_port()
     with contextlib.ExitStack() as stack:
@@ -131,10 +150,19 @@ def measure(
         server = stack.enter_context(serve(command, env=env, port=port, name=app))
         target = f"{server.base_url}/v1/cases"
         run_wrk(target, wrk_script(), connections=connections, seconds=WARM_UP_SECONDS)
-        cpu_before = server.cpu()
+        cpu_before, core_before, database_before = (
+            server.cpu(),
+            core_busy(SERVER_CPU),
+            database_cpu_seconds(),
+        )
         result = run_wrk(target, wrk_script(), connections=connections, seconds=seconds)
-        server_share = (server.cpu() - cpu_before) / seconds
-    return result, server_share
+        (busy_before, ticks_before), (busy_after, ticks_after) = core_before, core_busy(SERVER_CPU)
+        usage = Usage(
+            server=(server.cpu() - cpu_before) / seconds,
+            server_core=(busy_after - busy_before) / max(ticks_after - ticks_before, 1),
+            database=(database_cpu_seconds() - database_before) / seconds,
+        )
+    return result, usage
 
 
 def main() -> None:
@@ -164,7 +192,7 @@ def main() -> None:
 
 def measure_round(
     fresh: Callable[[str], str | None], *, connections: int, seconds: int
-) -> list[tuple[str, WrkResult, float]] | None:
+) -> list[tuple[str, WrkResult, Usage]] | None:
     """Every app once, each on a fresh database; None if the backend is not there."""
     measured = []
     for app in APPS:
@@ -172,22 +200,24 @@ def measure_round(
         peers_url = fresh("reach_bench_peers") if app == "reach-split" else None
         if url is None or (app == "reach-split" and peers_url is None):
             return None
-        result, server_share = measure(
+        result, usage = measure(
             app, url, peers_url=peers_url, connections=connections, seconds=seconds
         )
-        measured.append((app, result, server_share))
+        measured.append((app, result, usage))
     return measured
 
 
 def print_rows(rows: list[Row]) -> None:
     print()
     print(f"{'backend':<11}{'round':>5}  {'app':<13}{'req/s':>8}{'p50 ms':>9}{'p90 ms':>9}"
-          f"{'p99 ms':>9}{'errors':>8}{'server CPU':>12}{'wrk CPU':>9}")  # fmt: skip
+          f"{'p99 ms':>9}{'errors':>8}{'server CPU':>12}{'its core':>10}{'database':>10}"
+          f"{'wrk CPU':>9}")  # fmt: skip
     for row in rows:
         r = row.result
         print(f"{row.backend:<11}{row.round:>5}  {row.app:<13}{r.requests_per_second:>8.0f}"
               f"{r.p50_ms:>9.1f}{r.p90_ms:>9.1f}{r.p99_ms:>9.1f}{r.errors:>8}"
-              f"{row.server_cpu_share:>11.0%}{r.load_cpu_share:>9.0%}")  # fmt: skip
+              f"{row.usage.server:>11.0%}{row.usage.server_core:>10.0%}"
+              f"{row.usage.database:>10.0%}{r.load_cpu_share:>9.0%}")  # fmt: skip
 
 
 def print_summary(rows: list[Row]) -> None:
