@@ -26,7 +26,7 @@ from services.consult_router.repository import rota as rota_repo
 from services.consult_router.repository.rota import OnCall
 from services.consult_router.views import offer_read
 from services.shared.db.models import ConsultCase, ConsultOffer
-from services.shared.db.session import after_commit
+from services.shared.db.session import RetryWithSavepoints, after_commit, undoable
 from services.shared.domain.priority import aged_priority
 from services.shared.domain.vocabulary import FALLBACK_SPECIALTY, ConsultantStatus, Specialty
 from services.shared.observability import log_failure
@@ -177,7 +177,7 @@ async def route_arrivals(
     """
     now = ctx.clock.now()
     try:
-        async with session.begin_nested():
+        async with undoable(session):
             view = await RoutingView.load(session, ctx, now=now)
             if not view.anyone_free():
                 return  # no new case can move: the queue is not read (it can be long then)
@@ -186,6 +186,8 @@ async def route_arrivals(
                     await route_case(
                         session, ctx, view, case_id=case.id, now=now, arrival=arrivals.get(case.id)
                     )
+    except RetryWithSavepoints:
+        raise  # run again with the savepoint, which keeps the cases if routing fails again
     except Exception as exc:  # the loop routes them instead
         log_failure(logger, "routing new cases on arrival failed; left to the routing loop", exc)
         await outbound.wake_routing(session, ctx)

@@ -4,12 +4,13 @@ offer and when, and that nothing else was sent."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 
 from services.consult_router import routing
 from services.consult_router.context import WORK_CHANNEL
@@ -17,7 +18,8 @@ from services.consult_router.engine import RoutingEngine
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import rota as rota_repo
 from services.shared.clock import ManualClock
-from services.shared.db.session import unit_of_work
+from services.shared.db.models import ConsultCase
+from services.shared.db.session import RetryWithSavepoints, unit_of_work, without_savepoints
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
 from tests.support import FakePeer, statements_sent, token
@@ -437,6 +439,45 @@ class TestOfferedOnArrival:
         monkeypatch.undo()
         await engine.route_changes()
         assert offered_case(await desk.log("dr-a")) == case["id"]
+
+    async def test_without_savepoints_a_routing_failure_asks_for_them(
+        self, desk: Desk, router_app: FastAPI, clock: ManualClock, resources: Resources,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        """Handed over in a transaction without savepoints (the embedded default's outbox
+        delivery), a failure in routing cannot be undone alone: the whole hand-over is
+        asked for again with them, and the case is recorded then (as above)."""
+        await desk.consultant("dr-a", ["frailty"])
+
+        async def broken(*_args: object, **_kwargs: object) -> None:
+            raise RuntimeError("a defect in routing")
+
+        monkeypatch.setattr(routing.RoutingView, "load", broken)
+        case = snapshot(clock)
+        raw = {
+            "id": uuid.uuid4().hex, "type": "case.submitted", "source": "triage_api",
+            "occurred_at": clock.now().isoformat(), "subject_id": case["id"], "data": case,
+        }  # fmt: skip
+
+        async def hand_over(*, savepoints: bool) -> list[str]:
+            async with unit_of_work(resources.sessionmaker) as session:
+                if not savepoints:
+                    without_savepoints(session)
+                result = await router_app.state.local_receiver(session, [raw])
+            return [outcome.outcome for outcome in result.results]
+
+        async def status() -> str | None:
+            async with unit_of_work(resources.sessionmaker) as session:
+                return await session.scalar(
+                    select(ConsultCase.status).where(ConsultCase.id == case["id"])
+                )
+
+        with pytest.raises(RetryWithSavepoints):
+            await hand_over(savepoints=False)
+        assert await status() is None  # nothing of it was kept
+        assert await hand_over(savepoints=True) == ["accepted"]
+        assert await status() == "queued"
+        assert await desk.log("dr-a") == []
 
 
 class TestWakeUpPasses:

@@ -27,7 +27,7 @@ from services.shared.outbox.delivery import due_rows
 from services.shared.outbox.writer import outbox_channel
 from services.shared.resources import Resources, open_resources
 from services.shared.schemas.events import Event
-from tests.support import FakePeer, eventually
+from tests.support import FakePeer, eventually, statements_sent
 
 
 @pytest.fixture
@@ -431,6 +431,7 @@ class LocalAudit:
         self.resources = resources
         self.fail_with: Exception | None = None
         self.refuse = False
+        self.refused_cases: set[str] = set()  # refused alone, the others handled
         self.calls = 0
 
     async def handle(self, session: AsyncSession, event: Event) -> None:
@@ -441,7 +442,7 @@ class LocalAudit:
         await session.flush()
         if self.fail_with is not None:
             raise self.fail_with
-        if self.refuse:
+        if self.refuse or event.subject_id in self.refused_cases:
             raise Unprocessable("no such case", code="unknown_case")
 
     async def __call__(self, session: AsyncSession, raw: list[dict[str, Any]]) -> Any:
@@ -564,9 +565,11 @@ class TestPeerInThisProcess:
         await here.deliver_due()
         assert await audit_rows(resources) == (0, 0)  # inbox rows rolled back too
         assert await pending_rows(resources) == 2
+        # Tried without savepoints, then with them, where the failure is the peer's.
+        assert local_audit.calls == 2
         local_audit.fail_with = None
         await here.deliver_due()  # still paused: nothing is tried
-        assert local_audit.calls == 1
+        assert local_audit.calls == 2
         clock.advance(timedelta(minutes=2))
         await here.deliver_due()
         assert await audit_rows(resources) == (2, 2)
@@ -585,6 +588,40 @@ class TestPeerInThisProcess:
                 select(func.count()).where(TriageOutbox.dead_at.is_not(None))
             )
         assert dead == 1
+
+    async def test_a_pass_with_nothing_refused_takes_no_savepoint(
+        self, resources: Resources, outbox: Outbox, both: OutboxDelivery
+    ) -> None:
+        await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
+        with statements_sent(resources.engine, lambda sql: "SAVEPOINT" in sql) as savepoints:
+            await both.deliver_due()
+        assert savepoints == []
+        assert await audit_rows(resources) == (3, 3)
+        assert await router_inbox_rows(resources) == 3
+
+    async def test_one_refused_event_is_dead_and_the_rest_are_handled_once(
+        self, resources: Resources, outbox: Outbox, both: OutboxDelivery,
+        local_audit: LocalAudit,
+    ) -> None:  # fmt: skip
+        """Refused in a pass run without savepoints, the event sends the pass round again
+        with them: the refusal undoes its own handling alone, as a savepoint always did."""
+        await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
+        local_audit.refused_cases = {"case-1"}
+        await both.deliver_due()
+        assert local_audit.calls == 2
+        assert await audit_rows(resources) == (3, 2)  # three remembered, two handled
+        assert await router_inbox_rows(resources) == 3  # once each, not once a try
+        async with unit_of_work(resources.sessionmaker) as session:
+            outcomes = (
+                await session.execute(
+                    select(TriageOutbox.destination, TriageOutbox.dead_at.is_not(None),
+                           TriageOutbox.delivered_at.is_not(None))
+                    .order_by(TriageOutbox.id)
+                )
+            ).all()  # fmt: skip
+        dead = [(dest, is_dead) for dest, is_dead, _ in outcomes if is_dead]
+        assert dead == [("audit", True)]
+        assert sum(1 for *_, delivered in outcomes if delivered) == 5
 
     async def test_one_peer_failing_holds_back_no_other(
         self, resources: Resources, outbox: Outbox, both: OutboxDelivery,

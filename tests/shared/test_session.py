@@ -4,9 +4,19 @@ released, and never for work a rolled-back savepoint took with it."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.engine import create_engine
-from services.shared.db.session import after_commit, create_sessionmaker, unit_of_work
+from services.shared.db.session import (
+    RetryWithSavepoints,
+    after_commit,
+    create_sessionmaker,
+    undoable,
+    unit_of_work,
+    without_savepoints,
+)
+from tests.support import statements_sent
 
 
 class Refused(Exception):
@@ -51,5 +61,53 @@ async def test_callbacks_wait_for_the_commit_and_die_with_their_savepoint(
         async with unit_of_work(maker) as session:
             after_commit(session, lambda: ran.append("the next transaction"))
         assert ran == ["the next transaction"]
+    finally:
+        await engine.dispose()
+
+
+async def test_undoable_parts_skip_savepoints_only_where_asked(database_url: str) -> None:
+    """A transaction run without savepoints sends none; a part of it that fails asks for
+    the transaction to be run again with them. Elsewhere the part is a savepoint, and its
+    failure undoes it alone."""
+    engine = create_engine(database_url)
+    maker = create_sessionmaker(engine)
+    ran: list[str] = []
+
+    async def refused_part(session: AsyncSession) -> None:
+        async with undoable(session):
+            await session.execute(text("SELECT 1"))
+            after_commit(session, lambda: ran.append("the refused part"))
+            raise Refused
+
+    try:
+        with statements_sent(engine, lambda sql: "SAVEPOINT" in sql) as savepoints:
+            async with unit_of_work(maker) as session:
+                without_savepoints(session)
+                async with undoable(session):
+                    await session.execute(text("SELECT 1"))
+                    after_commit(session, lambda: ran.append("a part"))
+        assert savepoints == []
+        assert ran == ["a part"]
+
+        ran.clear()
+
+        async def without_savepoints_refused() -> None:
+            async with unit_of_work(maker) as session:
+                without_savepoints(session)
+                await refused_part(session)
+
+        with pytest.raises(RetryWithSavepoints) as retry:
+            await without_savepoints_refused()
+        assert isinstance(retry.value.__cause__, Refused)
+        assert ran == []  # rolled back whole
+
+        with statements_sent(engine, lambda sql: "SAVEPOINT" in sql) as savepoints:
+            async with unit_of_work(maker) as session:
+                await session.execute(text("SELECT 1"))
+                after_commit(session, lambda: ran.append("the rest"))
+                with pytest.raises(Refused):
+                    await refused_part(session)
+        assert len(savepoints) == 2  # taken, and rolled back to
+        assert ran == ["the rest"]
     finally:
         await engine.dispose()

@@ -9,6 +9,12 @@ use `unit_of_work`, a short session per message or per batch.
 
 `after_commit(session, callback)` runs a callback once the transaction is durable: wake-ups
 of local loops and live streams are sent only for changes that really happened.
+
+`undoable(session)` marks a part of a transaction whose failure must undo only itself: a
+savepoint. A savepoint costs two round trips (SAVEPOINT, RELEASE) and is almost never
+rolled back, so a transaction that can simply be run again may skip them
+(`without_savepoints`): a part that fails then raises `RetryWithSavepoints`, and the caller
+rolls back and runs the transaction again with them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ _REQUEST_SESSION = "reach_session"
 _TRANSACTION = "reach_transaction"
 _AFTER_COMMIT = "after_commit"
 _SAVEPOINT_MARKS = "savepoint_marks"
+_WITHOUT_SAVEPOINTS = "without_savepoints"
 
 SessionMaker = async_sessionmaker[AsyncSession]
 T = TypeVar("T")
@@ -86,6 +93,35 @@ def _drop_savepoints_callbacks(session: Session, previous_transaction: SessionTr
 def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
     """Run `callback` (synchronous, quick) when this session's transaction commits."""
     transaction_state(session.sync_session).setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+class RetryWithSavepoints(Exception):
+    """An `undoable` part of a transaction run without savepoints failed. The transaction
+    holds whatever the part did before failing, so it must be rolled back whole and run
+    again with savepoints. The part's own failure is the `__cause__`."""
+
+
+def without_savepoints(session: AsyncSession) -> None:
+    """Run the `undoable` parts of this transaction without savepoints. The caller catches
+    `RetryWithSavepoints`, lets the transaction roll back, and runs it again without this."""
+    transaction_state(session.sync_session)[_WITHOUT_SAVEPOINTS] = True
+
+
+@asynccontextmanager
+async def undoable(session: AsyncSession) -> AsyncIterator[None]:
+    """A part of the transaction that a failure undoes alone, leaving the rest of the
+    transaction to commit: a savepoint, unless the transaction runs `without_savepoints`,
+    where a failure raises `RetryWithSavepoints` instead."""
+    if not transaction_state(session.sync_session).get(_WITHOUT_SAVEPOINTS):
+        async with session.begin_nested():
+            yield
+        return
+    try:
+        yield
+    except RetryWithSavepoints:
+        raise
+    except Exception as exc:
+        raise RetryWithSavepoints(type(exc).__name__) from exc
 
 
 def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.shared.auth import CurrentService
 from services.shared.clock import Clock
 from services.shared.db.models.outbox import InboxRowMixin
-from services.shared.db.session import SessionDep, TransactionalRoute
+from services.shared.db.session import SessionDep, TransactionalRoute, undoable
 from services.shared.db.statements import insert_many_if_absent
 from services.shared.errors import AppError
 from services.shared.schemas.events import Event, EventBatch, EventBatchResult, EventOutcome
@@ -45,7 +45,8 @@ async def receive_events(
     The inbox rows of the whole batch go in one statement. The new events are then
     handled together under one savepoint; if one of them is refused, that savepoint is
     undone and they are handled one by one, each under its own, so a refused event
-    changes nothing and the others still count.
+    changes nothing and the others still count. (In a transaction run without savepoints,
+    a refusal raises `RetryWithSavepoints`: the caller runs it again with them.)
     """
     outcomes: list[EventOutcome | None] = [None] * len(raw_events)
     valid: list[tuple[int, Event]] = []
@@ -106,7 +107,7 @@ async def _handle_together(
     if not events:
         return True
     try:
-        async with session.begin_nested():
+        async with undoable(session):
             if batch_handler is not None:
                 await batch_handler(session, events)
             else:
