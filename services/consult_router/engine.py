@@ -133,16 +133,14 @@ class RoutingEngine:
         one awaiting the answer of the one consultant it is offered to (a crew's
         cancellation woke the loop, say), the rota is not read at all."""
         async with unit_of_work(self._maker) as session:
-            open_cases = await open_cases_to_route(session)
+            open_cases, on_offer = await open_cases_to_route(session)
             if not open_cases:
                 return
-            open_offers = await case_repo.open_offer_pairs(session)
-            on_offer = {case_id for case_id, _ in open_offers}
             if not sweeping and all(
                 RoutingView.awaits_an_answer(case, on_offer) for case in open_cases
             ):
                 return
-            view = await RoutingView.load(session, self._ctx, now=now, open_offers=open_offers)
+            view = await RoutingView.load(session, self._ctx, now=now, on_offer=on_offer)
             waiting = iter(view.queue_order(open_cases))
             first = next((case for case in waiting if view.may_move(case, sweeping=sweeping)), None)
             if first is not None:

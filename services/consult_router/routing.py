@@ -23,7 +23,7 @@ from services.consult_router.cases import withdraw_offer
 from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import rota as rota_repo
-from services.consult_router.repository.rota import OnCall
+from services.consult_router.repository.rota import OnCallToRoute
 from services.consult_router.views import offer_read
 from services.shared.db.models import ConsultCase, ConsultOffer
 from services.shared.db.session import RetryWithSavepoints, after_commit, undoable
@@ -39,10 +39,11 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 QUEUE_WINDOW = 200
 
 
-async def open_cases_to_route(session: AsyncSession) -> list[ConsultCase]:
+async def open_cases_to_route(session: AsyncSession) -> tuple[list[ConsultCase], set[str]]:
     """The open cases a routing pass orders, oldest first (read for ordering only: their
-    clinical snapshot is not loaded)."""
-    return await case_repo.open_cases(session, limit=QUEUE_WINDOW, with_snapshot=False)
+    clinical snapshot is not loaded), and which of them someone is being asked about."""
+    queue = await case_repo.queue_to_route(session, limit=QUEUE_WINDOW)
+    return [case for case, _ in queue], {case.id for case, on_offer in queue if on_offer}
 
 
 @dataclass
@@ -52,10 +53,11 @@ class RoutingView:
     never a double offer."""
 
     # As read for the pass (not the session's objects): an offer locks and reads afresh.
-    consultants: dict[str, OnCall]
+    consultants: dict[str, OnCallToRoute]
     on_call: dict[str, set[str]]
     active: dict[str, int]
-    # Consultants being asked about a case, and the cases someone is being asked about.
+    # Consultants on call being asked about a case; the cases someone is being asked
+    # about, as read with the queue (`open_queue`, or the caller's own read).
     offered: set[str]
     on_offer: set[str]
     consult_limit: int
@@ -70,25 +72,23 @@ class RoutingView:
         ctx: RouterContext,
         *,
         now: datetime,
-        open_offers: list[tuple[str, str]] | None = None,
+        on_offer: set[str] | None = None,
     ) -> RoutingView:
-        """`open_offers`: the (case, consultant) pairs of the open offers, if the caller
-        has read them in this transaction already."""
+        """One statement: who is on call, with their consults and open offers.
+        `on_offer`: the cases with an open offer, if the caller has read the queue."""
         on_call: dict[str, set[str]] = {}
-        consultants: dict[str, OnCall] = {}
-        for entry in await rota_repo.on_call_at(
+        consultants: dict[str, OnCallToRoute] = {}
+        for entry in await rota_repo.on_call_to_route_at(
             session, specialties=[str(s) for s in Specialty], at=now
         ):
             on_call.setdefault(entry.specialty, set()).add(entry.consultant_id)
             consultants[entry.consultant_id] = entry
-        if open_offers is None:
-            open_offers = await case_repo.open_offer_pairs(session)
         return cls(
             consultants=consultants,
             on_call=on_call,
-            active=await rota_repo.active_consult_counts(session, consultants),
-            offered={consultant_id for _, consultant_id in open_offers},
-            on_offer={case_id for case_id, _ in open_offers},
+            active={c.consultant_id: c.active_consults for c in consultants.values()},
+            offered={c.consultant_id for c in consultants.values() if c.holds_offer},
+            on_offer=set() if on_offer is None else on_offer,
             consult_limit=ctx.settings.consult_limit,
             ageing_step_seconds=ctx.settings.ageing_step_seconds,
             now=now,
@@ -124,8 +124,9 @@ class RoutingView:
         )
 
     async def open_queue(self, session: AsyncSession) -> list[ConsultCase]:
-        """The open cases, most urgent first."""
-        return self.queue_order(await open_cases_to_route(session))
+        """The open cases, most urgent first; which are on offer is read with them."""
+        cases, self.on_offer = await open_cases_to_route(session)
+        return self.queue_order(cases)
 
     def queue_order(self, cases: list[ConsultCase]) -> list[ConsultCase]:
         """Most urgent first: priority raised by waiting, then NEWS2, then the oldest."""

@@ -4,6 +4,7 @@ offer and when, and that nothing else was sent."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -369,9 +370,12 @@ class TestOfferedOnArrival:
         case = snapshot(clock, risk_flags=["cannot_walk"])
 
         def reads_one_case_or_its_offers(statement: str) -> bool:
-            return statement.startswith("SELECT") and (
-                "consult_case.id = " in statement or "consult_offer.case_id = " in statement
+            # A case's id compared with a value: the queue's read, which joins the offers
+            # to every open case (`consult_offer.case_id = consult_case.id`), is not one.
+            one_case = re.search(
+                r"(consult_case\.id|consult_offer\.case_id) = (?!consult_)", statement
             )
+            return statement.startswith("SELECT") and one_case is not None
 
         with statements_sent(resources.engine, reads_one_case_or_its_offers) as rereads:
             await desk.send_case(case)
@@ -399,6 +403,31 @@ class TestOfferedOnArrival:
         await desk.send_case(snapshot(clock, priority=4))
         assert kinds(await desk.log("dr-a")) == ["offer"]
         assert offered_case(await desk.log("dr-a")) == urgent["id"]
+
+    async def test_an_arrival_passes_over_whoever_is_being_asked_about_a_case(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """The view read on arrival knows who holds an open offer, and which cases await
+        an answer: the new case goes to the one free, and the case on offer is left to its
+        consultant without being locked and read again."""
+        for name in ("dr-a", "dr-b"):
+            await desk.consultant(name, ["frailty"])
+        first = snapshot(clock)
+        await desk.send_case(first)
+        assert offered_case(await desk.log("dr-a")) == first["id"]
+
+        def routes_one_case(statement: str) -> bool:  # the read that locks a case to route
+            reads = statement.startswith("SELECT")
+            return (
+                reads and re.search(r"WHERE consult_case\.id = (?!consult_)", statement) is not None
+            )
+
+        second = snapshot(clock)
+        with statements_sent(resources.engine, routes_one_case) as reread:
+            await desk.send_case(second)
+        assert reread == []
+        assert kinds(await desk.log("dr-a")) == ["offer"]
+        assert offered_case(await desk.log("dr-b")) == second["id"]
 
     async def test_with_nobody_free_an_arrival_does_not_read_the_queue(
         self, desk: Desk, clock: ManualClock, resources: Resources

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -36,6 +36,10 @@ _OPEN_CASES = (
 # Ordering and choosing cases need none of the clinical document, the largest part of the
 # row to read and decode; touching it on these rows is an error, not a load.
 _OPEN_CASES_UNDOCUMENTED = _OPEN_CASES.options(defer(ConsultCase.snapshot, raiseload=True))
+# The routing queue: each open case with whether someone is being asked about it now.
+_QUEUE_TO_ROUTE = _OPEN_CASES_UNDOCUMENTED.add_columns(
+    exists().where(ConsultOffer.case_id == ConsultCase.id, ConsultOffer.state == "open")
+)
 _OPEN_CASE_TO_ROUTE = (
     select(ConsultCase)
     .where(ConsultCase.id == bindparam("case_id"), ConsultCase.status.in_(OPEN_CASE))
@@ -62,9 +66,6 @@ _CLOSE_OPEN_OFFER = (
             closed_at=bindparam("at"))
 )  # fmt: skip
 _INSERT_OFFER = insert(_OFFER_TABLE)
-_OPEN_OFFER_PAIRS = select(ConsultOffer.case_id, ConsultOffer.consultant_id).where(
-    ConsultOffer.state == "open"
-)
 # What routing a case needs of its offers in one read: those still open (any round) and
 # those of its current round (tried already, declined moments ago).
 _OFFERS_OPEN_OR_IN_ROUND = select(ConsultOffer).where(
@@ -110,6 +111,13 @@ async def open_cases(
     return list((await session.execute(statement, {"limit": limit})).scalars())
 
 
+async def queue_to_route(session: AsyncSession, *, limit: int) -> list[tuple[ConsultCase, bool]]:
+    """The oldest open cases, read for ordering and choosing (their clinical snapshot is
+    not loaded), each with whether it has an open offer."""
+    rows = await session.execute(_QUEUE_TO_ROUTE, {"limit": limit})
+    return [(case, bool(on_offer)) for case, on_offer in rows]
+
+
 async def lock_open_case(session: AsyncSession, case_id: str) -> ConsultCase | None:
     """An open case, locked for routing; None if closed or another process is on it.
 
@@ -147,12 +155,6 @@ async def open_offers_for_consultant(
 ) -> list[ConsultOffer]:
     rows = await session.execute(_OPEN_OFFERS_FOR_CONSULTANT, {"consultant_id": consultant_id})
     return list(rows.scalars())
-
-
-async def open_offer_pairs(session: AsyncSession) -> list[tuple[str, str]]:
-    """(case id, consultant id) of every open offer."""
-    rows = await session.execute(_OPEN_OFFER_PAIRS)
-    return [(case_id, consultant_id) for case_id, consultant_id in rows]
 
 
 async def offers_open_or_in_round(

@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.base import table_of
@@ -17,6 +17,7 @@ from services.shared.db.models import (
     ConsultConnection,
     ConsultConsult,
     ConsultConsultant,
+    ConsultOffer,
     ConsultShift,
 )
 
@@ -58,12 +59,40 @@ _ON_CALL_AT = (
 
 @dataclass(frozen=True, slots=True)
 class OnCall:
-    """A consultant on shift for a specialty, as a routing pass reads them."""
+    """A consultant on shift for a specialty."""
 
     specialty: str
     consultant_id: str
     status: str
     last_assigned_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OnCallToRoute(OnCall):
+    """A consultant on shift as a routing pass weighs them: how many consults they hold,
+    and whether they are being asked about a case right now."""
+
+    active_consults: int
+    holds_offer: bool
+
+
+_CONSULT_TABLE, _OFFER_TABLE = table_of(ConsultConsult), table_of(ConsultOffer)
+# Who is on call with what routing weighs of each, in the one statement: a routing pass
+# runs in the transaction that records a new case, where each round trip is latency the
+# crew waits through (see `bench/RESULTS.md`).
+_ON_CALL_TO_ROUTE_AT = _ON_CALL_AT.add_columns(
+    select(func.count())
+    .where(
+        _CONSULT_TABLE.c.consultant_id == _CONSULTANT_TABLE.c.id,
+        _CONSULT_TABLE.c.advised_at.is_(None),
+        _CONSULT_TABLE.c.ended_at.is_(None),
+    )
+    .scalar_subquery(),
+    exists().where(
+        _OFFER_TABLE.c.consultant_id == _CONSULTANT_TABLE.c.id,
+        _OFFER_TABLE.c.state == "open",
+    ),
+)
 
 
 _ACTIVE_CONSULT_COUNTS = (
@@ -145,6 +174,21 @@ async def on_call_at(
     shift."""
     rows = await session.execute(_ON_CALL_AT, {"specialties": list(specialties), "at": at})
     return [OnCall(*row) for row in rows]
+
+
+async def on_call_to_route_at(
+    session: AsyncSession, *, specialties: Iterable[str], at: datetime
+) -> list[OnCallToRoute]:
+    """Who is on shift at `at` in the given specialties, with their status, the consults
+    they hold (accepted, not yet advised, case not ended) and whether they hold an open
+    offer; one entry a shift."""
+    parameters = {"specialties": list(specialties), "at": at}
+    return [
+        OnCallToRoute(specialty, consultant_id, status, assigned, int(active), bool(offered))
+        for specialty, consultant_id, status, assigned, active, offered in await session.execute(
+            _ON_CALL_TO_ROUTE_AT, parameters
+        )
+    ]
 
 
 async def active_consult_counts(
