@@ -3,12 +3,15 @@
 A claim takes the oldest due rows with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so
 replicas share the work. A peer in this process (the embedded default) takes its events
 in the claiming transaction, so events are handled and marked delivered together or not
-at all, and a replica that dies mid-way leaves nothing half done. Events for a peer over
-HTTP are leased instead (`claimed_until`) and posted after the claim commits, so no
-database connection is held while posting, and a replica that dies mid-delivery leaves
-rows that another picks up once the lease lapses. A peer that fails is paused with
-exponential back-off (and its rows keep their place); a receiver that rejects an event as
-invalid marks that row dead, which is counted and alerted on, and never retried.
+at all, and a replica that dies mid-way leaves nothing half done (when every destination
+of a pass is in this process, its claim marks the rows delivered as it takes them, one
+statement instead of two, and unmarks any the peer refuses or leaves unanswered). Events
+for a peer over HTTP are leased instead (`claimed_until`) and posted after the claim
+commits, so no database connection is held while posting, and a replica that dies
+mid-delivery leaves rows that another picks up once the lease lapses. A peer that fails
+is paused with exponential back-off (and its rows keep their place); a receiver that
+rejects an event as invalid marks that row dead, which is counted and alerted on, and
+never retried.
 
 Destinations no one waits on (audit's trail) can be *deferred*: a second loop delivers
 them, in transactions of their own, after letting their events gather for a moment. The
@@ -30,7 +33,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import Integer, Select, Table, bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.clients.peers import Peer, PeerClient, PeerUnavailable
@@ -165,6 +179,28 @@ def due_rows(
     return statement.params(params)
 
 
+@functools.cache
+def _claim_delivered(table: Table, paused: bool, only: bool) -> Update:
+    """The due rows (as `_due_select` finds and locks them) marked delivered, returned
+    as a claim reads them. The due rows are a materialised CTE: on PostgreSQL, a `LIMIT`
+    with `SKIP LOCKED` in a plain subquery can be run more than once by the plan, and take
+    more rows than the limit."""
+    due = (
+        _due_select(table, paused, only)
+        .with_only_columns(table.c.id)
+        .cte("due")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    return (
+        update(table)
+        .where(table.c.id.in_(select(due.c.id)))
+        .values(delivered_at=bindparam("now"), claimed_until=None,
+                attempts=table.c.attempts + 1)
+        .returning(table.c.id, table.c.event_id, table.c.destination, table.c.payload,
+                   table.c.attempts)
+    )  # fmt: skip
+
+
 class _Writes:
     """What a delivery writes to its outbox's rows, built once on the table (Core: see
     `table_of`), with the values as parameters."""
@@ -178,15 +214,19 @@ class _Writes:
             .values(delivered_at=bindparam("at"), claimed_until=None,
                     attempts=table.c.attempts + 1)
         )  # fmt: skip
+        # Both undo a mark of delivered made at the claim (see `_claim_delivered`).
         self.dead = (
             update(table)
             .where(table.c.id == bindparam("row_id"))
-            .values(dead_at=bindparam("at"), claimed_until=None, last_error=bindparam("error"))
-        )
+            .values(dead_at=bindparam("at"), delivered_at=None, claimed_until=None,
+                    attempts=table.c.attempts + bindparam("attempt", type_=Integer()),
+                    last_error=bindparam("error"))
+        )  # fmt: skip
         self.held_back = (
             update(table)
             .where(among)
-            .values(attempts=table.c.attempts + 1, next_attempt_at=bindparam("retry_at"),
+            .values(attempts=table.c.attempts + bindparam("attempt", type_=Integer()),
+                    next_attempt_at=bindparam("retry_at"), delivered_at=None,
                     claimed_until=None, last_error=bindparam("error"))
         )  # fmt: skip
         self.purge = delete(table).where(table.c.delivered_at < bindparam("before"))
@@ -242,7 +282,8 @@ class OutboxDelivery:
     ) -> None:
         self._outbox = outbox
         self._deferred = deferred
-        self._not_deferred = frozenset(Peer).difference(deferred)
+        # The prompt lane's destinations: every peer but the deferred, and this service.
+        self._not_deferred = frozenset(Peer).difference(deferred, {outbox.service})
         self._defer_seconds = defer_seconds
         self._local_peers = local_peers if local_peers is not None else {}
         self._model = outbox.model
@@ -351,13 +392,15 @@ class OutboxDelivery:
         async with unit_of_work(self._maker) as session:
             if not savepoints:
                 without_savepoints(session)
-            claimed = await self._claim(session, deferred=deferred)
+            marked = self._all_here(deferred=deferred)
+            claimed = await self._claim(session, deferred=deferred, marking_delivered=marked)
             here: dict[str, list[_Claimed]] = defaultdict(list)
             for row in claimed:
                 local = row.destination in self._local_peers
                 (here if local else away)[row.destination].append(row)
             for destination, rows in here.items():
-                handed.append((destination, await self._hand_over(session, destination, rows)))
+                outcome = await self._hand_over(session, destination, rows, marked=marked)
+                handed.append((destination, outcome))
             if away:
                 await self._lease(session, [row.id for rows in away.values() for row in rows])
         for destination, outcome in handed:
@@ -379,8 +422,18 @@ class OutboxDelivery:
         age = 0.0 if oldest is None else (self._clock.now() - oldest).total_seconds()
         self._metrics.oldest_pending.labels(self._service).set(max(age, 0.0))
 
-    async def _claim(self, session: AsyncSession, *, deferred: bool = False) -> list[_Claimed]:
-        """The lane's due rows, locked until `session` ends (`FOR UPDATE SKIP LOCKED`)."""
+    def _all_here(self, *, deferred: bool) -> bool:
+        """Whether every destination of the lane is a peer in this process (the embedded
+        default), whose hand-over shares the claiming transaction."""
+        lane = self._deferred if deferred else self._not_deferred
+        return lane <= self._local_peers.keys()
+
+    async def _claim(
+        self, session: AsyncSession, *, deferred: bool = False, marking_delivered: bool = False
+    ) -> list[_Claimed]:
+        """The lane's due rows, locked until `session` ends (`FOR UPDATE SKIP LOCKED`),
+        oldest first; `marking_delivered`: marked delivered in the same statement, for a
+        pass whose hand-overs share the transaction (a failure undoes the mark with them)."""
         now = self._clock.now()
         paused = [dest for dest, until in self._paused_until.items() if until > now]
         only: list[str] | None = None
@@ -393,7 +446,14 @@ class OutboxDelivery:
             paused = [*paused, *self._deferred]
         limit = self._settings.outbox_batch_size
         due, params = due_query(self._model, now=now, limit=limit, paused=paused, only=only)
-        return [_Claimed(*row) for row in await session.execute(due, params)]
+        if not marking_delivered:
+            return [_Claimed(*row) for row in await session.execute(due, params)]
+        claim = _claim_delivered(table_of(self._model), bool(paused), only is not None)
+        # RETURNING gives no order: the events go to their receivers in the order written.
+        return sorted(
+            (_Claimed(*row) for row in await session.execute(claim, params)),
+            key=lambda row: row.id,
+        )
 
     async def _lease(self, session: AsyncSession, ids: list[int]) -> None:
         """Rows posted after the claim commits stay ours for a lease, which another
@@ -402,9 +462,10 @@ class OutboxDelivery:
         await session.execute(self._writes.lease, {"ids": ids, "until": lease})
 
     async def _hand_over(
-        self, session: AsyncSession, destination: str, rows: list[_Claimed]
+        self, session: AsyncSession, destination: str, rows: list[_Claimed], *, marked: bool
     ) -> _Sorted:
-        """A peer in this process takes the events in the claiming transaction."""
+        """A peer in this process takes the events in the claiming transaction.
+        `marked`: the claim marked the rows delivered already."""
         receive = self._local_peers[destination]
         try:
             result = await receive(session, [row.payload for row in rows])
@@ -414,7 +475,7 @@ class OutboxDelivery:
             log_failure(logger, f"{self._service}: handing events to {destination} failed", exc)
             raise _HandOverFailed(destination, rows, type(exc).__name__) from exc
         sorted_out = _Sorted.of(rows, result)
-        await self._record(session, destination, sorted_out)
+        await self._record(session, destination, sorted_out, marked=marked)
         return sorted_out
 
     async def _post(self, destination: str, rows: list[_Claimed]) -> None:
@@ -426,25 +487,30 @@ class OutboxDelivery:
             return
         sorted_out = _Sorted.of(rows, result)
         async with unit_of_work(self._maker) as session:
-            await self._record(session, destination, sorted_out)
+            await self._record(session, destination, sorted_out, marked=False)
         self._after_delivery(destination, sorted_out)
 
-    async def _record(self, session: AsyncSession, destination: str, sorted_out: _Sorted) -> None:
-        """What the receiver answered: delivered, dead, or (no answer) held back."""
+    async def _record(
+        self, session: AsyncSession, destination: str, sorted_out: _Sorted, *, marked: bool
+    ) -> None:
+        """What the receiver answered: delivered, dead, or (no answer) held back. Each row
+        counts one attempt; `marked`: the claim marked them delivered and counted it."""
         now = self._clock.now()
-        if sorted_out.delivered:
+        if sorted_out.delivered and not marked:
             ids = [row.id for row in sorted_out.delivered]
             await session.execute(self._writes.delivered, {"ids": ids, "at": now})
+        attempt = 0 if marked else 1
         if sorted_out.rejected:
             await session.execute(
                 self._writes.dead,
-                [{"row_id": row.id, "at": now, "error": detail[:500]}
+                [{"row_id": row.id, "at": now, "error": detail[:500], "attempt": attempt}
                  for row, detail in sorted_out.rejected],
             )  # fmt: skip
         if sorted_out.unanswered:
             await self._hold_back(
-                session, destination, sorted_out.unanswered, "no result for the event"
-            )
+                session, destination, sorted_out.unanswered, "no result for the event",
+                counted=marked,
+            )  # fmt: skip
 
     def _after_delivery(self, destination: str, sorted_out: _Sorted) -> None:
         """Once the outcome is committed: the peer answered, so it is not paused (unless
@@ -464,9 +530,16 @@ class OutboxDelivery:
             )
 
     async def _hold_back(
-        self, session: AsyncSession, destination: str, rows: list[_Claimed], reason: str
+        self,
+        session: AsyncSession,
+        destination: str,
+        rows: list[_Claimed],
+        reason: str,
+        *,
+        counted: bool = False,
     ) -> None:
-        """The destination failed: pause it, and make its rows wait out the pause."""
+        """The destination failed: pause it, and make its rows wait out the pause (and
+        count the attempt, unless the claim `counted` it)."""
         now = self._clock.now()
         self._failures_in_a_row[destination] += 1
         pause = self._backoff(self._failures_in_a_row[destination])
@@ -483,7 +556,12 @@ class OutboxDelivery:
         # backlog goes in the order it was written.
         await session.execute(
             self._writes.held_back,
-            {"ids": [row.id for row in rows], "retry_at": now + pause, "error": reason[:500]},
+            {
+                "ids": [row.id for row in rows],
+                "retry_at": now + pause,
+                "error": reason[:500],
+                "attempt": 0 if counted else 1,
+            },
         )
 
     def _backoff(self, attempts: int) -> timedelta:

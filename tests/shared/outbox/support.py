@@ -207,12 +207,12 @@ class ClaimsByLane:
         self.deferred = 0
         claim = delivery._claim
 
-        async def counted(session: AsyncSession, *, deferred: bool = False) -> list[Any]:
+        async def counted(session: AsyncSession, *, deferred: bool = False, **how: Any) -> Any:
             if deferred:
                 self.deferred += 1
             else:
                 self.prompt += 1
-            return await claim(session, deferred=deferred)
+            return await claim(session, deferred=deferred, **how)
 
         delivery._claim = counted  # type: ignore[method-assign]
 
