@@ -1,17 +1,23 @@
-"""After-commit callbacks run once the real transaction commits: not when a savepoint is
-released, and never for work a rolled-back savepoint took with it."""
+"""After-commit callbacks run, and rows given to `insert_at_commit` are written, once the
+real transaction commits: not when a savepoint is released, and never for work a
+rolled-back savepoint took with it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.shared.db.base import table_of
 from services.shared.db.engine import create_engine
+from services.shared.db.models import AuditInbox
 from services.shared.db.session import (
     RetryWithSavepoints,
     after_commit,
     create_sessionmaker,
+    insert_at_commit,
     undoable,
     unit_of_work,
     without_savepoints,
@@ -109,5 +115,56 @@ async def test_undoable_parts_skip_savepoints_only_where_asked(database_url: str
                     await refused_part(session)
         assert len(savepoints) == 2  # taken, and rolled back to
         assert ran == ["the rest"]
+    finally:
+        await engine.dispose()
+
+
+async def test_rows_for_the_commit_go_in_one_statement_and_die_with_their_savepoint(
+    database_url: str,
+) -> None:
+    engine = create_engine(database_url)
+    maker = create_sessionmaker(engine)
+    inbox = insert(table_of(AuditInbox))
+    at = datetime(2026, 12, 3, tzinfo=UTC)
+
+    def rows(*names: str) -> list[dict[str, object]]:
+        return [
+            {"event_id": name, "source": "test", "event_type": "t", "received_at": at}
+            for name in names
+        ]
+
+    async def kept() -> set[str]:
+        async with unit_of_work(maker) as session:
+            return set((await session.execute(select(AuditInbox.event_id))).scalars())
+
+    try:
+        with statements_sent(engine, lambda sql: sql.startswith("INSERT INTO audit_inbox")) as sent:
+            async with unit_of_work(maker) as session:
+                insert_at_commit(session, inbox, rows("first"))
+                async with session.begin_nested():
+                    insert_at_commit(session, inbox, rows("in a released savepoint"))
+
+                async def refused_in_a_savepoint() -> None:
+                    async with session.begin_nested():
+                        insert_at_commit(session, inbox, rows("in a rolled-back savepoint"))
+                        raise Refused
+
+                with pytest.raises(Refused):
+                    await refused_in_a_savepoint()
+                insert_at_commit(session, inbox, rows("last", "with it"))
+                assert sent == []  # nothing before the commit
+        assert len(sent) == 1
+        assert await kept() == {"first", "in a released savepoint", "last", "with it"}
+
+        async def refused_transaction() -> None:
+            async with unit_of_work(maker) as session:
+                insert_at_commit(session, inbox, rows("never"))
+                raise Refused
+
+        with pytest.raises(Refused):
+            await refused_transaction()
+        async with unit_of_work(maker) as session:
+            await session.execute(text("SELECT 1"))  # the next transaction inherits nothing
+        assert "never" not in await kept()
     finally:
         await engine.dispose()

@@ -9,6 +9,9 @@ use `unit_of_work`, a short session per message or per batch.
 
 `after_commit(session, callback)` runs a callback once the transaction is durable: wake-ups
 of local loops and live streams are sent only for changes that really happened.
+`insert_at_commit(session, statement, rows)` writes rows just before the transaction
+commits, every caller's rows for one table in one statement: the events a transaction
+puts in its outbox from several places cost one round trip, not one each.
 
 `undoable(session)` marks a part of a transaction whose failure must undo only itself: a
 savepoint. A savepoint costs two round trips (SAVEPOINT, RELEASE) and is almost never
@@ -26,13 +29,14 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import event
+from sqlalchemy import Insert, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
 _REQUEST_SESSION = "reach_session"
 _TRANSACTION = "reach_transaction"
 _AFTER_COMMIT = "after_commit"
+_AT_COMMIT = "insert_at_commit"
 _SAVEPOINT_MARKS = "savepoint_marks"
 _WITHOUT_SAVEPOINTS = "without_savepoints"
 
@@ -59,16 +63,35 @@ def _forget_at_the_end(session: Session, transaction: SessionTransaction) -> Non
 
 
 # SQLAlchemy sends `after_commit` when a savepoint is released too, and `after_rollback`
-# when one is rolled back: neither is the transaction's outcome. Callbacks wait for the
-# real commit; a savepoint rolled back takes with it only those registered inside it.
+# when one is rolled back: neither is the transaction's outcome. Callbacks and rows to
+# insert wait for the real commit; a savepoint rolled back takes with it only those
+# registered inside it.
+_UNDONE_WITH_A_SAVEPOINT = (_AFTER_COMMIT, _AT_COMMIT)
 
 
 @event.listens_for(ReachSession, "after_transaction_create")
 def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
     if transaction.nested:
         state = transaction_state(session)
-        registered = len(state.get(_AFTER_COMMIT, ()))
+        registered = tuple(len(state.get(key, ())) for key in _UNDONE_WITH_A_SAVEPOINT)
         state.setdefault(_SAVEPOINT_MARKS, {})[transaction] = registered
+
+
+@event.listens_for(ReachSession, "before_commit")
+def _insert_pending(session: Session) -> None:
+    """The rows given to `insert_at_commit`, each statement's in one multi-row insert, in
+    the order they were given. Inside the transaction, so they commit with it. A savepoint
+    released is not the commit (SQLAlchemy calls this for it too): they wait."""
+    if session.in_nested_transaction():
+        return
+    pending: list[tuple[Insert, list[dict[str, Any]]]] = transaction_state(session).pop(
+        _AT_COMMIT, []
+    )
+    together: dict[Insert, list[dict[str, Any]]] = {}
+    for statement, rows in pending:
+        together.setdefault(statement, []).extend(rows)
+    for statement, rows in together.items():
+        session.execute(statement, rows)
 
 
 @event.listens_for(ReachSession, "after_commit")
@@ -85,14 +108,22 @@ def _drop_savepoints_callbacks(session: Session, previous_transaction: SessionTr
     # The outermost transaction's rollback is `_forget_at_the_end`'s.
     if previous_transaction.nested:
         state = transaction_state(session)
-        mark = state.get(_SAVEPOINT_MARKS, {}).pop(previous_transaction, None)
-        if mark is not None:
-            del state.get(_AFTER_COMMIT, [])[mark:]
+        marks = state.get(_SAVEPOINT_MARKS, {}).pop(previous_transaction, None)
+        for key, mark in zip(_UNDONE_WITH_A_SAVEPOINT, marks or (), strict=True):
+            del state.get(key, [])[mark:]
 
 
 def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
     """Run `callback` (synchronous, quick) when this session's transaction commits."""
     transaction_state(session.sync_session).setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def insert_at_commit(session: AsyncSession, statement: Insert, rows: list[dict[str, Any]]) -> None:
+    """Insert `rows` with `statement` just before this session's transaction commits,
+    together with the rows other callers gave for the same statement (a rollback, or a
+    savepoint rolled back around this call, drops them). For rows nothing in the
+    transaction reads back, and whose insert cannot fail."""
+    transaction_state(session.sync_session).setdefault(_AT_COMMIT, []).append((statement, rows))
 
 
 class RetryWithSavepoints(Exception):

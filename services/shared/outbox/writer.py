@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.shared.clock import Clock
 from services.shared.db.base import table_of
 from services.shared.db.models.outbox import OutboxRowMixin
+from services.shared.db.session import insert_at_commit
 from services.shared.notify import Notifier
 from services.shared.schemas.events import Event
 
@@ -20,7 +21,8 @@ def outbox_channel(service: str) -> str:
 
 
 class Outbox:
-    """A service's outbox. `enqueue` adds rows; nothing is sent until the caller commits."""
+    """A service's outbox. `enqueue` adds rows, written as the caller's transaction
+    commits (with its other events, in one statement); nothing is sent before."""
 
     def __init__(
         self,
@@ -70,7 +72,8 @@ class Outbox:
         ]
         if not rows:
             return
-        await session.execute(self._insert, rows)
+        # Written at the commit, with the transaction's other events for this outbox.
+        insert_at_commit(session, self._insert, rows)
         # Named by destination, so a delivery lane wakes only for its own (audit's
         # events alone do not send the router's lane to look for nothing).
         for destination in {row["destination"] for row in rows}:

@@ -25,7 +25,7 @@ from tests.shared.outbox.support import (
     running,
     write_events,
 )
-from tests.support import FakePeer, eventually
+from tests.support import FakePeer, eventually, statements_sent
 
 
 class TestWriting:
@@ -36,6 +36,18 @@ class TestWriting:
         await delivery.deliver_due()
         assert [event["id"] for event in fake_peers.received] == ids
         assert await pending_rows(resources) == 0
+
+    async def test_a_transactions_events_are_written_together_as_it_commits(
+        self, resources: Resources, outbox: Outbox, delivery: OutboxDelivery, fake_peers: FakePeer
+    ) -> None:
+        with statements_sent(
+            resources.engine, lambda sql: "INSERT INTO triage_outbox" in sql
+        ) as sent:
+            ids = await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
+        assert len(sent) == 1  # three calls to the outbox, six rows, one statement
+        await delivery.deliver_due()
+        audit = [e["id"] for e in fake_peers.received if e["peer"] == "/internal/audit/events"]
+        assert audit == ids  # in the order they were given
 
     async def test_a_rolled_back_change_sends_nothing(
         self, resources: Resources, outbox: Outbox, delivery: OutboxDelivery, fake_peers: FakePeer
