@@ -1,0 +1,113 @@
+"""`reach serve` with every outbox delivery pass timed and its statements listed, for
+`bench.delivery_passes`. Instrumentation a benchmark adds from outside (an engine event
+and a wrapper around the pass), never part of a service. The passes are written as JSON
+to the file named by `REACH_BENCH_PASSES_OUT` when the server stops.
+
+    python -m bench.traced_server serve --port 8000
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from services import cli
+from services.shared.outbox.delivery import OutboxDelivery
+
+OUT_VARIABLE = "REACH_BENCH_PASSES_OUT"
+_WRITES = re.compile(r"^\s*(INSERT INTO|UPDATE|DELETE FROM)\s+(\w+)")
+_READS = re.compile(r"\bFROM\s+(\w+)")
+
+
+@dataclass
+class TracedPass:
+    service: str
+    lane: str
+    statements: list[str] = field(default_factory=list)
+    wall_ms: float = 0.0
+    cpu_ms: float = 0.0
+
+
+def label(statement: str) -> str:
+    """What a statement does, in two words: `UPDATE consult_case`, `SELECT consult_offer`
+    (the table read at the top level, not in a subquery); a claim that marks rows
+    delivered (`WITH due AS (...) UPDATE`) is `CLAIM <outbox>`."""
+    top = _top_level(statement)
+    if top.startswith("WITH"):
+        written = re.search(r"\bUPDATE\s+(\w+)\s+SET\b", top)
+        return f"CLAIM {written.group(1)}" if written else "WITH"
+    write = _WRITES.match(top)
+    if write:
+        return f"{write.group(1).split()[0]} {write.group(2)}"
+    if top.startswith("SELECT"):
+        read = _READS.search(top)
+        return f"SELECT {read.group(1)}" if read else statement.split("(")[0].strip()
+    return top.split()[0] if top.split() else "?"
+
+
+def _top_level(statement: str) -> str:
+    """The statement with whatever is in parentheses left out."""
+    depth, kept = 0, []
+    for character in statement.strip():
+        if character == "(":
+            depth += 1
+        elif character == ")":
+            depth = max(depth - 1, 0)
+        elif depth == 0:
+            kept.append(character)
+    return "".join(kept)
+
+
+_current: contextvars.ContextVar[TracedPass | None] = contextvars.ContextVar(
+    "traced_pass", default=None
+)
+_passes: list[TracedPass] = []
+
+
+def _record_statement(_connection: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+    traced = _current.get()
+    if traced is not None:
+        traced.statements.append(label(statement))
+
+
+def _install() -> None:
+    event.listen(Engine, "before_cursor_execute", _record_statement)
+    original = OutboxDelivery._pass
+
+    async def traced(self: OutboxDelivery, *, deferred: bool, savepoints: bool) -> bool:
+        current = TracedPass(self._service, "deferred" if deferred else "prompt")
+        token = _current.set(current)
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return await original(self, deferred=deferred, savepoints=savepoints)
+        finally:
+            current.wall_ms = (time.perf_counter() - wall) * 1000
+            current.cpu_ms = (time.process_time() - cpu) * 1000
+            _current.reset(token)
+            if len(current.statements) > 1:  # a claim that found nothing is not a pass
+                _passes.append(current)
+
+    OutboxDelivery._pass = traced  # type: ignore[method-assign]
+
+
+def _write_passes() -> None:
+    out = os.environ.get(OUT_VARIABLE)
+    if out:
+        with open(out, "w", encoding="utf-8") as sink:
+            json.dump([asdict(traced) for traced in _passes], sink)
+
+
+if __name__ == "__main__":
+    _install()
+    atexit.register(_write_passes)
+    raise SystemExit(cli.main(sys.argv[1:]))
