@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.base import table_of
 from services.shared.db.models import ConsultConsultant, ConsultMessage
+from services.shared.db.statements import dialect_name
 
 # Built once: every message appended and every socket catching up runs these (see
 # `repository.cases` for why); the writes on the tables, as Core (see `table_of`).
@@ -20,7 +21,26 @@ _NEXT_SEQ = (
     .values(message_seq=_CONSULTANTS.c.message_seq + 1)
     .returning(_CONSULTANTS.c.message_seq)
 )
-_INSERT_MESSAGE = insert(table_of(ConsultMessage))
+_MESSAGES = table_of(ConsultMessage)
+_INSERT_MESSAGE = insert(_MESSAGES)
+# On PostgreSQL the counter's bump feeds the insert in one statement (an UPDATE in a WITH
+# is run once, and holds the consultant's row as the UPDATE alone does): a round trip
+# fewer for every message. SQLite has no UPDATE in a WITH.
+_NUMBERED = _NEXT_SEQ.cte("numbered")
+_APPEND_NUMBERED = (
+    insert(_MESSAGES)
+    .from_select(
+        ["consultant_id", "seq", "type", "payload", "created_at"],
+        select(
+            bindparam("for_consultant", type_=_MESSAGES.c.consultant_id.type),
+            _NUMBERED.c.message_seq,
+            bindparam("kind", type_=_MESSAGES.c.type.type),
+            bindparam("document", type_=_MESSAGES.c.payload.type),
+            bindparam("at", type_=_MESSAGES.c.created_at.type),
+        ),
+    )
+    .returning(_MESSAGES.c.seq)
+)
 _AFTER = (
     select(ConsultMessage)
     .where(
@@ -45,6 +65,15 @@ async def append(
     The counter is bumped with one UPDATE ... RETURNING, which holds the consultant's
     row until commit: two processes never hand out the same seq.
     """
+    if dialect_name(session) == "postgresql":
+        numbered = await session.execute(
+            _APPEND_NUMBERED,
+            # Named apart from the consultant's columns, which would be taken as values
+            # for the UPDATE to set.
+            {"consultant": consultant_id, "for_consultant": consultant_id, "kind": type,
+             "document": payload, "at": at},
+        )  # fmt: skip
+        return int(numbered.scalar_one())
     result = await session.execute(_NEXT_SEQ, {"consultant": consultant_id})
     seq = int(result.scalar_one())
     await session.execute(
