@@ -21,6 +21,7 @@ from services.shared.db.session import (
     undoable,
     unit_of_work,
     without_savepoints,
+    write_pending,
 )
 from tests.support import statements_sent
 
@@ -140,25 +141,25 @@ async def test_rows_for_the_commit_go_in_one_statement_and_die_with_their_savepo
     try:
         with statements_sent(engine, lambda sql: sql.startswith("INSERT INTO audit_inbox")) as sent:
             async with unit_of_work(maker) as session:
-                insert_at_commit(session, inbox, rows("first"))
+                await insert_at_commit(session, inbox, rows("first"))
                 async with session.begin_nested():
-                    insert_at_commit(session, inbox, rows("in a released savepoint"))
+                    await insert_at_commit(session, inbox, rows("in a released savepoint"))
 
                 async def refused_in_a_savepoint() -> None:
                     async with session.begin_nested():
-                        insert_at_commit(session, inbox, rows("in a rolled-back savepoint"))
+                        await insert_at_commit(session, inbox, rows("in a rolled-back savepoint"))
                         raise Refused
 
                 with pytest.raises(Refused):
                     await refused_in_a_savepoint()
-                insert_at_commit(session, inbox, rows("last", "with it"))
+                await insert_at_commit(session, inbox, rows("last", "with it"))
                 assert sent == []  # nothing before the commit
         assert len(sent) == 1
         assert await kept() == {"first", "in a released savepoint", "last", "with it"}
 
         async def refused_transaction() -> None:
             async with unit_of_work(maker) as session:
-                insert_at_commit(session, inbox, rows("never"))
+                await insert_at_commit(session, inbox, rows("never"))
                 raise Refused
 
         with pytest.raises(Refused):
@@ -166,5 +167,44 @@ async def test_rows_for_the_commit_go_in_one_statement_and_die_with_their_savepo
         async with unit_of_work(maker) as session:
             await session.execute(text("SELECT 1"))  # the next transaction inherits nothing
         assert "never" not in await kept()
+    finally:
+        await engine.dispose()
+
+
+async def test_rows_for_the_commit_begin_the_transaction_and_can_be_written_sooner(
+    database_url: str,
+) -> None:
+    """Given to a session with no transaction yet (a request's first write), the rows
+    begin one, so the request's commit writes them. `write_pending` writes them at once,
+    except inside a savepoint, where they wait for the commit."""
+    engine = create_engine(database_url)
+    maker = create_sessionmaker(engine)
+    inbox = insert(table_of(AuditInbox))
+    at = datetime(2026, 12, 3, tzinfo=UTC)
+
+    def row(name: str) -> list[dict[str, object]]:
+        return [{"event_id": name, "source": "test", "event_type": "t", "received_at": at}]
+
+    def inserts(sql: str) -> bool:
+        return sql.startswith("INSERT INTO audit_inbox")
+
+    try:
+        async with maker() as session:
+            await insert_at_commit(session, inbox, row("first write"))
+            assert session.in_transaction()
+            await session.commit()
+        with statements_sent(engine, inserts) as sent:
+            async with unit_of_work(maker) as session:
+                async with session.begin_nested():
+                    await insert_at_commit(session, inbox, row("in a savepoint"))
+                    await write_pending(session)
+                    assert sent == []  # a rollback of the savepoint must still drop it
+                await insert_at_commit(session, inbox, row("sooner"))
+                await write_pending(session)
+                assert len(sent) == 1
+            assert len(sent) == 1  # nothing left for the commit
+        async with unit_of_work(maker) as session:
+            kept = set((await session.execute(select(AuditInbox.event_id))).scalars())
+        assert kept == {"first write", "in a savepoint", "sooner"}
     finally:
         await engine.dispose()

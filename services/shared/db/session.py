@@ -10,8 +10,9 @@ use `unit_of_work`, a short session per message or per batch.
 `after_commit(session, callback)` runs a callback once the transaction is durable: wake-ups
 of local loops and live streams are sent only for changes that really happened.
 `insert_at_commit(session, statement, rows)` writes rows just before the transaction
-commits, every caller's rows for one table in one statement: the events a transaction
-puts in its outbox from several places cost one round trip, not one each.
+commits, every caller's rows for one statement in one: the events a transaction puts in
+its outbox from several places cost one round trip, not one each (`write_pending` writes
+them earlier, where a failure must be caught).
 
 `undoable(session)` marks a part of a transaction whose failure must undo only itself: a
 savepoint. A savepoint costs two round trips (SAVEPOINT, RELEASE) and is almost never
@@ -23,6 +24,7 @@ rolls back and runs the transaction again with them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -32,6 +34,8 @@ from fastapi.routing import APIRoute
 from sqlalchemy import Insert, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
+
+logger = logging.getLogger("reach.db")
 
 _REQUEST_SESSION = "reach_session"
 _TRANSACTION = "reach_transaction"
@@ -79,14 +83,16 @@ def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
 
 @event.listens_for(ReachSession, "before_commit")
 def _insert_pending(session: Session) -> None:
-    """The rows given to `insert_at_commit`, each statement's in one multi-row insert, in
-    the order they were given. Inside the transaction, so they commit with it. A savepoint
-    released is not the commit (SQLAlchemy calls this for it too): they wait."""
+    """The rows given to `insert_at_commit` and not yet written. Inside the transaction,
+    so they commit with it. A savepoint released is not the commit (SQLAlchemy calls this
+    for it too): they wait."""
     if session.in_nested_transaction():
         return
-    pending: list[tuple[Insert, list[dict[str, Any]]]] = transaction_state(session).pop(
-        _AT_COMMIT, []
-    )
+    _write(session, transaction_state(session).pop(_AT_COMMIT, []))
+
+
+def _write(session: Session, pending: list[tuple[Insert, list[dict[str, Any]]]]) -> None:
+    """Each statement's rows in one multi-row insert, in the order they were given."""
     together: dict[Insert, list[dict[str, Any]]] = {}
     for statement, rows in pending:
         together.setdefault(statement, []).extend(rows)
@@ -98,7 +104,12 @@ def _insert_pending(session: Session) -> None:
 def _run_after_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint released: not durable yet
-    callbacks: list[Callable[[], None]] = transaction_state(session).pop(_AFTER_COMMIT, [])
+    state = transaction_state(session)
+    if state.pop(_AT_COMMIT, None):
+        # Committed with a savepoint still open, the hook above waited for it: the rows
+        # are lost, and must not be lost quietly.
+        logger.error("rows to insert at the commit were never written (a savepoint open)")
+    callbacks: list[Callable[[], None]] = state.pop(_AFTER_COMMIT, [])
     for callback in callbacks:
         callback()
 
@@ -109,7 +120,9 @@ def _drop_savepoints_callbacks(session: Session, previous_transaction: SessionTr
     if previous_transaction.nested:
         state = transaction_state(session)
         marks = state.get(_SAVEPOINT_MARKS, {}).pop(previous_transaction, None)
-        for key, mark in zip(_UNDONE_WITH_A_SAVEPOINT, marks or (), strict=True):
+        if marks is None:
+            return
+        for key, mark in zip(_UNDONE_WITH_A_SAVEPOINT, marks, strict=True):
             del state.get(key, [])[mark:]
 
 
@@ -118,12 +131,29 @@ def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
     transaction_state(session.sync_session).setdefault(_AFTER_COMMIT, []).append(callback)
 
 
-def insert_at_commit(session: AsyncSession, statement: Insert, rows: list[dict[str, Any]]) -> None:
+async def insert_at_commit(
+    session: AsyncSession, statement: Insert, rows: list[dict[str, Any]]
+) -> None:
     """Insert `rows` with `statement` just before this session's transaction commits,
     together with the rows other callers gave for the same statement (a rollback, or a
     savepoint rolled back around this call, drops them). For rows nothing in the
-    transaction reads back, and whose insert cannot fail."""
+    transaction reads back. The transaction is begun if it was not: a request's session
+    commits only one that was."""
+    await session.connection()
     transaction_state(session.sync_session).setdefault(_AT_COMMIT, []).append((statement, rows))
+
+
+async def write_pending(session: AsyncSession) -> None:
+    """Write now the rows given to `insert_at_commit` so far, so that a failure to write
+    them is raised here, where the caller can tell it from the rest of the transaction's.
+    Inside a savepoint they wait for the commit (a savepoint rolled back must take its
+    rows with it, which it can only do while they are unwritten)."""
+    sync = session.sync_session
+    if sync.in_nested_transaction():
+        return
+    pending = transaction_state(sync).pop(_AT_COMMIT, [])
+    if pending:
+        await session.run_sync(_write, pending)
 
 
 class RetryWithSavepoints(Exception):

@@ -56,6 +56,7 @@ from services.shared.db.session import (
     SessionMaker,
     unit_of_work,
     without_savepoints,
+    write_pending,
 )
 from services.shared.notify import Notifier, Subscription
 from services.shared.observability import log_failure
@@ -214,22 +215,33 @@ class _Writes:
             .values(delivered_at=bindparam("at"), claimed_until=None,
                     attempts=table.c.attempts + 1)
         )  # fmt: skip
-        # Both undo a mark of delivered made at the claim (see `_claim_delivered`).
-        self.dead = (
-            update(table)
-            .where(table.c.id == bindparam("row_id"))
-            .values(dead_at=bindparam("at"), delivered_at=None, claimed_until=None,
-                    attempts=table.c.attempts + bindparam("attempt", type_=Integer()),
-                    last_error=bindparam("error"))
-        )  # fmt: skip
-        self.held_back = (
-            update(table)
-            .where(among)
-            .values(attempts=table.c.attempts + bindparam("attempt", type_=Integer()),
-                    next_attempt_at=bindparam("retry_at"), delivered_at=None,
-                    claimed_until=None, last_error=bindparam("error"))
-        )  # fmt: skip
+        # Keyed by whether the claim marked the rows delivered and counted their attempt
+        # (`_claim_delivered`): only then is the mark undone. A row leased for posting
+        # may have been delivered by another deliverer once its lease ran out.
+        self.dead = {marked: _dead(table, marked=marked) for marked in (False, True)}
+        self.held_back = {marked: _held_back(table, marked=marked) for marked in (False, True)}
         self.purge = delete(table).where(table.c.delivered_at < bindparam("before"))
+
+
+def _dead(table: Table, *, marked: bool) -> Update:
+    """A row its receiver refused: dead, its attempt counted (or, if the claim marked it
+    delivered and counted it, unmarked)."""
+    values: dict[str, Any] = {
+        "dead_at": bindparam("at"), "claimed_until": None, "last_error": bindparam("error")
+    }  # fmt: skip
+    values.update({"delivered_at": None} if marked else {"attempts": table.c.attempts + 1})
+    return update(table).where(table.c.id == bindparam("row_id")).values(values)
+
+
+def _held_back(table: Table, *, marked: bool) -> Update:
+    """Rows their destination failed to take: due again after a pause, their attempt
+    counted (or, if the claim marked them delivered and counted it, unmarked)."""
+    values: dict[str, Any] = {
+        "next_attempt_at": bindparam("retry_at"), "claimed_until": None,
+        "last_error": bindparam("error"),
+    }  # fmt: skip
+    values.update({"delivered_at": None} if marked else {"attempts": table.c.attempts + 1})
+    return update(table).where(table.c.id.in_(bindparam("ids", expanding=True))).values(values)
 
 
 class _HandOverFailed(Exception):
@@ -437,8 +449,11 @@ class OutboxDelivery:
         now = self._clock.now()
         paused = [dest for dest, until in self._paused_until.items() if until > now]
         only: list[str] | None = None
-        if deferred:
-            only = sorted(self._deferred.difference(paused))
+        if deferred or marking_delivered:
+            # Marking as it takes, a claim takes only rows it can hand over in its own
+            # transaction: those for the lane's destinations, all peers in this process.
+            lane = self._deferred if deferred else self._not_deferred
+            only = sorted(lane.difference(paused))
             if not only:
                 return []
             paused = []
@@ -469,6 +484,8 @@ class OutboxDelivery:
         receive = self._local_peers[destination]
         try:
             result = await receive(session, [row.payload for row in rows])
+            # The peer's own news, written now: failing to write it is the peer's failure.
+            await write_pending(session)
         except (asyncio.CancelledError, RetryWithSavepoints):
             raise
         except Exception as exc:  # the pass is undone; these rows wait out a pause
@@ -499,17 +516,16 @@ class OutboxDelivery:
         if sorted_out.delivered and not marked:
             ids = [row.id for row in sorted_out.delivered]
             await session.execute(self._writes.delivered, {"ids": ids, "at": now})
-        attempt = 0 if marked else 1
         if sorted_out.rejected:
             await session.execute(
-                self._writes.dead,
-                [{"row_id": row.id, "at": now, "error": detail[:500], "attempt": attempt}
+                self._writes.dead[marked],
+                [{"row_id": row.id, "at": now, "error": detail[:500]}
                  for row, detail in sorted_out.rejected],
             )  # fmt: skip
         if sorted_out.unanswered:
             await self._hold_back(
                 session, destination, sorted_out.unanswered, "no result for the event",
-                counted=marked,
+                marked=marked,
             )  # fmt: skip
 
     def _after_delivery(self, destination: str, sorted_out: _Sorted) -> None:
@@ -536,10 +552,10 @@ class OutboxDelivery:
         rows: list[_Claimed],
         reason: str,
         *,
-        counted: bool = False,
+        marked: bool = False,
     ) -> None:
         """The destination failed: pause it, and make its rows wait out the pause (and
-        count the attempt, unless the claim `counted` it)."""
+        count the attempt, or unmark them if the claim `marked` them delivered)."""
         now = self._clock.now()
         self._failures_in_a_row[destination] += 1
         pause = self._backoff(self._failures_in_a_row[destination])
@@ -555,12 +571,11 @@ class OutboxDelivery:
         # Every failed row waits out the destination's pause, so when the peer is back its
         # backlog goes in the order it was written.
         await session.execute(
-            self._writes.held_back,
+            self._writes.held_back[marked],
             {
                 "ids": [row.id for row in rows],
                 "retry_at": now + pause,
                 "error": reason[:500],
-                "attempt": 0 if counted else 1,
             },
         )
 

@@ -73,7 +73,7 @@ class Outbox:
         if not rows:
             return
         # Written at the commit, with the transaction's other events for this outbox.
-        insert_at_commit(session, self._insert, rows)
+        await insert_at_commit(session, self._insert, rows)
         # Named by destination, so a delivery lane wakes only for its own (audit's
         # events alone do not send the router's lane to look for nothing).
         for destination in {row["destination"] for row in rows}:

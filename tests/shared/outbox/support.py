@@ -84,6 +84,13 @@ async def pending_rows(resources: Resources) -> int:
         return int((await session.execute(statement)).scalar_one())
 
 
+async def undelivered_destinations(resources: Resources) -> list[str]:
+    """The destination of each row not (or no longer) marked delivered, sorted."""
+    async with unit_of_work(resources.sessionmaker) as session:
+        statement = select(TriageOutbox.destination).where(TriageOutbox.delivered_at.is_(None))
+        return sorted((await session.execute(statement)).scalars())
+
+
 async def claim_for_posting(resources: Resources, delivery: OutboxDelivery) -> list[Any]:
     """What a pass commits before posting to a peer over HTTP: the due rows, leased."""
     async with unit_of_work(resources.sessionmaker) as session:

@@ -9,14 +9,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.embedded import EmbeddedSettings
 from services.shared.clients.peers import Peer
 from services.shared.clock import ManualClock
-from services.shared.db.models import TriageOutbox
-from services.shared.db.session import unit_of_work
+from services.shared.db.base import table_of
+from services.shared.db.models import ConsultOutbox, TriageOutbox
+from services.shared.db.session import insert_at_commit, unit_of_work
 from services.shared.notify import ANY_KEY
 from services.shared.outbox import LocalReceiver, Outbox, OutboxDelivery
 from services.shared.outbox.writer import outbox_channel
@@ -35,6 +36,7 @@ from tests.shared.outbox.support import (
     router_served,
     running,
     transactions_of_one_pass,
+    undelivered_destinations,
     write_events,
 )
 from tests.support import FakePeer, eventually, statements_sent
@@ -244,6 +246,34 @@ class TestPeerInThisProcess:
         assert sorted(received) == sorted(ids)  # each once, though the inbox would dedupe
         assert max(batches) <= 7
 
+    async def test_a_peer_whose_news_cannot_be_written_is_paused_alone(
+        self, resources: Resources, outbox: Outbox, settings: EmbeddedSettings,
+        local_audit: LocalAudit,
+    ) -> None:  # fmt: skip
+        """What a peer here writes to its own outbox is written before its hand-over ends:
+        failing to write it is that peer's failure (paused, its rows kept), not the whole
+        pass's at its commit."""
+        router = note_for_router(resources)
+
+        async def router_with_news_it_cannot_write(
+            session: AsyncSession, raw: list[dict[str, Any]]
+        ) -> Any:
+            result = await router(session, raw)
+            await insert_at_commit(session, insert(table_of(ConsultOutbox)), [{"event_id": "x"}])
+            return result
+
+        delivery = make_delivery(
+            resources, outbox, settings,
+            local_peers={Peer.AUDIT: local_audit,
+                         Peer.CONSULT_ROUTER: router_with_news_it_cannot_write},
+        )  # fmt: skip
+        await write_events(resources, outbox, 2, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
+        await delivery.deliver_due()  # the router fails and is paused
+        await delivery.deliver_due()  # audit goes on without it
+        assert await audit_rows(resources) == (2, 2)
+        assert await router_inbox_rows(resources) == 0
+        assert await undelivered_destinations(resources) == ["consult_router"] * 2
+
     async def test_a_pass_with_nothing_refused_takes_no_savepoint(
         self, resources: Resources, outbox: Outbox, both: OutboxDelivery
     ) -> None:
@@ -286,13 +316,7 @@ class TestPeerInThisProcess:
         local_audit.fail_with = RuntimeError("audit's disk is full")
         await both.deliver_due()
         routed = await router_inbox_rows(resources)
-        async with unit_of_work(resources.sessionmaker) as session:
-            waiting = (
-                await session.execute(
-                    select(TriageOutbox.destination).where(TriageOutbox.delivered_at.is_(None))
-                )
-            ).scalars()
-            assert sorted(waiting) == ["audit"] * 3
+        assert await undelivered_destinations(resources) == ["audit"] * 3
         assert routed == 3
         assert await audit_rows(resources) == (0, 0)
 
