@@ -25,17 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.harness import (
-    PYTHON,
-    base_env,
-    free_port,
-    fresh_postgres,
-    fresh_sqlite,
-    machine_report,
-    migrate,
-    serve,
-)
-from bench.routing_latency import measure, report
+from bench.harness import databases, machine_report
+from bench.routing_latency import measure, report, routing_server
 from bench.traced_server import OUT_VARIABLE
 
 # A kind of pass shown if it came at least this often a case (rarer ones are a retry, a
@@ -44,15 +35,10 @@ SHOWN_PER_CASE = 0.2
 
 
 def traced_run(backend: str, url: str, rate: float, seconds: float) -> None:
-    migrate(url)
-    port = free_port()
     out = Path(tempfile.gettempdir()) / f"reach-bench-passes-{backend}.json"
-    env = base_env(
-        REACH_DATABASE_URL=url, REACH_CONSULT_LIMIT="10", REACH_ENVIRONMENT="dev",
-        **{OUT_VARIABLE: str(out)},
-    )  # fmt: skip
-    command = [PYTHON, "-m", "bench.traced_server", "serve", "--port", str(port)]
-    with serve(command, env=env, port=port, name=f"passes-{backend}") as server:
+    with routing_server(
+        backend, url, name="passes", module="bench.traced_server", **{OUT_VARIABLE: str(out)}
+    ) as server:
         run, count = asyncio.run(measure(server.base_url, rate, seconds, server.cpu))
         report(backend, rate, run, count)
     passes: list[dict[str, Any]] = json.loads(out.read_text(encoding="utf-8"))
@@ -82,12 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     print(machine_report())
     print(f"settings  {args.rate:.0f} cases/s for {args.seconds:.0f} s; passes by kind")
-    traced_run("sqlite", fresh_sqlite("passes"), args.rate, args.seconds)
-    postgres = fresh_postgres("reach_bench_passes")
-    if postgres is None:
-        print("postgresql: no server answers; skipped")
-    else:
-        traced_run("postgresql", postgres, args.rate, args.seconds)
+    for backend, url in databases("passes"):
+        traced_run(backend, url, args.rate, args.seconds)
 
 
 if __name__ == "__main__":

@@ -276,6 +276,17 @@ def fresh_sqlite(name: str) -> str:
     return f"sqlite+aiosqlite:///{folder / 'reach.db'}"
 
 
+def databases(name: str) -> Iterator[tuple[str, str]]:
+    """A fresh database on each backend, by backend name: SQLite, then PostgreSQL if a
+    server answers (said, and skipped, if none does)."""
+    yield "sqlite", fresh_sqlite(name)
+    postgres = fresh_postgres(f"reach_bench_{name}")
+    if postgres is None:
+        print("postgresql: no server answers; skipped")
+        return
+    yield "postgresql", postgres
+
+
 def migrate(url: str) -> None:
     subprocess.run(
         [PYTHON, "-m", "services.cli", "migrate", "--database-url", url],

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -30,11 +31,11 @@ from websockets.asyncio.client import connect
 from bench.harness import (
     BENCH_SECRET,
     PYTHON,
+    Server,
     base_env,
+    databases,
     fail,
     free_port,
-    fresh_postgres,
-    fresh_sqlite,
     machine_report,
     migrate,
     serve,
@@ -223,12 +224,24 @@ def report(backend: str, rate: float, run: Run, count: int) -> None:
     )
 
 
-def bench_backend(backend: str, url: str, rates: list[float], seconds: float) -> None:
+@contextlib.contextmanager
+def routing_server(
+    backend: str, url: str, *, name: str, module: str = "services.cli", **env: str
+) -> Iterator[Server]:
+    """The embedded process on a migrated `url`, set as this benchmark runs it (`module`:
+    what serves it, `reach` itself unless an instrumented wrapper; `env`: more settings)."""
     migrate(url)
     port = free_port()
-    env = base_env(REACH_DATABASE_URL=url, REACH_CONSULT_LIMIT="10", REACH_ENVIRONMENT="dev")
-    command = [PYTHON, "-m", "services.cli", "serve", "--port", str(port)]
-    with serve(command, env=env, port=port, name=f"routing-{backend}") as server:
+    settings = base_env(
+        REACH_DATABASE_URL=url, REACH_CONSULT_LIMIT="10", REACH_ENVIRONMENT="dev", **env
+    )
+    command = [PYTHON, "-m", module, "serve", "--port", str(port)]
+    with serve(command, env=settings, port=port, name=f"{name}-{backend}") as server:
+        yield server
+
+
+def bench_backend(backend: str, url: str, rates: list[float], seconds: float) -> None:
+    with routing_server(backend, url, name="routing") as server:
         for rate in rates:
             run, count = asyncio.run(measure(server.base_url, rate, seconds, server.cpu))
             report(backend, rate, run, count)
@@ -241,13 +254,11 @@ def main() -> None:
     args = parser.parse_args()
     print(machine_report())
     print(f"settings  {CONSULTANTS} consultants connected, {args.seconds:.0f} s per rate")
-    bench_backend("sqlite", fresh_sqlite("routing"), args.rates, args.seconds)
-    postgres = fresh_postgres("reach_bench_routing")
-    if postgres is None:
-        print("postgresql: no server answers; skipped")
-    else:
-        bench_backend("postgresql", postgres, args.rates, args.seconds)
-    if not postgres:
+    measured = []
+    for backend, url in databases("routing"):
+        bench_backend(backend, url, args.rates, args.seconds)
+        measured.append(backend)
+    if "postgresql" not in measured:
         fail("PostgreSQL is needed for the second half")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from sqlalchemy import insert
 
-from bench.harness import fresh_postgres, fresh_sqlite, machine_report, migrate
+from bench.harness import databases, machine_report, migrate
 from services.audit.app import create_app
 from services.audit.chain import GENESIS
 from services.audit.settings import AuditSettings
@@ -129,12 +129,8 @@ def main() -> None:
     parser.add_argument("--ingest", type=int, default=2000)
     args = parser.parse_args()
     print(machine_report())
-    run("sqlite", fresh_sqlite("verify"), args.entries, args.ingest)
-    postgres = fresh_postgres("reach_bench_verify")
-    if postgres is None:
-        print("postgresql: no server answers; skipped")
-    else:
-        run("postgresql", postgres, args.entries, args.ingest)
+    for backend, url in databases("verify"):
+        run(backend, url, args.entries, args.ingest)
 
 
 if __name__ == "__main__":

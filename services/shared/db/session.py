@@ -139,7 +139,8 @@ async def insert_at_commit(
     savepoint rolled back around this call, drops them). For rows nothing in the
     transaction reads back. The transaction is begun if it was not: a request's session
     commits only one that was."""
-    await session.connection()
+    if not session.in_transaction():
+        await session.connection()
     transaction_state(session.sync_session).setdefault(_AT_COMMIT, []).append((statement, rows))
 
 
