@@ -301,13 +301,7 @@ async def _offer_each(
         consultant = await rota_repo.lock_consultant_if_free(session, consultant_id)
         if consultant is None or consultant.status != ConsultantStatus.AVAILABLE:
             continue
-        # A statement of its own, after the lock: on PostgreSQL it reads what committed
-        # before the lock was granted (in the locking statement it would read as of its
-        # start, and miss an offer committed meanwhile).
-        if await case_repo.open_offers_for_consultant(session, consultant_id):
-            view.offered.add(consultant_id)
-            continue  # another process offered them something meanwhile
-        offer = await case_repo.insert_offer(
+        offer = await case_repo.insert_offer_unless_held(
             session,
             {
                 "id": str(uuid.uuid4()),
@@ -322,6 +316,9 @@ async def _offer_each(
                 "close_reason": None,
             },
         )
+        if offer is None:
+            view.offered.add(consultant_id)
+            continue  # another process offered them something meanwhile
         view.take(consultant_id)
         made += 1
         outbound.count_offer(session, ctx, "made")

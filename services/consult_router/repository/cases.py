@@ -17,6 +17,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from services.shared.db.base import adopt_written_row, read_only_row, table_of
 from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
+from services.shared.db.statements import insert_if_absent
 
 OPEN_CASE = ("queued", "offered")
 
@@ -65,7 +66,6 @@ _CLOSE_OPEN_OFFER = (
     .values(state=bindparam("closed_as"), close_reason=bindparam("reason"),
             closed_at=bindparam("at"))
 )  # fmt: skip
-_INSERT_OFFER = insert(_OFFER_TABLE)
 # What routing a case needs of its offers in one read: those still open (any round) and
 # those of its current round (tried already, declined moments ago).
 _OFFERS_OPEN_OR_IN_ROUND = select(ConsultOffer).where(
@@ -176,10 +176,17 @@ async def expired_offers(session: AsyncSession, *, now: datetime, limit: int) ->
     return list((await session.execute(statement)).scalars())
 
 
-async def insert_offer(session: AsyncSession, values: dict[str, object]) -> ConsultOffer:
-    """Write a new offer at once (Core: no flush of the whole session to make one row),
-    and return it as an object to read; later reads in the session load their own."""
-    await session.execute(_INSERT_OFFER, values)
+async def insert_offer_unless_held(
+    session: AsyncSession, values: dict[str, object]
+) -> ConsultOffer | None:
+    """Write a new open offer at once (Core: no flush of the whole session to make one
+    row) and return it as an object to read, or None, writing nothing, if its consultant
+    holds an open offer already: one open offer a consultant is a unique index, so the
+    insert itself is the check. On PostgreSQL the index is consulted as it stands, not as
+    of the statement's snapshot: an offer committed by another process a moment ago is
+    seen, and one still being written is waited for."""
+    if not await insert_if_absent(session, ConsultOffer, values):
+        return None
     return read_only_row(ConsultOffer, values)
 
 

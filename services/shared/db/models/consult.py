@@ -126,6 +126,15 @@ class ConsultOffer(Base):
         ),
         Index("ix_consult_offer_case", "case_id", "state"),
         Index("ix_consult_offer_consultant", "consultant_id", "state"),
+        # A consultant is asked about one case at a time: the database refuses a second
+        # open offer, whichever process or replica makes it.
+        Index(
+            "ix_consult_offer_one_open_per_consultant",
+            "consultant_id",
+            unique=True,
+            postgresql_where=text("state = 'open'"),
+            sqlite_where=text("state = 'open'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

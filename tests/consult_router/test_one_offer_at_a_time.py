@@ -1,0 +1,131 @@
+"""A consultant is asked about one case at a time: routing never makes a second open
+offer to anyone, and the database refuses one whoever tries."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from services.consult_router import routing
+from services.consult_router.repository import cases as case_repo
+from services.shared.clock import ManualClock
+from services.shared.db.models import ConsultOffer
+from services.shared.db.session import unit_of_work
+from services.shared.resources import Resources
+from tests.consult_router.conftest import Desk, snapshot
+from tests.support import statements_sent
+
+
+def open_offer(case_id: str, consultant_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()), "case_id": case_id, "consultant_id": consultant_id,
+        "round": 1, "broadcast": False, "state": "open", "created_at": now,
+        "expires_at": now + timedelta(minutes=2), "closed_at": None, "close_reason": None,
+    }  # fmt: skip
+
+
+async def open_offers_held(resources: Resources, consultant_id: str) -> list[str]:
+    async with unit_of_work(resources.sessionmaker) as session:
+        rows = await session.execute(
+            select(ConsultOffer.case_id).where(
+                ConsultOffer.consultant_id == consultant_id, ConsultOffer.state == "open"
+            )
+        )
+        return list(rows.scalars())
+
+
+async def two_cases_waiting(desk: Desk, clock: ManualClock) -> tuple[str, str]:
+    """Two cases queued while dr-a, on call, was not free; then dr-a is free, and no
+    routing pass has run since."""
+    await desk.consultant("dr-a", ["frailty"], available=False)
+    first, second = snapshot(clock, priority=2), snapshot(clock, priority=4)
+    await desk.send_case(first, second)
+    await desk.status("dr-a", "available")
+    return first["id"], second["id"]
+
+
+class TestTheDatabaseKeepsIt:
+    async def test_a_second_open_offer_to_a_consultant_is_refused(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        first, second = await two_cases_waiting(desk, clock)
+        now = clock.now()
+        async with unit_of_work(resources.sessionmaker) as session:
+            made = await case_repo.insert_offer_unless_held(session, open_offer(first, "dr-a", now))
+            assert made is not None
+            assert made.case_id == first
+            again = await case_repo.insert_offer_unless_held(
+                session, open_offer(second, "dr-a", now)
+            )
+            assert again is None
+        assert await open_offers_held(resources, "dr-a") == [first]
+        # Not the code's check alone: a plain insert of a second open offer fails.
+        with pytest.raises(IntegrityError):
+            async with unit_of_work(resources.sessionmaker) as session:
+                await session.execute(insert(ConsultOffer), open_offer(second, "dr-a", now))
+        assert await open_offers_held(resources, "dr-a") == [first]
+
+    async def test_once_the_open_offer_closes_the_consultant_can_be_asked_again(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        first, second = await two_cases_waiting(desk, clock)
+        now = clock.now()
+        async with unit_of_work(resources.sessionmaker) as session:
+            made = await case_repo.insert_offer_unless_held(session, open_offer(first, "dr-a", now))
+            assert made is not None
+            assert await case_repo.close_offer(
+                session, made, state="declined", reason="in another call", at=now
+            )
+            assert await case_repo.insert_offer_unless_held(
+                session, open_offer(second, "dr-a", now)
+            )
+        assert await open_offers_held(resources, "dr-a") == [second]
+
+
+class TestRouting:
+    async def test_an_offer_is_made_in_one_statement_on_the_offers(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """The insert is the check: no read of the consultant's offers before it."""
+        await desk.consultant("dr-a", ["frailty"])
+
+        def on_the_offers(statement: str) -> bool:
+            # Reads of offers' rows and writes to them (not subqueries of other reads).
+            return statement.startswith(("SELECT consult_offer.", "INSERT INTO consult_offer"))
+
+        case = snapshot(clock)
+        with statements_sent(resources.engine, on_the_offers) as sent:
+            await desk.send_case(case)
+        assert [s.split()[0] for s in sent] == ["INSERT"]
+        assert await open_offers_held(resources, "dr-a") == [case["id"]]
+
+    async def test_a_consultant_offered_a_case_after_the_pass_read_the_rota_gets_no_second(
+        self, desk: Desk, router_app: FastAPI, clock: ManualClock, resources: Resources
+    ) -> None:
+        """Two passes read the rota with dr-a free; the other commits its offer first. The
+        slower pass leaves its case waiting rather than ask dr-a about two at once."""
+        if resources.engine.dialect.name == "sqlite":
+            pytest.skip("SQLite has one writer: two passes never overlap")
+        ctx = router_app.state.router
+        first, second = await two_cases_waiting(desk, clock)
+        now = clock.now()
+        async with unit_of_work(resources.sessionmaker) as slower:
+            view = await routing.RoutingView.load(slower, ctx, now=now)
+            assert view.free_in("frailty") == {"dr-a"}
+            async with unit_of_work(resources.sessionmaker) as faster:
+                other_view = await routing.RoutingView.load(faster, ctx, now=now)
+                await routing.route_case(faster, ctx, other_view, case_id=first, now=now)
+            await routing.route_case(slower, ctx, view, case_id=second, now=now)
+            assert "dr-a" in view.offered  # so the rest of the pass passes them over
+        assert await open_offers_held(resources, "dr-a") == [first]
+        assert [p["case"]["id"] for kind, p in await desk.log("dr-a") if kind == "offer"] == [first]
+        async with unit_of_work(resources.sessionmaker) as session:
+            waiting = await case_repo.get_case(session, second)
+            assert waiting is not None
+            assert waiting.status == "queued"
