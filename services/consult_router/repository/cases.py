@@ -17,7 +17,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from services.shared.db.base import adopt_written_row, read_only_row, table_of
 from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
-from services.shared.db.statements import insert_if_absent
+from services.shared.db.statements import insert_if_absent, insert_many_if_absent
 
 OPEN_CASE = ("queued", "offered")
 
@@ -102,6 +102,22 @@ async def insert_cases(
     on, by id."""
     await session.execute(_INSERT_CASE, rows)
     return {str(row["id"]): adopt_written_row(session, ConsultCase, row) for row in rows}
+
+
+async def insert_cases_if_new(
+    session: AsyncSession, rows: list[dict[str, object]]
+) -> dict[str, ConsultCase]:
+    """Write, in one statement and in the order given, each case not written already
+    (nor being written by another transaction, which is waited for); the cases this call
+    wrote, each the session's own object from then on, by id."""
+    if not rows:
+        return {}
+    written = await insert_many_if_absent(session, ConsultCase, rows, returning="id")
+    return {
+        str(row["id"]): adopt_written_row(session, ConsultCase, row)
+        for row in rows
+        if row["id"] in written
+    }
 
 
 async def open_cases(
