@@ -22,17 +22,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 import asyncpg
-from sqlalchemy import Select, event, func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from services.shared.db.session import (
-    ReachSession,
-    after_commit,
-    rides_with_rows,
-    transaction_state,
-)
+from services.shared.db.session import ReachSession, after_commit, transaction_state
 
 logger = logging.getLogger("reach.notify")
 
@@ -208,27 +203,14 @@ def _send_pending(session: Session) -> None:
     (PostgreSQL folds identical ones within a transaction anyway). Still inside the
     transaction, so they are delivered at its commit and never for a rollback. A savepoint
     released is not the commit (SQLAlchemy calls this for it too): they wait; one rolled
-    back keeps them, since a wake-up with nothing new costs a look, and a lost one a poll.
-
-    Those pending as the transaction's outbox rows are written go with that insert, in
-    one statement (`rides_with_rows`); this sends what is left."""
+    back keeps them, since a wake-up with nothing new costs a look, and a lost one a poll."""
     if session.in_nested_transaction():
         return
-    for statement in _take_pending(session):
-        session.execute(statement)
-
-
-def _take_pending(session: Session) -> list[Select[Any]]:
     pending: dict[tuple[str, str], None] | None = transaction_state(session).pop(_PENDING, None)
     calls = [func.pg_notify(channel, key) for channel, key in pending or ()]
     # A select list is limited (1,664 columns): a very large batch takes a few statements.
-    return [
-        select(*calls[start : start + _NOTIFY_PER_STATEMENT])
-        for start in range(0, len(calls), _NOTIFY_PER_STATEMENT)
-    ]
-
-
-rides_with_rows(_take_pending)
+    for start in range(0, len(calls), _NOTIFY_PER_STATEMENT):
+        session.execute(select(*calls[start : start + _NOTIFY_PER_STATEMENT]))
 
 
 class PostgresNotifier(LocalNotifier):

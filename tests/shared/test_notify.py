@@ -4,24 +4,13 @@ PostgreSQL cross from one process's connection to another's (two replicas)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from sqlalchemy import insert, select
 
-from services.shared.db.base import table_of
 from services.shared.db.engine import create_engine
-from services.shared.db.models import AuditInbox
-from services.shared.db.session import (
-    SessionMaker,
-    create_sessionmaker,
-    insert_at_commit,
-    unit_of_work,
-    write_pending,
-)
+from services.shared.db.session import create_sessionmaker, unit_of_work
 from services.shared.notify import ANY_KEY, LocalNotifier, PostgresNotifier
 from tests.support import asyncpg_dsn, eventually, statements_sent
 
@@ -177,126 +166,6 @@ class TestPostgres:
                 )
         finally:
             await engine.dispose()
-
-
-@pytest.mark.postgres
-class TestPostgresWithRows:
-    """Notifications pending as a transaction's rows for the commit are written go with
-    that insert, in one statement; those published after go alone before the commit."""
-
-    async def test_the_rows_insert_carries_the_notifications(
-        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
-    ) -> None:
-        writer, reader = two_replicas
-        engine = create_engine(postgres_url)
-        maker = create_sessionmaker(engine)
-        names = [f"carried-{uuid.uuid4().hex}" for _ in range(2)]
-        try:
-            with (
-                statements_sent(engine, _writing_or_notifying) as sent,
-                reader.subscribe("cases") as wake,
-            ):
-                async with unit_of_work(maker) as session:
-                    await insert_at_commit(session, _INBOX, _inbox_rows(names[0]))
-                    await writer.publish(session, "cases", "with-the-rows")
-                    await insert_at_commit(session, _INBOX, _inbox_rows(names[1]))
-                    assert sent == []  # nothing until the commit
-                [carrier] = sent
-                assert carrier.startswith("WITH")
-                assert "INSERT INTO audit_inbox" in carrier
-                assert "pg_notify" in carrier
-                await eventually(lambda: "with-the-rows" in wake.keys, timeout=5)
-                assert await _inboxed(maker, names) == set(names)
-
-                async def rolled_back() -> None:
-                    async with unit_of_work(maker) as session:
-                        await insert_at_commit(session, _INBOX, _inbox_rows("never"))
-                        await writer.publish(session, "cases", "never")
-                        raise RuntimeError("rolled back")
-
-                with pytest.raises(RuntimeError):
-                    await rolled_back()
-                await asyncio.sleep(0.2)  # time for a notification that should not come
-                assert "never" not in wake.drain_keys()
-                assert await _inboxed(maker, ["never"]) == set()
-        finally:
-            await engine.dispose()
-
-    async def test_what_comes_after_the_rows_are_written_goes_alone(
-        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
-    ) -> None:
-        writer, reader = two_replicas
-        engine = create_engine(postgres_url)
-        maker = create_sessionmaker(engine)
-        name = f"early-{uuid.uuid4().hex}"
-        try:
-            with (
-                statements_sent(engine, _writing_or_notifying) as sent,
-                reader.subscribe("cases") as wake,
-            ):
-                async with unit_of_work(maker) as session:
-                    await insert_at_commit(session, _INBOX, _inbox_rows(name))
-                    await writer.publish(session, "cases", "first")
-                    await write_pending(session)
-                    await writer.publish(session, "cases", "second")
-                    [carrier] = sent  # the rows, carrying "first"
-                    assert carrier.count("pg_notify(") == 1
-                assert len(sent) == 2
-                assert sent[1].startswith("SELECT pg_notify")  # "second", alone
-                assert sent[1].count("pg_notify(") == 1
-                await eventually(lambda: wake.keys >= {"first", "second"}, timeout=5)
-        finally:
-            await engine.dispose()
-
-    async def test_notifications_outlive_rows_dropped_with_their_savepoint(
-        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
-    ) -> None:
-        writer, reader = two_replicas
-        engine = create_engine(postgres_url)
-        maker = create_sessionmaker(engine)
-        name = f"dropped-{uuid.uuid4().hex}"
-        try:
-            with (
-                statements_sent(engine, _writing_or_notifying) as sent,
-                reader.subscribe("cases") as wake,
-            ):
-                async with unit_of_work(maker) as session:
-
-                    async def refused() -> None:
-                        async with session.begin_nested():
-                            await insert_at_commit(session, _INBOX, _inbox_rows(name))
-                            await writer.publish(session, "cases", "kept")
-                            raise RuntimeError("a refused event")
-
-                    with pytest.raises(RuntimeError):
-                        await refused()
-                assert [s.split("(")[0].strip() for s in sent] == ["SELECT pg_notify"]
-                await eventually(lambda: "kept" in wake.keys, timeout=5)
-                assert await _inboxed(maker, [name]) == set()
-        finally:
-            await engine.dispose()
-
-
-_INBOX = insert(table_of(AuditInbox))
-
-
-def _inbox_rows(*names: str) -> list[dict[str, object]]:
-    at = datetime(2026, 12, 3, tzinfo=UTC)
-    return [
-        {"event_id": name, "source": "test", "event_type": "t", "received_at": at} for name in names
-    ]
-
-
-async def _inboxed(maker: SessionMaker, names: list[str]) -> set[str]:
-    async with unit_of_work(maker) as session:
-        found = await session.execute(
-            select(AuditInbox.event_id).where(AuditInbox.event_id.in_(names))
-        )
-        return set(found.scalars())
-
-
-def _writing_or_notifying(statement: str) -> bool:
-    return "pg_notify" in statement or "INSERT INTO audit_inbox" in statement
 
 
 @pytest.mark.postgres

@@ -31,7 +31,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import Insert, Select, event
+from sqlalchemy import Insert, event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -91,46 +91,13 @@ def _insert_pending(session: Session) -> None:
     _write(session, transaction_state(session).pop(_AT_COMMIT, []))
 
 
-# Selects a transaction sends just before its commit that may instead ride on its rows'
-# insert (`rides_with_rows`), and how many rows that insert may have to carry one.
-_RIDERS: list[Callable[[Session], list[Select[Any]]]] = []
-_CARRIES_AT_MOST = 200
-
-
-def rides_with_rows(take: Callable[[Session], list[Select[Any]]]) -> None:
-    """Register `take`, which pops from a transaction (and returns) the selects it would
-    otherwise send on their own before the commit: a notifier's `pg_notify`. When the
-    rows given to `insert_at_commit` are written, on PostgreSQL, the first of them carries
-    the last insert as a data-modifying WITH (which runs whether or not the select reads
-    it): one statement, one round trip, where there were two."""
-    _RIDERS.append(take)
-
-
 def _write(session: Session, pending: list[tuple[Insert, list[dict[str, Any]]]]) -> None:
-    """Each statement's rows in one multi-row insert, in the order they were given; the
-    last carried by a rider, if there is one."""
+    """Each statement's rows in one multi-row insert, in the order they were given."""
     together: dict[Insert, list[dict[str, Any]]] = {}
     for statement, rows in pending:
         together.setdefault(statement, []).extend(rows)
-    if not together:
-        return
-    *before, (last, last_rows) = together.items()
-    for statement, rows in before:
+    for statement, rows in together.items():
         session.execute(statement, rows)
-    riders = _riders(session) if len(last_rows) <= _CARRIES_AT_MOST else []
-    if not riders:
-        session.execute(last, last_rows)
-        return
-    carrier, *rest = riders
-    session.execute(carrier.add_cte(last.values(last_rows).cte("written")))
-    for alone in rest:
-        session.execute(alone)
-
-
-def _riders(session: Session) -> list[Select[Any]]:
-    if session.get_bind().dialect.name != "postgresql":
-        return []  # SQLite has no data-modifying WITH: the riders keep their own hook
-    return [select for take in _RIDERS for select in take(session)]
 
 
 @event.listens_for(ReachSession, "after_commit")
