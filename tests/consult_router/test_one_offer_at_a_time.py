@@ -3,17 +3,19 @@ offer to anyone, and the database refuses one whoever tries."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.consult_router import routing
 from services.consult_router.repository import cases as case_repo
+from services.consult_router.repository import rota as rota_repo
 from services.shared.clock import ManualClock
 from services.shared.db.models import ConsultOffer
 from services.shared.db.session import unit_of_work
@@ -129,3 +131,30 @@ class TestRouting:
             waiting = await case_repo.get_case(session, second)
             assert waiting is not None
             assert waiting.status == "queued"
+
+    async def test_an_offer_being_closed_elsewhere_still_counts_and_is_not_waited_for(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """Another transaction is closing dr-a's open offer and has not committed. Routing,
+        holding dr-a's row, neither waits for it (it goes on to lock dr-a for the
+        message: waiting would be a deadlock) nor counts the offer closed: it writes
+        nothing, as the read it replaced would have."""
+        if resources.engine.dialect.name == "sqlite":
+            pytest.skip("SQLite has one writer: two transactions never overlap")
+        first, second = await two_cases_waiting(desk, clock)
+        now = clock.now()
+        async with unit_of_work(resources.sessionmaker) as opening:
+            made = await case_repo.insert_offer_unless_held(opening, open_offer(first, "dr-a", now))
+            assert made is not None
+        async with unit_of_work(resources.sessionmaker) as closing:
+            await closing.execute(
+                update(ConsultOffer).where(ConsultOffer.id == made.id).values(state="withdrawn")
+            )
+            async with unit_of_work(resources.sessionmaker) as routing_it:
+                assert await rota_repo.lock_consultant_if_free(routing_it, "dr-a") is not None
+                again = await asyncio.wait_for(
+                    case_repo.insert_offer_unless_held(routing_it, open_offer(second, "dr-a", now)),
+                    timeout=10,  # waiting for `closing` would never end: it commits after
+                )
+                assert again is None
+        assert await open_offers_held(resources, "dr-a") == []

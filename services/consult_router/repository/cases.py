@@ -7,17 +7,20 @@ than a fifth of what some of them take to run (see `bench/RESULTS.md`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy import bindparam, exists, func, insert, literal_column, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 
 from services.shared.db.base import adopt_written_row, read_only_row, table_of
 from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
-from services.shared.db.statements import insert_if_absent, insert_many_if_absent
+from services.shared.db.statements import dialect_name, insert_many_if_absent
 
 OPEN_CASE = ("queued", "offered")
 
@@ -107,9 +110,10 @@ async def insert_cases(
 async def insert_cases_if_new(
     session: AsyncSession, rows: list[dict[str, object]]
 ) -> dict[str, ConsultCase]:
-    """Write, in one statement and in the order given, each case not written already
-    (nor being written by another transaction, which is waited for); the cases this call
-    wrote, each the session's own object from then on, by id."""
+    """Write, in one statement and in the order given (callers give id order, the order
+    of their locks), each case not written already (nor being written by another
+    transaction, which is waited for); the cases this call wrote, each the session's own
+    object from then on, by id."""
     if not rows:
         return {}
     written = await insert_many_if_absent(session, ConsultCase, rows, returning="id")
@@ -197,13 +201,34 @@ async def insert_offer_unless_held(
 ) -> ConsultOffer | None:
     """Write a new open offer at once (Core: no flush of the whole session to make one
     row) and return it as an object to read, or None, writing nothing, if its consultant
-    holds an open offer already: one open offer a consultant is a unique index, so the
-    insert itself is the check. On PostgreSQL the index is consulted as it stands, not as
-    of the statement's snapshot: an offer committed by another process a moment ago is
-    seen, and one still being written is waited for."""
-    if not await insert_if_absent(session, ConsultOffer, values):
+    holds an open offer already. One statement: the insert carries the check.
+
+    The check reads as of the statement's start, like the read it replaced, so it never
+    waits: an offer being closed by another transaction still counts as open. (Left to
+    the unique index alone, the insert would wait for that transaction; and one closing
+    an offer goes on to lock its consultant for their message, whom the caller holds
+    locked: a deadlock.) The index stays behind it, so a second open offer to one
+    consultant is refused whatever writes it."""
+    statement = _offer_unless_held(dialect_name(session))
+    result = await session.execute(statement, values)
+    if getattr(result, "rowcount", 0) != 1:
         return None
     return read_only_row(ConsultOffer, values)
+
+
+@functools.cache
+def _offer_unless_held(dialect: str) -> Any:
+    columns = [column.name for column in _OFFER_TABLE.c]
+    row = select(*(bindparam(name, type_=_OFFER_TABLE.c[name].type) for name in columns))
+    # 'open' written into the SQL, so the planner can match the open offers' indexes.
+    held = exists().where(
+        _OFFER_TABLE.c.consultant_id == bindparam("consultant_id"),
+        _OFFER_TABLE.c.state == literal_column("'open'"),
+    )
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        dialect_insert(_OFFER_TABLE).from_select(columns, row.where(~held)).on_conflict_do_nothing()
+    )
 
 
 async def close_offer(
