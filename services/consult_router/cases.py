@@ -40,36 +40,41 @@ async def apply_snapshots(
 
     A submission's case is written straight away, unless it is there already (a repeated
     delivery), and read only then: a new case costs one statement, not a read that finds
-    nothing and an insert. Written in id order, like the locks, so two batches never wait
-    on each other crosswise. The case of any other event is read first.
+    nothing and an insert. The case of any other event is read first (an update heard
+    before its submission is written after the read, as it always was). Two batches
+    naming the same cases the other way round, each with a submission the other has as
+    an update, can still wait on each other: the database ends one, and its batch is
+    delivered again.
 
     The cases it opened, by id, which the caller routes (`routing.route_arrivals`): this
     session's own objects, current with every snapshot of the batch."""
     snapshots = [_snapshot_of(event) for event in events]
-    firsts: dict[str, tuple[Event, CaseSnapshot]] = {}
-    for event, snapshot in zip(events, snapshots, strict=True):
-        firsts.setdefault(snapshot.id, (event, snapshot))
+    first_of: dict[str, int] = {}  # each case's first event in the batch, by position
+    for position, snapshot in enumerate(snapshots):
+        first_of.setdefault(snapshot.id, position)
     submitted = sorted(
-        (s for e, s in firsts.values() if e.type == EventType.CASE_SUBMITTED), key=lambda s: s.id
+        (p for p in first_of.values() if events[p].type == EventType.CASE_SUBMITTED),
+        key=lambda p: snapshots[p].id,
     )
-    opened = await case_repo.insert_cases_if_new(session, [_new_case(ctx, s) for s in submitted])
-    # The snapshots the new rows were made from: applied already.
-    written_from = {id(firsts[case_id][1]) for case_id in opened}
-    to_read = firsts.keys() - opened.keys()
+    opened = await case_repo.insert_cases_if_new(
+        session, [_new_case(ctx, snapshots[p]) for p in submitted]
+    )
+    written_from = {first_of[case_id] for case_id in opened}  # applied as they were written
+    to_read = first_of.keys() - opened.keys()
     cases = await case_repo.get_cases(session, to_read, for_update=True) if to_read else {}
     cases.update(opened)
-    unwritten: dict[str, dict[str, Any]] = {}  # cases first heard of by an update, written together
-    for snapshot in snapshots:
-        if id(snapshot) in written_from:
+    first_heard: dict[str, dict[str, Any]] = {}  # cases heard of first by an update
+    for position, snapshot in enumerate(snapshots):
+        if position in written_from:
             continue
-        if snapshot.id not in cases and snapshot.id not in unwritten:
-            unwritten[snapshot.id] = _new_case(ctx, snapshot)
+        if snapshot.id not in cases and snapshot.id not in first_heard:
+            first_heard[snapshot.id] = _new_case(ctx, snapshot)
             continue
-        if unwritten:  # a case opened earlier in the batch is seen by what follows
-            cases.update(await _insert(session, unwritten, opened))
+        if first_heard:  # a case opened earlier in the batch is seen by what follows
+            cases.update(await _write_first_heard(session, first_heard, opened))
         await _apply(session, ctx, cases[snapshot.id], snapshot)
-    if unwritten:
-        await _insert(session, unwritten, opened)
+    if first_heard:
+        await _write_first_heard(session, first_heard, opened)
     if opened:
         # Routing re-reads the older cases it locks: what the batch changed must be written.
         await session.flush()
@@ -77,12 +82,13 @@ async def apply_snapshots(
     return opened
 
 
-async def _insert(
-    session: AsyncSession, unwritten: dict[str, dict[str, Any]], opened: dict[str, ConsultCase]
+async def _write_first_heard(
+    session: AsyncSession, first_heard: dict[str, dict[str, Any]], opened: dict[str, ConsultCase]
 ) -> dict[str, ConsultCase]:
-    written = await case_repo.insert_cases(session, list(unwritten.values()))
+    """Write the cases heard of first by an update, which open with it."""
+    written = await case_repo.insert_cases(session, list(first_heard.values()))
     opened.update(written)
-    unwritten.clear()
+    first_heard.clear()
     return written
 
 
