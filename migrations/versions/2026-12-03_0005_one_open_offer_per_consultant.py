@@ -25,6 +25,25 @@ OPEN = "state = 'open'"
 
 
 def upgrade() -> None:
+    # Routing never made two, but a database written by hand might hold them: say whose,
+    # rather than fail on the index with a bare duplicate-key error.
+    doubled = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT consultant_id FROM consult_offer WHERE state = 'open'"
+                " GROUP BY consultant_id HAVING count(*) > 1 ORDER BY consultant_id"
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if doubled:
+        raise RuntimeError(
+            "these consultants hold more than one open offer: "
+            + ", ".join(doubled)
+            + ". Close all but one of each (withdraw or decline them) and upgrade again."
+        )
     with op.batch_alter_table("consult_offer", schema=None) as batch_op:
         batch_op.create_index(
             INDEX,
