@@ -41,11 +41,15 @@ class TracedPass:
 def label(statement: str) -> str:
     """What a statement does, in two words: `UPDATE consult_case`, `SELECT consult_offer`
     (the table read at the top level, not in a subquery); a claim that marks rows
-    delivered (`WITH due AS (...) UPDATE`) is `CLAIM <outbox>`."""
+    delivered (`WITH due AS (...) UPDATE`) is `CLAIM <outbox>`, an insert fed by a `WITH`
+    (a consultant's message, numbered) `WITH INSERT <table>`."""
     top = _top_level(statement)
     if top.startswith("WITH"):
         written = re.search(r"\bUPDATE\s+(\w+)\s+SET\b", top)
-        return f"CLAIM {written.group(1)}" if written else "WITH"
+        if written:
+            return f"CLAIM {written.group(1)}"
+        inserted = re.search(r"\bINSERT INTO\s+(\w+)", top)
+        return f"WITH INSERT {inserted.group(1)}" if inserted else "WITH"
     write = _WRITES.match(top)
     if write:
         return f"{write.group(1).split()[0]} {write.group(2)}"

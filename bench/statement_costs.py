@@ -1,0 +1,192 @@
+"""What a step of a case's path costs in CPU, written the way reach writes it beside the
+way it was written before, in one process, on SQLite and on PostgreSQL: the two ways take
+turns, a few hundred times each per round, so a drift in the machine's speed falls on
+both. Each figure is the process's CPU (user and system) for the statements alone (the
+transaction begun, and the rows built, off the clock), in microseconds a step; the ratio
+is before / now (above 1: now is cheaper).
+
+Why beside the whole-process benchmarks: a step or two fewer on a case's path is a few
+per cent of its CPU, and on a shared VM the whole process's CPU moves more than that from
+minute to minute (two processes of one build, side by side: +-15% a slice). Measured
+apart, the step's own cost shows.
+
+- a submitted case: read for it under a lock, then insert it (before) / insert it unless
+  there, returning whether it was (`insert_cases_if_new`, now);
+- an offer: look for the consultant's open offers, then insert (before) / one insert
+  that carries the look (`insert_offer_unless_held`, now).
+
+    python -m bench.statement_costs [--steps 400] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, cast
+
+from sqlalchemy import insert, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bench.harness import (
+    PYTHON,
+    ROOT,
+    SERVER_CPU,
+    base_env,
+    databases,
+    fail,
+    machine_report,
+    migrate,
+    pinned,
+)
+from services.consult_router.cases import _new_case as new_case_row
+from services.consult_router.context import RouterContext
+from services.consult_router.repository import cases as case_repo
+from services.shared.clock import ManualClock
+from services.shared.db.base import table_of
+from services.shared.db.engine import create_engine
+from services.shared.db.models import ConsultConsultant, ConsultOffer
+from services.shared.db.session import create_sessionmaker, unit_of_work
+from services.shared.schemas.cases import CaseSnapshot
+from tests.consult_router.conftest import snapshot
+
+Step = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
+# The offer as it was written before the unique index: a plain insert.
+_PLAIN_OFFER_INSERT = insert(table_of(ConsultOffer))
+
+
+class Steps:
+    """Each way of each step, on one database, and what they need seeded."""
+
+    def __init__(self) -> None:
+        self.clock = ManualClock(datetime(2026, 12, 3, 9, 0, tzinfo=UTC))
+        settings = SimpleNamespace(escalate_after_seconds=600)
+        self.ctx = cast(RouterContext, SimpleNamespace(clock=self.clock, settings=settings))
+        self.cases: list[str] = []
+
+    def new_case(self, _n: int) -> dict[str, Any]:
+        return new_case_row(self.ctx, CaseSnapshot.model_validate(snapshot(self.clock)))
+
+    def offer(self, n: int) -> dict[str, Any]:
+        now = self.clock.now()
+        return {
+            "id": str(uuid.uuid4()), "case_id": self.cases[n % len(self.cases)],
+            "consultant_id": "dr-bench", "round": 1, "broadcast": False, "state": "open",
+            "created_at": now, "expires_at": now + timedelta(minutes=2), "closed_at": None,
+            "close_reason": None,
+        }  # fmt: skip
+
+    @staticmethod
+    async def case_read_then_insert(session: AsyncSession, row: dict[str, Any]) -> None:
+        found = await case_repo.get_cases(session, {row["id"]}, for_update=True)
+        if row["id"] not in found:
+            await case_repo.insert_cases(session, [row])
+
+    @staticmethod
+    async def case_insert_if_new(session: AsyncSession, row: dict[str, Any]) -> None:
+        await case_repo.insert_cases_if_new(session, [row])
+
+    @staticmethod
+    async def offer_look_then_insert(session: AsyncSession, row: dict[str, Any]) -> None:
+        if not await case_repo.open_offers_for_consultant(session, "dr-bench"):
+            await session.execute(_PLAIN_OFFER_INSERT, row)
+
+    @staticmethod
+    async def offer_insert_unless_held(session: AsyncSession, row: dict[str, Any]) -> None:
+        await case_repo.insert_offer_unless_held(session, row)
+
+    async def seed(self, session: AsyncSession) -> None:
+        now = self.clock.now()
+        session.add(ConsultConsultant(
+            id="dr-bench", name="Dr Bench", grade="consultant", specialties=["frailty"],
+            status="available", status_changed_at=now, last_assigned_at=None, message_seq=0,
+            created_at=now, updated_at=now,
+        ))  # fmt: skip
+        rows = [self.new_case(n) for n in range(20)]
+        await case_repo.insert_cases(session, rows)
+        self.cases = [str(row["id"]) for row in rows]
+
+
+async def _close_offers(session: AsyncSession) -> None:
+    await session.execute(
+        update(ConsultOffer).where(ConsultOffer.state == "open").values(state="withdrawn")
+    )
+
+
+async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Run in the child: each pair of ways in turns, `rounds` times; CPU us a step, the
+    statements alone (the rows are built, and offers closed, off the clock)."""
+    engine = create_engine(url)
+    maker = create_sessionmaker(engine)
+    ways = Steps()
+    pairs: dict[str, tuple[Callable[[int], dict[str, Any]], Step, Step]] = {
+        "a submitted case": (ways.new_case, ways.case_read_then_insert, ways.case_insert_if_new),
+        "an offer": (ways.offer, ways.offer_look_then_insert, ways.offer_insert_unless_held),
+    }
+    results: dict[str, list[float]] = {}
+    try:
+        async with unit_of_work(maker) as session:
+            await ways.seed(session)
+        for round_number in range(rounds + 1):  # the first round warms up, and is not kept
+            for name, (prepare, before, now) in pairs.items():
+                for label, step in ((f"{name}, before", before), (f"{name}, now", now)):
+                    spent = 0.0
+                    for n in range(steps):
+                        row = prepare(n)
+                        async with unit_of_work(maker) as session:
+                            await session.connection()  # begun off the clock
+                            started = time.process_time()
+                            await step(session, row)
+                            spent += time.process_time() - started
+                            await _close_offers(session)
+                    if round_number:
+                        results.setdefault(label, []).append(spent / steps * 1e6)
+    finally:
+        await engine.dispose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(asyncio.run(measure(args.child, steps=args.steps, rounds=args.rounds))))
+        return
+    print(machine_report())
+    print(f"load      {args.steps} steps a way a round, {args.rounds} rounds (after one to "
+          "warm up), the ways in turns, in one process on the server core")  # fmt: skip
+    print()
+    measured = []
+    for backend, url in databases("statements"):
+        migrate(url)
+        command = [PYTHON, "-m", "bench.statement_costs", "--child", url,
+                   "--steps", str(args.steps), "--rounds", str(args.rounds)]  # fmt: skip
+        done = subprocess.run(
+            pinned(command, SERVER_CPU), env=base_env(), cwd=ROOT, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            fail(f"{backend} could not be measured:\n{done.stderr[-2000:]}")
+        results: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
+        for name in ("a submitted case", "an offer"):
+            before, now = results[f"{name}, before"], results[f"{name}, now"]
+            ratios = [b / n for b, n in zip(before, now, strict=True)]
+            print(f"{backend:<11} {name:<17} before {statistics.median(before):7.1f} us"
+                  f"  now {statistics.median(now):7.1f} us  before / now"
+                  f" {statistics.median(ratios):5.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})")  # fmt: skip
+        measured.append(backend)
+    if "postgresql" not in measured:
+        fail("PostgreSQL is needed for the second half")
+
+
+if __name__ == "__main__":
+    main()
