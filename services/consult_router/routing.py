@@ -301,6 +301,9 @@ async def _offer_each(
         consultant = await rota_repo.lock_consultant_if_free(session, consultant_id)
         if consultant is None or consultant.status != ConsultantStatus.AVAILABLE:
             continue
+        # A statement of its own, after the lock: on PostgreSQL its check reads what
+        # committed before the lock was granted (in the locking statement it would read
+        # as of that statement's start, and miss an offer committed meanwhile).
         offer = await case_repo.insert_offer_unless_held(
             session,
             {
