@@ -95,6 +95,34 @@ class TestWrittenWithoutLooking:
         assert offer["case"]["id"] == case["id"]
         assert offer["case"]["priority"] == 1
 
+    async def test_a_batch_mixing_new_known_and_ended_cases_is_applied_in_order(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """New cases written first, a known one read under its lock, each event applied in
+        turn: the known case's update lands, a case opened and cancelled within the batch
+        is never offered, and the other new case is."""
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        known = snapshot(clock, priority=4)
+        await desk.send_case(known)
+        await desk.status("dr-a", "available")  # no routing pass has run since
+        ended, fresh = snapshot(clock, priority=1), snapshot(clock, priority=2)
+        outcomes = await desk.send_case(
+            {**known, "version": 2, "priority": 3},
+            ended,
+            {**ended, "version": 2, "status": "cancelled"},
+            fresh,
+        )
+        assert outcomes == ["accepted"] * 4
+        async with unit_of_work(resources.sessionmaker) as session:
+            rows = {
+                case.id: case for case in (await session.execute(select(ConsultCase))).scalars()
+            }
+        assert (rows[known["id"]].version, rows[known["id"]].priority) == (2, 3)
+        assert rows[ended["id"]].status == "cancelled"
+        # The most urgent case still open is the fresh one (priority 2, then the known 3).
+        [offer] = await desk.offers("dr-a")
+        assert offer["case"]["id"] == fresh["id"]
+
 
 class TestRacingDeliveries:
     async def test_two_deliveries_of_one_submission_at_once_write_and_open_it_once(
