@@ -46,7 +46,7 @@ from bench.harness import (
     migrate,
     pinned,
 )
-from services.consult_router.cases import _new_case as new_case_row
+from services.consult_router.cases import new_case_row
 from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.shared.clock import ManualClock

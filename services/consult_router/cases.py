@@ -57,7 +57,7 @@ async def apply_snapshots(
         key=lambda p: snapshots[p].id,
     )
     opened = await case_repo.insert_cases_if_new(
-        session, [_new_case(ctx, snapshots[p]) for p in submitted]
+        session, [new_case_row(ctx, snapshots[p]) for p in submitted]
     )
     written_from = {first_of[case_id] for case_id in opened}  # applied as they were written
     to_read = first_of.keys() - opened.keys()
@@ -68,7 +68,7 @@ async def apply_snapshots(
         if position in written_from:
             continue
         if snapshot.id not in cases and snapshot.id not in first_heard:
-            first_heard[snapshot.id] = _new_case(ctx, snapshot)
+            first_heard[snapshot.id] = new_case_row(ctx, snapshot)
             continue
         if first_heard:  # a case opened earlier in the batch is seen by what follows
             cases.update(await _write_first_heard(session, first_heard, opened))
@@ -118,7 +118,7 @@ async def _apply(
     await outbound.queue_changed(session, ctx)
 
 
-def _new_case(ctx: RouterContext, snapshot: CaseSnapshot) -> dict[str, Any]:
+def new_case_row(ctx: RouterContext, snapshot: CaseSnapshot) -> dict[str, Any]:
     """Every column of a new case's row."""
     now = ctx.clock.now()
     status = snapshot.status if snapshot.status in _ENDED else "queued"

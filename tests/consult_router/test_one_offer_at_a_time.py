@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.consult_router import routing
 from services.consult_router.repository import cases as case_repo
@@ -30,6 +31,13 @@ def open_offer(case_id: str, consultant_id: str, now: datetime) -> dict[str, Any
         "round": 1, "broadcast": False, "state": "open", "created_at": now,
         "expires_at": now + timedelta(minutes=2), "closed_at": None, "close_reason": None,
     }  # fmt: skip
+
+
+async def offer_made(session: AsyncSession, case_id: str, now: datetime) -> ConsultOffer:
+    """An open offer of the case to dr-a, which must be written."""
+    made = await case_repo.insert_offer_unless_held(session, open_offer(case_id, "dr-a", now))
+    assert made is not None
+    return made
 
 
 async def open_offers_held(resources: Resources, consultant_id: str) -> list[str]:
@@ -59,8 +67,7 @@ class TestTheDatabaseKeepsIt:
         first, second = await two_cases_waiting(desk, clock)
         now = clock.now()
         async with unit_of_work(resources.sessionmaker) as session:
-            made = await case_repo.insert_offer_unless_held(session, open_offer(first, "dr-a", now))
-            assert made is not None
+            made = await offer_made(session, first, now)
             assert made.case_id == first
             again = await case_repo.insert_offer_unless_held(
                 session, open_offer(second, "dr-a", now)
@@ -79,8 +86,7 @@ class TestTheDatabaseKeepsIt:
         first, second = await two_cases_waiting(desk, clock)
         now = clock.now()
         async with unit_of_work(resources.sessionmaker) as session:
-            made = await case_repo.insert_offer_unless_held(session, open_offer(first, "dr-a", now))
-            assert made is not None
+            made = await offer_made(session, first, now)
             assert await case_repo.close_offer(
                 session, made, state="declined", reason="in another call", at=now
             )
@@ -144,8 +150,7 @@ class TestRouting:
         first, second = await two_cases_waiting(desk, clock)
         now = clock.now()
         async with unit_of_work(resources.sessionmaker) as opening:
-            made = await case_repo.insert_offer_unless_held(opening, open_offer(first, "dr-a", now))
-            assert made is not None
+            made = await offer_made(opening, first, now)
         async with unit_of_work(resources.sessionmaker) as closing:
             await closing.execute(
                 update(ConsultOffer).where(ConsultOffer.id == made.id).values(state="withdrawn")

@@ -13,14 +13,17 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, exists, func, insert, literal_column, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 
 from services.shared.db.base import adopt_written_row, read_only_row, table_of
 from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
-from services.shared.db.statements import dialect_name, insert_many_if_absent
+from services.shared.db.statements import (
+    dialect_name,
+    insert_ignoring_conflicts,
+    insert_many_if_absent,
+)
 
 OPEN_CASE = ("queued", "offered")
 
@@ -225,10 +228,7 @@ def _offer_unless_held(dialect: str) -> Any:
         _OFFER_TABLE.c.consultant_id == bindparam("consultant_id"),
         _OFFER_TABLE.c.state == literal_column("'open'"),
     )
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return (
-        dialect_insert(_OFFER_TABLE).from_select(columns, row.where(~held)).on_conflict_do_nothing()
-    )
+    return insert_ignoring_conflicts(dialect, _OFFER_TABLE).from_select(columns, row.where(~held))
 
 
 async def close_offer(

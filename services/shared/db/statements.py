@@ -16,7 +16,9 @@ def dialect_name(session: AsyncSession) -> str:
 
 
 @functools.cache
-def _insert_ignoring_conflicts(dialect: str, table: Table) -> Any:
+def insert_ignoring_conflicts(dialect: str, table: Table) -> Any:
+    """The dialect's `INSERT ... ON CONFLICT DO NOTHING` on `table`, to run as it is or to
+    build on (`from_select`, `returning`)."""
     # Built once per table: the values travel as parameters, so the compiled statement
     # is reused from SQLAlchemy's cache on every call.
     if dialect == "postgresql":
@@ -26,7 +28,7 @@ def _insert_ignoring_conflicts(dialect: str, table: Table) -> Any:
 
 @functools.cache
 def _insert_ignoring_conflicts_returning(dialect: str, table: Table, column: str) -> Any:
-    return _insert_ignoring_conflicts(dialect, table).returning(table.c[column])
+    return insert_ignoring_conflicts(dialect, table).returning(table.c[column])
 
 
 async def insert_if_absent(session: AsyncSession, model: Any, values: dict[str, Any]) -> bool:
@@ -34,7 +36,7 @@ async def insert_if_absent(session: AsyncSession, model: Any, values: dict[str, 
 
     Concurrent callers with the same key serialise on the key: exactly one gets True.
     """
-    statement = _insert_ignoring_conflicts(dialect_name(session), model.__table__)
+    statement = insert_ignoring_conflicts(dialect_name(session), model.__table__)
     result = await session.execute(statement, values)
     return bool(getattr(result, "rowcount", 0) == 1)
 
