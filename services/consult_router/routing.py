@@ -3,9 +3,11 @@
 Eligible: on shift now for the case's specialty, status available, under the consult
 limit, and not already being offered something. Sequential first: the best eligible
 consultant who has not been tried this round (fewest active consults, then longest idle)
-gets the offer, with a deadline. When nobody untried is free in the specialty — everyone
-was tried, or nobody is on call — the case is offered to everyone free in the specialty
-and in the fallback specialty at once, and the first accept wins.
+gets the offer, with a deadline; if another routing pass holds them at that moment, the
+next best does, so a case never waits while someone else is free. When nobody untried is
+free in the specialty — everyone was tried, or nobody is on call — the case is offered to
+everyone free in the specialty and in the fallback specialty at once, and the first
+accept wins.
 """
 
 from __future__ import annotations
@@ -112,9 +114,9 @@ class RoutingView:
     def on_shift_for(self, consultant_id: str, specialties: set[str]) -> bool:
         return any(consultant_id in self.on_call.get(s, set()) for s in specialties)
 
-    def best_of(self, candidates: set[str]) -> str:
+    def best_first(self, candidates: set[str]) -> list[str]:
         """Fewest active consults, then longest idle, then a stable order."""
-        return min(
+        return sorted(
             candidates,
             key=lambda c: (
                 self.active.get(c, 0),
@@ -229,7 +231,10 @@ async def route_case(
             return  # someone is being asked; their deadline or answer moves it on
         untried = view.free_in(case.specialty) - {o.consultant_id for o in in_round}
         if untried:
-            made = await _offer_each(session, ctx, view, case, [view.best_of(untried)], now=now)
+            # The best who can be asked now: one whose row another pass holds (asking
+            # them something else) is passed over for the next, not waited for.
+            ranked = view.best_first(untried)
+            made = await _offer_each(session, ctx, view, case, ranked, now=now, enough=1)
         else:
             case.broadcast = True
     if case.broadcast:
@@ -294,10 +299,15 @@ async def _offer_each(
     consultant_ids: list[str],
     *,
     now: datetime,
+    enough: int | None = None,
 ) -> int:
+    """Offer the case to each consultant in turn who is still free once locked, until
+    `enough` offers are made (all, if None); the offers made."""
     made = 0
     deadline = now + timedelta(seconds=ctx.settings.offer_timeout_seconds)
     for consultant_id in consultant_ids:
+        if made == enough:
+            break
         consultant = await rota_repo.lock_consultant_if_free(session, consultant_id)
         if consultant is None or consultant.status != ConsultantStatus.AVAILABLE:
             continue

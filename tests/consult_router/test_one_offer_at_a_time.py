@@ -138,6 +138,35 @@ class TestRouting:
             assert waiting is not None
             assert waiting.status == "queued"
 
+    async def test_the_best_held_by_another_pass_the_next_best_is_asked(
+        self, desk: Desk, router_app: FastAPI, clock: ManualClock, resources: Resources
+    ) -> None:
+        """Another pass holds dr-a's row (asking them about something else) while dr-b,
+        next best, is free: the case goes to dr-b at once, rather than waiting for a pass
+        after the other commits."""
+        if resources.engine.dialect.name == "sqlite":
+            pytest.skip("SQLite has one writer: two passes never overlap")
+        ctx = router_app.state.router
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        await desk.consultant("dr-b", ["frailty"], available=False)
+        case = snapshot(clock)
+        await desk.send_case(case)
+        await desk.status("dr-a", "available")
+        await desk.status("dr-b", "available")
+        now = clock.now()
+        async with unit_of_work(resources.sessionmaker) as other_pass:
+            assert await rota_repo.lock_consultant_if_free(other_pass, "dr-a") is not None
+            async with unit_of_work(resources.sessionmaker) as routing_it:
+                view = await routing.RoutingView.load(routing_it, ctx, now=now)
+                assert view.best_first(view.free_in("frailty")) == ["dr-a", "dr-b"]
+                await routing.route_case(routing_it, ctx, view, case_id=case["id"], now=now)
+        assert await open_offers_held(resources, "dr-a") == []
+        assert await open_offers_held(resources, "dr-b") == [case["id"]]
+        async with unit_of_work(resources.sessionmaker) as session:
+            offered = await case_repo.get_case(session, case["id"])
+            assert offered is not None
+            assert offered.status == "offered"
+
     async def test_an_offer_being_closed_elsewhere_still_counts_and_is_not_waited_for(
         self, desk: Desk, clock: ManualClock, resources: Resources
     ) -> None:
