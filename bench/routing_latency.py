@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +31,12 @@ from websockets.asyncio.client import connect
 
 from bench.harness import (
     BENCH_SECRET,
+    LOAD_CPU,
     PYTHON,
     Server,
     base_env,
+    core_busy,
+    database_cpu_seconds,
     databases,
     fail,
     free_port,
@@ -57,12 +61,16 @@ class Run:
     sent_at: dict[str, float] = field(default_factory=dict)  # reference -> POST returned
     posted_at: dict[str, float] = field(default_factory=dict)  # reference -> POST sent
     offered_at: dict[str, float] = field(default_factory=dict)  # reference -> first offer
-    case_ids: dict[str, str] = field(default_factory=dict)
     health_ms: list[float] = field(default_factory=list)
     errors: int = 0
     # The server's CPU seconds from the first case sent to the last offer's arrival (and
     # its cancellation): what a case's whole life costs it, beside the latency.
     server_cpu_seconds: float = 0.0
+    # Whether the rest of the machine kept up: the database's CPU, and the load
+    # generator's (this process) beside all that ran on its core.
+    database_cpu_seconds: float = 0.0
+    load_share: float = 0.0
+    load_core_busy: float = 0.0
     cancels: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -102,22 +110,16 @@ async def consultant(base: str, index: int, run: Run, http: httpx.AsyncClient) -
             if message["type"] != "offer":
                 continue
             arrived = time.perf_counter()
-            reference = message["case"]["reference"]
-            run.offered_at.setdefault(reference, arrived)
-            task = asyncio.create_task(cancel(http, run, reference, crew))
+            run.offered_at.setdefault(message["case"]["reference"], arrived)
+            # Freed for the next case by its crew's cancellation, at once. Whatever the
+            # case: one left open by an earlier rate that fell behind is offered first
+            # and, left alone, would hold this consultant until its deadline.
+            task = asyncio.create_task(cancel(http, run, message["case"]["id"], crew))
             run.cancels.add(task)
             task.add_done_callback(run.cancels.discard)
 
 
-async def cancel(http: httpx.AsyncClient, run: Run, reference: str, crew: dict[str, str]) -> None:
-    # The POST may not have returned yet when its offer arrives: wait for its id.
-    for _attempt in range(200):
-        case_id = run.case_ids.get(reference)
-        if case_id is not None:
-            break
-        await asyncio.sleep(0.005)
-    else:
-        return
+async def cancel(http: httpx.AsyncClient, run: Run, case_id: str, crew: dict[str, str]) -> None:
     response = await http.post(
         f"/v1/cases/{case_id}/cancel", json={"reason": "benchmark"}, headers=crew
     )
@@ -131,13 +133,18 @@ async def submit(http: httpx.AsyncClient, run: Run, number: int, *, record: bool
         "Idempotency-Key": f"bench-routing-{number}-{time.time_ns()}",
     }
     posted = time.perf_counter()
-    response = await http.post("/v1/cases", json=case_body(), headers=headers)
+    body = case_body()
+    try:
+        response = await http.post("/v1/cases", json=body, headers=headers)
+    except httpx.TransportError:
+        # A kept-alive connection the server closed as it was reused: sent again with the
+        # same key, as a crew's app would, it is stored once.
+        response = await http.post("/v1/cases", json=body, headers=headers)
     returned = time.perf_counter()
     if response.status_code != 201:
         run.errors += 1
         return
     case = response.json()
-    run.case_ids[case["reference"]] = case["id"]
     if record:
         run.sent_at[case["reference"]] = returned
         run.posted_at[case["reference"]] = posted
@@ -166,7 +173,8 @@ async def measure(
         stop = asyncio.Event()
         prober = asyncio.create_task(health(http, run, stop))
         count = int(rate * seconds)
-        cpu_before = server_cpu()
+        cpu_before, database_before = server_cpu(), database_cpu_seconds()
+        load_before, busy_before = _own_cpu(), core_busy(LOAD_CPU)
         start = time.perf_counter()
         posts = []
         for number in range(count):
@@ -180,6 +188,11 @@ async def measure(
         stop.set()
         await prober
         run.server_cpu_seconds = server_cpu() - cpu_before
+        run.database_cpu_seconds = database_cpu_seconds() - database_before
+        (busy_after, ticks_after), (busy_then, ticks_then) = core_busy(LOAD_CPU), busy_before
+        busy, ticks = busy_after - busy_then, ticks_after - ticks_then
+        run.load_core_busy = busy / ticks if ticks else 0.0
+        run.load_share = (_own_cpu() - load_before) / (time.perf_counter() - start)
         for task in sockets:
             task.cancel()
         await asyncio.gather(*sockets, return_exceptions=True)
@@ -188,6 +201,11 @@ async def measure(
             if isinstance(outcome, Exception):
                 run.errors += 1
     return run, count
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def centile(values: list[float], fraction: float) -> float:
@@ -219,6 +237,9 @@ def report(backend: str, rate: float, run: Run, count: int) -> None:
         f"  max {worst:7.1f} ms  healthz {health:5.2f} ms  p50/healthz {p50 / health:6.1f}x"
         f"  never offered {missing}  errors {run.errors}"
         f"  server CPU {run.server_cpu_seconds / count * 1000:5.1f} ms/case"
+        f"  database CPU {run.database_cpu_seconds / count * 1000:5.1f} ms/case"
+        f"  load generator {run.load_share:4.0%} of a core (its core {run.load_core_busy:4.0%}"
+        " busy)"
         f"  | from the POST sent: p50 {centile(whole, 0.5):7.1f} ms"
         f"  p99 {centile(whole, 0.99):7.1f} ms"
     )
