@@ -29,6 +29,12 @@ logger = logging.getLogger("reach.router.queue")
 
 # One refresh for a burst of changes (a case submitted, offered and accepted in a blink).
 DEBOUNCE_SECONDS = 0.2
+# A refresh reads, encodes and sends the whole queue (up to 500 cases). When the queue is
+# long (a backlog, every consultant busy) refreshes come further apart, so that they take
+# at most this share of the process's time rather than the routing's; and never further
+# apart than the longest pause, so a dashboard is never that far behind.
+REFRESH_SHARE = 0.05
+LONGEST_PAUSE_SECONDS = 2.0
 # A healthy socket takes a send at once (the kernel's buffers hold many queues); one that
 # has not taken it in this long has stopped reading.
 SEND_TIMEOUT_SECONDS = 5.0
@@ -41,6 +47,13 @@ LoadQueue = Callable[[], Awaitable[list[QueueItem]]]
 class _Watcher:
     deliver: Deliver
     drop: Callable[[], None]
+
+
+def pause_after(refresh_seconds: float) -> float:
+    """How long changes gather before the next refresh, given how long the last took:
+    the debounce, or longer if refreshes would otherwise take more than their share."""
+    fair = refresh_seconds * (1 - REFRESH_SHARE) / REFRESH_SHARE
+    return min(max(DEBOUNCE_SECONDS, fair), LONGEST_PAUSE_SECONDS)
 
 
 def encode_items(items: list[QueueItem]) -> str:
@@ -68,14 +81,18 @@ class QueueFeed:
     async def run(
         self, stopping: asyncio.Event, *, notifier: Notifier, channel: str, load: LoadQueue
     ) -> None:
+        loop = asyncio.get_running_loop()
+        pause = DEBOUNCE_SECONDS
         with notifier.subscribe(channel) as changed:
             while not stopping.is_set():
                 if not await changed.wait(None, stopping=stopping):
                     continue
-                await asyncio.sleep(DEBOUNCE_SECONDS)
+                await asyncio.sleep(pause)
                 changed.drain_keys()
                 if self._watchers:
+                    started = loop.time()
                     await self.broadcast(await load())
+                    pause = pause_after(loop.time() - started)
 
     async def broadcast(self, items: list[QueueItem]) -> None:
         encoded = encode_items(items)

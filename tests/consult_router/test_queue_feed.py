@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
-from services.consult_router.queue_feed import QueueFeed
+import pytest
+
+from services.consult_router.queue_feed import (
+    DEBOUNCE_SECONDS,
+    LONGEST_PAUSE_SECONDS,
+    QueueFeed,
+    pause_after,
+)
 
 
 async def test_every_dashboard_gets_the_same_encoding() -> None:
@@ -44,3 +51,22 @@ async def test_a_dashboard_that_stops_reading_is_dropped_and_holds_up_no_other()
     assert got == ["[]", "[]"]  # the one behind it got both
     assert dropped == ["stopped"]
     assert tried == ["[]"]  # dropped at once: never waited for again
+
+
+class TestRefreshesKeepToTheirShare:
+    """A refresh of a long queue (a backlog) takes long; the next waits the longer, so
+    dashboards never take more than a twentieth of the process from routing."""
+
+    def test_a_quick_refresh_waits_the_debounce(self) -> None:
+        assert pause_after(0.002) == DEBOUNCE_SECONDS
+
+    @pytest.mark.parametrize("refresh_seconds", [0.02, 0.05, 0.1])
+    def test_a_slow_refresh_is_a_twentieth_of_the_time_from_one_to_the_next(
+        self, refresh_seconds: float
+    ) -> None:
+        pause = pause_after(refresh_seconds)
+        assert pause > DEBOUNCE_SECONDS
+        assert refresh_seconds / (refresh_seconds + pause) == pytest.approx(0.05)
+
+    def test_a_dashboard_is_never_more_than_the_longest_pause_behind(self) -> None:
+        assert pause_after(5.0) == LONGEST_PAUSE_SECONDS
