@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.routing_latency
 	$(BIN)/python -m bench.delivery_passes
 	$(BIN)/python -m bench.statement_costs
+	$(BIN)/python -m bench.case_parts
 	$(BIN)/python -m bench.ws_fanout
 	$(BIN)/python -m bench.ws_connections
 	$(BIN)/python -m bench.verify_trail
