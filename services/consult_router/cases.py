@@ -162,8 +162,7 @@ async def _cancel(session: AsyncSession, ctx: RouterContext, case: ConsultCase) 
     now = ctx.clock.now()
     case.status = "cancelled"
     case.escalate_at = None
-    for offer in await case_repo.open_offers_for_case(session, case.id):
-        await withdraw_offer(session, ctx, offer=offer, case=case, reason="cancelled")
+    await withdraw_open_offers(session, ctx, case=case, reason="cancelled")
     consult = await _consult_of(session, case)
     if consult is not None and consult.advised_at is None and consult.ended_at is None:
         consult.ended_at = now
@@ -220,6 +219,29 @@ async def withdraw_offer(
     now = ctx.clock.now()
     if not await case_repo.close_offer(session, offer, state="withdrawn", reason=reason, at=now):
         return False
+    await _announce_withdrawal(session, ctx, offer=offer, case=case, reason=reason)
+    return True
+
+
+async def withdraw_open_offers(
+    session: AsyncSession, ctx: RouterContext, *, case: ConsultCase, reason: str
+) -> None:
+    """Close every offer of the case still open as withdrawn (one statement: no read for
+    them first), and tell each consultant and audit."""
+    for offer in await case_repo.close_open_offers_of_case(
+        session, case.id, state="withdrawn", reason=reason, at=ctx.clock.now()
+    ):
+        await _announce_withdrawal(session, ctx, offer=offer, case=case, reason=reason)
+
+
+async def _announce_withdrawal(
+    session: AsyncSession,
+    ctx: RouterContext,
+    *,
+    offer: ConsultOffer,
+    case: ConsultCase,
+    reason: str,
+) -> None:
     outbound.count_offer(session, ctx, "withdrawn")
     await outbound.tell_consultant(
         session,
@@ -229,4 +251,3 @@ async def withdraw_offer(
         {"offer_id": offer.id, "reason": reason},
     )
     await outbound.announce_offer(session, ctx, offer, case, "offer.withdrawn", reason=reason)
-    return True

@@ -15,7 +15,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.consult_router import outbound
-from services.consult_router.cases import withdraw_offer
+from services.consult_router.cases import withdraw_open_offers
 from services.consult_router.context import RouterContext
 from services.consult_router.presence import release_offers
 from services.consult_router.repository import cases as case_repo
@@ -143,8 +143,7 @@ async def _take(
     if offer is not None:
         await case_repo.close_offer(session, offer, state="accepted", reason="accepted", at=now)
         outbound.count_offer(session, ctx, "accepted")
-    for other in await case_repo.open_offers_for_case(session, case.id):
-        await withdraw_offer(session, ctx, offer=other, case=case, reason="accepted_elsewhere")
+    await withdraw_open_offers(session, ctx, case=case, reason="accepted_elsewhere")
     case.status = "accepted"
     case.accepted_at = now
     case.escalate_at = None

@@ -243,20 +243,27 @@ class TestPriorityAndChanges:
         assert offered_case(await desk.log("dr-a")) == patient_one["id"]
 
     async def test_cancelling_withdraws_every_offer_and_sends_nothing_else(
-        self, desk: Desk, engine: RoutingEngine, clock: ManualClock
+        self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources
     ) -> None:
+        """In one statement on the offers: the close returns them, no read comes first."""
         await desk.consultant("dr-em1", ["emergency_medicine"])
         await desk.consultant("dr-em2", ["emergency_medicine"])
         case = snapshot(clock, specialty="stroke")
         await desk.send_case(case)
         await engine.run_once()
-        await desk.send_case({**case, "version": 2, "status": "cancelled"})
+
+        def on_the_offers(statement: str) -> bool:
+            return statement.startswith(("SELECT consult_offer.", "UPDATE consult_offer"))
+
+        with statements_sent(resources.engine, on_the_offers) as sent:
+            await desk.send_case({**case, "version": 2, "status": "cancelled"})
+        assert [s.split()[0] for s in sent] == ["UPDATE"]
         await engine.run_once()
         for name in ("dr-em1", "dr-em2"):
             log = await desk.log(name)
             assert kinds(log) == ["offer", "offer_withdrawn"]
             assert log[1][1]["reason"] == "cancelled"
-        assert await desk.offers("dr-em1") == []
+            assert await desk.offers(name) == []
 
     async def test_a_case_never_accepted_is_not_searched_for_a_consult(
         self, desk: Desk, clock: ManualClock, resources: Resources

@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, exists, func, insert, literal_column, select, 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from services.shared.db.base import adopt_written_row, read_only_row, table_of
 from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
@@ -71,6 +72,15 @@ _CLOSE_OPEN_OFFER = (
     .where(_OFFER_TABLE.c.id == bindparam("offer_id"), _OFFER_TABLE.c.state == "open")
     .values(state=bindparam("closed_as"), close_reason=bindparam("reason"),
             closed_at=bindparam("at"))
+)  # fmt: skip
+# Every offer of a case still open, closed at once (a cancellation, an accept): the offers
+# as closed, so the look for them and the close are one statement.
+_CLOSE_OPEN_OFFERS_OF_CASE = (
+    update(_OFFER_TABLE)
+    .where(_OFFER_TABLE.c.case_id == bindparam("of_case"), _OFFER_TABLE.c.state == "open")
+    .values(state=bindparam("closed_as"), close_reason=bindparam("reason"),
+            closed_at=bindparam("at"))
+    .returning(*_OFFER_TABLE.c)
 )  # fmt: skip
 # What routing a case needs of its offers in one read: those still open (any round) and
 # those of its current round (tried already, declined moments ago).
@@ -244,6 +254,27 @@ async def close_offer(
     for key, value in (("state", state), ("close_reason", reason), ("closed_at", at)):
         set_committed_value(offer, key, value)
     return True
+
+
+async def close_open_offers_of_case(
+    session: AsyncSession, case_id: str, *, state: str, reason: str, at: datetime
+) -> list[ConsultOffer]:
+    """Close every offer of the case that is still open, in one statement; the offers
+    closed, oldest first: this session's own objects, brought up to date, where it holds
+    them, else objects to read."""
+    # Named apart from the columns, which an UPDATE takes as values to set.
+    parameters = {"of_case": case_id, "closed_as": state, "reason": reason, "at": at}
+    rows = (await session.execute(_CLOSE_OPEN_OFFERS_OF_CASE, parameters)).mappings().all()
+    closed = []
+    for row in sorted(rows, key=lambda row: (row["created_at"], row["id"])):
+        held = session.identity_map.get(identity_key(ConsultOffer, row["id"]))
+        if isinstance(held, ConsultOffer):
+            for key in ("state", "close_reason", "closed_at"):
+                set_committed_value(held, key, row[key])
+            closed.append(held)
+        else:
+            closed.append(read_only_row(ConsultOffer, dict(row)))
+    return closed
 
 
 async def get_consult(session: AsyncSession, consult_id: str) -> ConsultConsult | None:
