@@ -13,7 +13,9 @@ apart, the step's own cost shows.
 - a submitted case: read for it under a lock, then insert it (before) / insert it unless
   there, returning whether it was (`insert_cases_if_new`, now);
 - an offer: look for the consultant's open offers, then insert (before) / one insert
-  that carries the look (`insert_offer_unless_held`, now).
+  that carries the look (`insert_offer_unless_held`, now);
+- a cancellation's offers: read the case's open offers, then close each (before) / close
+  them in one statement that returns them (`close_open_offers_of_case`, now).
 
     python -m bench.statement_costs [--steps 400] [--rounds 3]
 """
@@ -102,6 +104,24 @@ class Steps:
     async def offer_insert_unless_held(session: AsyncSession, row: dict[str, Any]) -> None:
         await case_repo.insert_offer_unless_held(session, row)
 
+    @staticmethod
+    async def open_offer_written(session: AsyncSession, row: dict[str, Any]) -> None:
+        await session.execute(_PLAIN_OFFER_INSERT, row)
+
+    def closed_at(self) -> datetime:
+        return self.clock.now()
+
+    async def offers_read_then_closed(self, session: AsyncSession, row: dict[str, Any]) -> None:
+        for offer in await case_repo.open_offers_for_case(session, row["case_id"]):
+            await case_repo.close_offer(
+                session, offer, state="withdrawn", reason="cancelled", at=self.closed_at()
+            )
+
+    async def offers_closed_returning(self, session: AsyncSession, row: dict[str, Any]) -> None:
+        await case_repo.close_open_offers_of_case(
+            session, row["case_id"], state="withdrawn", reason="cancelled", at=self.closed_at()
+        )
+
     async def seed(self, session: AsyncSession) -> None:
         now = self.clock.now()
         session.add(ConsultConsultant(
@@ -126,22 +146,31 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
     engine = create_engine(url)
     maker = create_sessionmaker(engine)
     ways = Steps()
-    pairs: dict[str, tuple[Callable[[int], dict[str, Any]], Step, Step]] = {
-        "a submitted case": (ways.new_case, ways.case_read_then_insert, ways.case_insert_if_new),
-        "an offer": (ways.offer, ways.offer_look_then_insert, ways.offer_insert_unless_held),
-    }
+    # Each step: its row, what is written for it first (off the clock), the two ways.
+    pairs: dict[str, tuple[Callable[[int], dict[str, Any]], Step | None, Step, Step]] = {
+        "a submitted case": (
+            ways.new_case, None, ways.case_read_then_insert, ways.case_insert_if_new
+        ),
+        "an offer": (ways.offer, None, ways.offer_look_then_insert, ways.offer_insert_unless_held),
+        "a cancellation": (
+            ways.offer, ways.open_offer_written, ways.offers_read_then_closed,
+            ways.offers_closed_returning,
+        ),
+    }  # fmt: skip
     results: dict[str, list[float]] = {}
     try:
         async with unit_of_work(maker) as session:
             await ways.seed(session)
         for round_number in range(rounds + 1):  # the first round warms up, and is not kept
-            for name, (prepare, before, now) in pairs.items():
+            for name, (prepare, setup, before, now) in pairs.items():
                 for label, step in ((f"{name}, before", before), (f"{name}, now", now)):
                     spent = 0.0
                     for n in range(steps):
                         row = prepare(n)
                         async with unit_of_work(maker) as session:
                             await session.connection()  # begun off the clock
+                            if setup is not None:
+                                await setup(session, row)
                             started = time.process_time()
                             await step(session, row)
                             spent += time.process_time() - started
@@ -177,7 +206,7 @@ def main() -> None:
         if done.returncode != 0:
             fail(f"{backend} could not be measured:\n{done.stderr[-2000:]}")
         results: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
-        for name in ("a submitted case", "an offer"):
+        for name in ("a submitted case", "an offer", "a cancellation"):
             before, now = results[f"{name}, before"], results[f"{name}, now"]
             ratios = [b / n for b, n in zip(before, now, strict=True)]
             print(f"{backend:<11} {name:<17} before {statistics.median(before):7.1f} us"
