@@ -213,14 +213,12 @@ async def withdraw_offer(
     offer: ConsultOffer,
     case: ConsultCase,
     reason: str,
-) -> bool:
-    """Close an open offer as withdrawn, tell its consultant and audit; False if it had
+) -> None:
+    """Close an open offer as withdrawn, tell its consultant and audit; nothing if it had
     already closed. `offer` is this session's own (the close updates it in place)."""
     now = ctx.clock.now()
-    if not await case_repo.close_offer(session, offer, state="withdrawn", reason=reason, at=now):
-        return False
-    await _announce_withdrawal(session, ctx, offer=offer, case=case, reason=reason)
-    return True
+    if await case_repo.close_offer(session, offer, state="withdrawn", reason=reason, at=now):
+        await _announce_withdrawal(session, ctx, offer=offer, case=case, reason=reason)
 
 
 async def withdraw_open_offers(

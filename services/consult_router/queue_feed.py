@@ -29,10 +29,10 @@ logger = logging.getLogger("reach.router.queue")
 
 # One refresh for a burst of changes (a case submitted, offered and accepted in a blink).
 DEBOUNCE_SECONDS = 0.2
-# A refresh reads, encodes and sends the whole queue (up to 500 cases). When the queue is
-# long (a backlog, every consultant busy) refreshes come further apart, so that they take
-# at most this share of the process's time rather than the routing's; and never further
-# apart than the longest pause, so a dashboard is never that far behind.
+# A refresh reads and encodes the whole queue (up to 500 cases). When the queue is long
+# (a backlog, every consultant busy) refreshes come further apart, so that reading and
+# encoding it take at most this share of the time, leaving the rest to routing; the
+# pause after one never exceeds the longest pause.
 REFRESH_SHARE = 0.05
 LONGEST_PAUSE_SECONDS = 2.0
 # A healthy socket takes a send at once (the kernel's buffers hold many queues); one that
@@ -90,12 +90,17 @@ class QueueFeed:
                 await asyncio.sleep(pause)
                 changed.drain_keys()
                 if self._watchers:
+                    # The read and the encoding: the sends wait on sockets, whose own
+                    # time limit deals with one that stopped reading.
                     started = loop.time()
-                    await self.broadcast(await load())
+                    encoded = encode_items(await load())
                     pause = pause_after(loop.time() - started)
+                    await self.broadcast_encoded(encoded)
 
     async def broadcast(self, items: list[QueueItem]) -> None:
-        encoded = encode_items(items)
+        await self.broadcast_encoded(encode_items(items))
+
+    async def broadcast_encoded(self, encoded: str) -> None:
         watchers = list(self._watchers.items())
         position = 0
         while position < len(watchers):

@@ -261,7 +261,8 @@ async def close_open_offers_of_case(
 ) -> list[ConsultOffer]:
     """Close every offer of the case that is still open, in one statement; the offers
     closed, oldest first: this session's own objects, brought up to date, where it holds
-    them, else objects to read."""
+    them, else objects to read (an offer object from `insert_offer_unless_held` is not
+    the session's, and is left as it was)."""
     # Named apart from the columns, which an UPDATE takes as values to set.
     parameters = {"of_case": case_id, "closed_as": state, "reason": reason, "at": at}
     rows = (await session.execute(_CLOSE_OPEN_OFFERS_OF_CASE, parameters)).mappings().all()
@@ -269,8 +270,9 @@ async def close_open_offers_of_case(
     for row in sorted(rows, key=lambda row: (row["created_at"], row["id"])):
         held = session.identity_map.get(identity_key(ConsultOffer, row["id"]))
         if isinstance(held, ConsultOffer):
-            for key in ("state", "close_reason", "closed_at"):
-                set_committed_value(held, key, row[key])
+            # Every column, as a read would: one expired meanwhile is loaded, not lazily.
+            for key, value in row.items():
+                set_committed_value(held, key, value)
             closed.append(held)
         else:
             closed.append(read_only_row(ConsultOffer, dict(row)))
