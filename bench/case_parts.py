@@ -51,18 +51,20 @@ def profiled_run(backend: str, url: str, rate: float, seconds: float) -> None:
     ) as server:
         server.process.send_signal(signal.SIGUSR1)  # count from here, not from start-up
         time.sleep(0.5)
-        cpu_before = server.cpu()
         run, count = asyncio.run(measure(server.base_url, rate, seconds, server.cpu))
-        process_cpu = server.cpu() - cpu_before
+        server.process.send_signal(signal.SIGUSR2)  # the parts of this run, and no more
+        for _ in range(100):
+            if out.exists() and out.stat().st_size:
+                break
+            time.sleep(0.1)
         report(backend, rate, run, count)
-    # The warm-up's cases are counted with the run's (see `measure`); a second run on the
-    # same server would meet the first's leftovers (cases whose offers came after its
-    # consultants left, whom the new consultants are offered first and never cancel).
-    cases = count + WARM_UP_CASES
     if not out.exists():
         print(f"{backend:<10} the server wrote no parts (see its log)")
         return
-    summarise(json.loads(out.read_text(encoding="utf-8")), cases=cases, process_cpu=process_cpu)
+    # The warm-up's cases are counted with the run's (see `measure`); a second run on the
+    # same server would meet the first's leftovers.
+    parts = json.loads(out.read_text(encoding="utf-8"))
+    summarise(parts, cases=count + WARM_UP_CASES, process_cpu=parts["process_cpu"])
 
 
 def summarise(parts: dict[str, Any], *, cases: int, process_cpu: float) -> None:

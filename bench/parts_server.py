@@ -9,8 +9,10 @@ callbacks are not Python objects to wrap (`bench/RESULTS.md` has the two side by
 the same CPU a case). The garbage collector's passes are timed too, as a part of their
 own (they also count in the part they interrupted).
 
-SIGUSR1 starts the count afresh (after a warm-up); the parts are written as JSON to the
-file named by `REACH_BENCH_PARTS_OUT` when the server stops.
+Work a transport's own callback does (a socket read, and what the database driver
+decodes in it) belongs to no task and is counted as the event loop's. SIGUSR1 starts the
+count afresh; SIGUSR2 writes the parts so far as JSON to the file named by
+`REACH_BENCH_PARTS_OUT`, with the process's CPU over the same time.
 
     python -m bench.parts_server serve --port 8000
 """
@@ -18,7 +20,6 @@ file named by `REACH_BENCH_PARTS_OUT` when the server stops.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import gc
 import json
 import os
@@ -47,7 +48,8 @@ class Parts:
     def __init__(self) -> None:
         self.cpu: dict[str, float] = defaultdict(float)
         self.steps: Counter[str] = Counter()
-        self.by_task: dict[asyncio.Task[Any], float] = {}
+        # A live HTTP task's CPU seconds and loop steps so far.
+        self.by_task: dict[asyncio.Task[Any], tuple[float, int]] = {}
         self.names: dict[asyncio.Task[Any], str | dict[str, Any]] = {}
         self.parents: dict[asyncio.Task[Any], asyncio.Task[Any]] = {}
         self.started = time.process_time()
@@ -72,20 +74,21 @@ class Parts:
         if isinstance(name, str):
             self.add(name, seconds)
         else:
-            self.by_task[task] = self.by_task.get(task, 0.0) + seconds
+            spent, steps = self.by_task.get(task, (0.0, 0))
+            self.by_task[task] = (spent + seconds, steps + 1)
         if task.done():
             self.names.pop(task, None)
             if not isinstance(name, str):
-                self.add(_route_of(name), self.by_task.pop(task, 0.0))
+                self.add(_route_of(name), *self.by_task.pop(task, (0.0, 0)))
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, steps: int = 1) -> None:
         self.cpu[name] += seconds
-        self.steps[name] += 1
+        self.steps[name] += steps
 
     def report(self) -> dict[str, Any]:
-        for task, seconds in self.by_task.items():  # live sockets
+        for task, (seconds, steps) in self.by_task.items():  # live sockets
             scope = self.names.get(task)
-            self.add(_route_of(scope) if isinstance(scope, dict) else "a task", seconds)
+            self.add(_route_of(scope) if isinstance(scope, dict) else "a task", seconds, steps)
         self.by_task.clear()
         return {
             "cpu": dict(self.cpu),
@@ -97,6 +100,7 @@ class Parts:
         """An outbox lane by its service and lane; a task named when created (the
         background loops, a group commit's writer) by that name; one started by another
         task (a transaction run apart) as part of that task; else by its coroutine."""
+        parent = self.parents.pop(task, None)
         coroutine = task.get_coro()
         frame: FrameType | None = getattr(coroutine, "cr_frame", None)
         if frame is not None and frame.f_code.co_qualname == "OutboxDelivery._run_lane":
@@ -105,7 +109,6 @@ class Parts:
             return f"outbox delivery from {getattr(delivery, '_service', '?')} ({lane})"
         if not _DEFAULT_TASK_NAME.fullmatch(task.get_name()):
             return task.get_name()
-        parent = self.parents.pop(task, None)
         if parent is not None:
             named = self.names.get(parent) or self._name_of(parent)
             return f"{_route_of(named) if isinstance(named, dict) else named}, apart"
@@ -143,6 +146,9 @@ def _install() -> None:
         if loop not in factories:  # the server's loop, from its first callback on
             factories.add(loop)
             loop.set_task_factory(create_task)
+            # Run by the loop between callbacks, never in the middle of one's counting.
+            loop.add_signal_handler(signal.SIGUSR1, _parts.reset)
+            loop.add_signal_handler(signal.SIGUSR2, _write_parts)
         started = time.thread_time()
         try:
             original(handle)
@@ -167,7 +173,6 @@ def _install() -> None:
             )
 
     gc.callbacks.append(collector)
-    signal.signal(signal.SIGUSR1, lambda *_: _parts.reset())
     serve = uvicorn.run
     uvicorn.run = lambda *args, **kwargs: serve(*args, **{**kwargs, "loop": "asyncio"})
 
@@ -181,5 +186,4 @@ def _write_parts() -> None:
 
 if __name__ == "__main__":
     _install()
-    atexit.register(_write_parts)
     raise SystemExit(cli.main(sys.argv[1:]))

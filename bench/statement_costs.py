@@ -15,7 +15,8 @@ apart, the step's own cost shows.
 - an offer: look for the consultant's open offers, then insert (before) / one insert
   that carries the look (`insert_offer_unless_held`, now);
 - a cancellation's offers: read the case's open offers, then close each (before) / close
-  them in one statement that returns them (`close_open_offers_of_case`, now).
+  them in one statement that returns them (`close_open_offers_of_case`, now); the case
+  has one open offer, as a case offered to one consultant at a time has.
 
     python -m bench.statement_costs [--steps 400] [--rounds 3]
 """
