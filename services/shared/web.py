@@ -103,7 +103,7 @@ class RequestContextMiddleware:
                         send_with_id,
                         503,
                         "database_unavailable",
-                        "the service cannot reach its database; retry shortly",
+                        "the service's database cannot take this request now; retry shortly",
                         headers=[(b"retry-after", b"2")],
                     )
                 elif scope["type"] == "websocket":

@@ -61,6 +61,8 @@ def probe_app(resources: Resources) -> FastAPI:
             "refused": ConnectionRefusedError(111, "connection refused"),
             "shutdown": asyncpg_errors.AdminShutdownError("terminating connection"),
             "sqlite-busy": sqlite3.OperationalError("database is locked"),
+            # Broken off by PostgreSQL to end a deadlock: sent again, it goes through.
+            "deadlock": asyncpg_errors.DeadlockDetectedError("deadlock detected"),
         }
         raise sqlalchemy_errors.OperationalError("SELECT 1", {}, causes[kind])
 
@@ -80,7 +82,7 @@ async def client(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.Async
 
 
 class TestUnexpectedErrors:
-    @pytest.mark.parametrize("kind", ["refused", "shutdown", "sqlite-busy"])
+    @pytest.mark.parametrize("kind", ["refused", "shutdown", "sqlite-busy", "deadlock"])
     async def test_an_unreachable_database_is_a_503_to_retry(
         self, client: httpx.AsyncClient, kind: str
     ) -> None:

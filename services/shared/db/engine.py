@@ -112,20 +112,24 @@ def _configure_postgres(engine: AsyncEngine) -> None:
             raise sqlalchemy_errors.DisconnectionError("the server closed this connection")
 
 
-# Failures that mean "the database cannot be reached right now" (down, restarting, the
-# network, every pooled connection busy), not "this request is wrong" nor a bug.
+# Failures that mean "the database cannot take this right now" (down, restarting, the
+# network, every pooled connection busy; or, on PostgreSQL, the transaction broken off to
+# end a deadlock or a serialization conflict, as SQLite's busy lock below), not "this
+# request is wrong" nor a bug: the same request, sent again, goes through.
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg_errors.PostgresConnectionError,
     asyncpg_errors.OperatorInterventionError,
     asyncpg_errors.InterfaceError,
+    asyncpg_errors.TransactionRollbackError,
     sqlalchemy_errors.TimeoutError,
 )
 
 
 def database_unreachable(exc: BaseException) -> bool:
-    """Whether `exc`, or what caused it, says the database could not be reached.
+    """Whether `exc`, or what caused it, says the database could not be reached, or
+    broke the transaction off to end a conflict with another.
 
     Such a failure is answered with 503 and `Retry-After`, and the client retries: the
     crew's app keeps its Idempotency-Key, so a retry never makes a second case.
