@@ -36,6 +36,7 @@ from bench.harness import (
     Server,
     base_env,
     core_busy,
+    cpu_seconds,
     database_cpu_seconds,
     databases,
     fail,
@@ -175,7 +176,7 @@ async def measure(
         prober = asyncio.create_task(health(http, run, stop))
         count = int(rate * seconds)
         cpu_before, database_before = server_cpu(), database_cpu_seconds()
-        load_before, busy_before = _own_cpu(), core_busy(LOAD_CPU)
+        load_before, busy_before = cpu_seconds(os.getpid()), core_busy(LOAD_CPU)
         start = time.perf_counter()
         posts = []
         for number in range(count):
@@ -193,7 +194,7 @@ async def measure(
         (busy_after, ticks_after), (busy_then, ticks_then) = core_busy(LOAD_CPU), busy_before
         busy, ticks = busy_after - busy_then, ticks_after - ticks_then
         run.load_core_busy = busy / ticks if ticks else 0.0
-        run.load_share = (_own_cpu() - load_before) / (time.perf_counter() - start)
+        run.load_share = (cpu_seconds(os.getpid()) - load_before) / (time.perf_counter() - start)
         for task in sockets:
             task.cancel()
         await asyncio.gather(*sockets, return_exceptions=True)
@@ -202,11 +203,6 @@ async def measure(
             if isinstance(outcome, Exception):
                 run.errors += 1
     return run, count
-
-
-def _own_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def centile(values: list[float], fraction: float) -> float:
