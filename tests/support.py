@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import uvicorn
 from sqlalchemy import event as orm_event
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from websockets.asyncio.client import connect as ws_connect
@@ -191,6 +192,16 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(message)
         await asyncio.sleep(interval)
+
+
+async def waiting_on_a_lock(engine: AsyncEngine) -> bool:
+    """Whether a transaction on the engine's PostgreSQL database waits for a lock now."""
+    async with engine.connect() as connection:
+        waiting = await connection.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ))  # fmt: skip
+    return bool(waiting)
 
 
 @contextlib.asynccontextmanager

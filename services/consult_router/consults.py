@@ -45,6 +45,8 @@ async def registered(
 async def set_status(
     session: AsyncSession, *, ctx: RouterContext, actor: Principal, status: ConsultantStatus
 ) -> ConsultConsultant:
+    if status != ConsultantStatus.AVAILABLE:
+        await case_repo.lock_cases_offered_to(session, [actor.sub])  # before the consultant
     consultant = await registered(session, actor.sub, for_update=True)
     if consultant.status != status:
         consultant.status = status

@@ -3,7 +3,9 @@
 One pass (`run_once`) expires offers past their deadline, lets go of presences whose
 process died, raises escalations that are due, and offers waiting cases to consultants.
 Each step runs in short transactions that claim their rows with `FOR UPDATE SKIP LOCKED`
-on PostgreSQL, so any number of replicas share the work and a replica that dies loses
+on PostgreSQL, or, where a timer closes an offer or touches a consult, lock the case first
+in a transaction of its own (the order every change to a case keeps), so any number of
+replicas share the work, none waits on another crosswise, and a replica that dies loses
 nothing. The loop is woken at once by changes that make work, and polls every few
 seconds as the safety net. Tests call `run_once` directly after moving the clock.
 """
@@ -68,12 +70,14 @@ class RoutingEngine:
     async def run_once(self) -> None:
         """One pass over every kind of due work."""
         now = self._ctx.clock.now()
-        async with unit_of_work(self._maker) as session:
-            await self._expire_offers(session, now)
+        await self._expire_offers(now)
         async with unit_of_work(self._maker) as session:
             await presence.reap_stale(session, self._ctx, now=now)
         async with unit_of_work(self._maker) as session:
-            await self._escalate(session, now)
+            overdue = await self._escalate_unaccepted(session, now)
+        for consult_id, case_id in overdue:
+            async with unit_of_work(self._maker) as session:
+                await self._escalate_unadvised(session, consult_id, case_id, now)
         await self._route(now, sweeping=True)
         await self._purge_if_due(now)
 
@@ -81,11 +85,21 @@ class RoutingEngine:
         """The pass a wake-up runs: route what a change may have moved, no timers."""
         await self._route(self._ctx.clock.now(), sweeping=False)
 
-    async def _expire_offers(self, session: AsyncSession, now: datetime) -> None:
-        for offer in await case_repo.expired_offers(session, now=now, limit=BATCH):
-            case = await case_repo.get_case(session, offer.case_id, for_update=True)
-            if case is None:
-                continue
+    async def _expire_offers(self, now: datetime) -> None:
+        """Close the offers past their deadline, a case at a time: each transaction locks
+        the case, then its offers, then the consultant for their message — the order an
+        accept or a cancellation keeps, so expiry never waits on one that waits on it."""
+        async with unit_of_work(self._maker) as session:
+            due = await case_repo.cases_with_expired_offers(session, now=now, limit=BATCH)
+        for case_id in due:
+            async with unit_of_work(self._maker) as session:
+                await self._expire_offers_of(session, case_id, now)
+
+    async def _expire_offers_of(self, session: AsyncSession, case_id: str, now: datetime) -> None:
+        case = await case_repo.get_case(session, case_id, for_update=True)
+        if case is None:
+            return
+        for offer in await case_repo.expired_offers_of_case(session, case_id, now=now):
             if not await case_repo.close_offer(
                 session, offer, state="expired", reason="expired", at=now
             ):
@@ -97,7 +111,11 @@ class RoutingEngine:
             )  # fmt: skip
             await outbound.announce_offer(session, self._ctx, offer, case, EventType.OFFER_EXPIRED)
 
-    async def _escalate(self, session: AsyncSession, now: datetime) -> None:
+    async def _escalate_unaccepted(
+        self, session: AsyncSession, now: datetime
+    ) -> list[tuple[str, str]]:
+        """Escalate the cases nobody has accepted in time; the consults whose advice is
+        overdue, as (consult, case) ids, for `_escalate_unadvised` to take one by one."""
         ctx = self._ctx
         every = timedelta(seconds=ctx.settings.escalate_after_seconds)
         for case in await case_repo.due_escalations(session, now=now, limit=BATCH):
@@ -110,19 +128,30 @@ class RoutingEngine:
             )  # fmt: skip
             _count_escalation(session, ctx, "not_accepted")
             await outbound.queue_changed(session, ctx)
-        overdue = timedelta(seconds=ctx.settings.advice_overdue_seconds)
-        for consult in await case_repo.due_advice(session, now=now, limit=BATCH):
-            held = await case_repo.get_case(session, consult.case_id, for_update=True)
-            if held is None:
-                continue
-            case = held
-            consult.advice_due_at = now + overdue
-            waited = (now - consult.accepted_at).total_seconds()
-            await outbound.announce_status(
-                session, ctx, case, EventType.CONSULT_ESCALATED, consult=consult,
-                reason="no_advice", waited_seconds=waited,
-            )  # fmt: skip
-            _count_escalation(session, ctx, "no_advice")
+        return [
+            (c.id, c.case_id) for c in await case_repo.due_advice(session, now=now, limit=BATCH)
+        ]
+
+    async def _escalate_unadvised(
+        self, session: AsyncSession, consult_id: str, case_id: str, now: datetime
+    ) -> None:
+        """Escalate a consult whose advice is overdue, in its own transaction: the case
+        locked first, as advice and a cancellation lock it, then the consult read again."""
+        ctx = self._ctx
+        case = await case_repo.get_case(session, case_id, for_update=True)
+        consult = await case_repo.get_consult(session, consult_id)
+        if case is None or consult is None:
+            return
+        due = consult.advice_due_at
+        if due is None or due > now or consult.advised_at is not None or consult.ended_at:
+            return  # advised, cancelled or escalated meanwhile
+        consult.advice_due_at = now + timedelta(seconds=ctx.settings.advice_overdue_seconds)
+        waited = (now - consult.accepted_at).total_seconds()
+        await outbound.announce_status(
+            session, ctx, case, EventType.CONSULT_ESCALATED, consult=consult,
+            reason="no_advice", waited_seconds=waited,
+        )  # fmt: skip
+        _count_escalation(session, ctx, "no_advice")
 
     async def _route(self, now: datetime, *, sweeping: bool) -> None:
         """Offer waiting cases, most urgent first, one short transaction per case that

@@ -62,36 +62,54 @@ async def keep_alive(stopping: asyncio.Event, *, ctx: RouterContext, maker: Sess
 async def disconnect(session: AsyncSession, ctx: RouterContext, connection_id: str) -> None:
     consultant_id = await rota_repo.remove_connection(session, connection_id)
     if consultant_id is not None:
-        await _if_gone(session, ctx, consultant_id, now=ctx.clock.now())
+        await _let_go_if_gone(session, ctx, {consultant_id}, now=ctx.clock.now())
 
 
 async def reap_stale(session: AsyncSession, ctx: RouterContext, *, now: datetime) -> None:
     """Presences of processes that died: let them go, as if their sockets closed."""
     cutoff = now - timedelta(seconds=ctx.settings.presence_stale_seconds)
-    for consultant_id in await rota_repo.remove_stale_connections(session, seen_before=cutoff):
-        await _if_gone(session, ctx, consultant_id, now=now)
+    gone = await rota_repo.remove_stale_connections(session, seen_before=cutoff)
+    await _let_go_if_gone(session, ctx, gone, now=now)
 
 
-async def _if_gone(
-    session: AsyncSession, ctx: RouterContext, consultant_id: str, *, now: datetime
+async def _let_go_if_gone(
+    session: AsyncSession, ctx: RouterContext, consultant_ids: set[str], *, now: datetime
 ) -> None:
+    """Of consultants whose connections closed, those with none left: their offers move
+    on and an available one is marked away. The cases they are offered are locked before
+    any of them (see `case_repo.lock_cases_offered_to`), the consultants in id order."""
     seen_since = now - timedelta(seconds=ctx.settings.presence_stale_seconds)
-    if await rota_repo.connection_count(session, consultant_id, seen_since=seen_since):
-        return  # another device is still connected
-    consultant = await rota_repo.get_consultant(session, consultant_id, for_update=True)
-    if consultant is None:
+    gone = [
+        consultant_id
+        for consultant_id in sorted(consultant_ids)
+        # another device still connected keeps them
+        if not await rota_repo.connection_count(session, consultant_id, seen_since=seen_since)
+    ]
+    if not gone:
         return
-    await release_offers(session, ctx, consultant_id, reason="reassigned")
-    if consultant.status == ConsultantStatus.AVAILABLE:
-        consultant.status = ConsultantStatus.AWAY
-        consultant.status_changed_at = now
+    await case_repo.lock_cases_offered_to(session, gone)
+    for consultant_id in gone:
+        consultant = await rota_repo.get_consultant(session, consultant_id, for_update=True)
+        if consultant is None:
+            continue
+        await release_offers(session, ctx, consultant_id, reason="reassigned")
+        if consultant.status == ConsultantStatus.AVAILABLE:
+            consultant.status = ConsultantStatus.AWAY
+            consultant.status_changed_at = now
     await outbound.wake_routing(session, ctx)
 
 
 async def release_offers(
     session: AsyncSession, ctx: RouterContext, consultant_id: str, *, reason: str
 ) -> None:
-    """Withdraw every open offer the consultant holds, so each case moves on now."""
+    """Withdraw every open offer the consultant holds, so each case moves on now.
+
+    The caller locks the cases first (`case_repo.lock_cases_offered_to`), then the
+    consultant: locking each case again here waits for nothing. Only an offer made in
+    the moment between the two (a routing pass offering them a case just then) finds its
+    case unlocked and waits for it, the one place the order is the other way round; if
+    that meets a transaction waiting on the consultant, the database ends one and it is
+    tried again."""
     for offer in await case_repo.open_offers_for_consultant(session, consultant_id):
         case = await case_repo.get_case(session, offer.case_id, for_update=True)
         if case is not None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from services.consult_router.cases import apply_snapshots
 from services.shared.clock import ManualClock
@@ -18,7 +18,7 @@ from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from services.shared.schemas.events import Event
 from tests.consult_router.conftest import Desk, snapshot
-from tests.support import eventually, statements_sent
+from tests.support import eventually, statements_sent, waiting_on_a_lock
 
 
 def event(clock: ManualClock, kind: str, data: dict[str, Any]) -> Event:
@@ -156,15 +156,7 @@ class TestRacingDeliveries:
         first_task, second_task = asyncio.create_task(first()), asyncio.create_task(second())
         await first_wrote.wait()
 
-        async def second_waits_on_a_lock() -> bool:
-            async with resources.engine.connect() as connection:
-                waiting = await connection.scalar(text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                ))  # fmt: skip
-            return bool(waiting)
-
-        await eventually(second_waits_on_a_lock, timeout=10)
+        await eventually(lambda: waiting_on_a_lock(resources.engine), timeout=10)
         assert not second_task.done()
         release_first.set()
         assert await asyncio.wait_for(first_task, 10) == [case["id"]]

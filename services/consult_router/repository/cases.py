@@ -88,6 +88,19 @@ _OFFERS_OPEN_OR_IN_ROUND = select(ConsultOffer).where(
     ConsultOffer.case_id == bindparam("case_id"),
     (ConsultOffer.state == "open") | (ConsultOffer.round == bindparam("round")),
 )
+_CASES_OFFERED_TO_LOCKED = (
+    select(ConsultCase.id)
+    .where(
+        ConsultCase.id.in_(
+            select(ConsultOffer.case_id).where(
+                ConsultOffer.consultant_id.in_(bindparam("consultant_ids", expanding=True)),
+                ConsultOffer.state == "open",
+            )
+        )
+    )
+    .order_by(ConsultCase.id)
+    .with_for_update(of=ConsultCase)
+)
 _CONSULT_FOR_CASE = select(ConsultConsult).where(ConsultConsult.case_id == bindparam("case_id"))
 _OPEN_OFFER_HOLDERS = select(ConsultOffer.case_id, ConsultOffer.consultant_id).where(
     ConsultOffer.case_id.in_(bindparam("case_ids", expanding=True)), ConsultOffer.state == "open"
@@ -172,6 +185,14 @@ async def due_escalations(session: AsyncSession, *, now: datetime, limit: int) -
     return list((await session.execute(statement)).scalars())
 
 
+async def lock_cases_offered_to(session: AsyncSession, consultant_ids: Iterable[str]) -> None:
+    """Lock the cases the consultants are being offered, in id order. Whatever changes
+    both a case and a consultant takes the case first (an accept, a cancellation, an
+    expiry: the case, then its offers, then each consultant for their message); letting a
+    consultant go does too, so the two never wait on each other crosswise."""
+    await session.execute(_CASES_OFFERED_TO_LOCKED, {"consultant_ids": sorted(set(consultant_ids))})
+
+
 async def get_offer(
     session: AsyncSession, offer_id: str, *, for_update: bool = False
 ) -> ConsultOffer | None:
@@ -198,13 +219,35 @@ async def offers_open_or_in_round(
     return list(rows.scalars())
 
 
-async def expired_offers(session: AsyncSession, *, now: datetime, limit: int) -> list[ConsultOffer]:
+async def cases_with_expired_offers(
+    session: AsyncSession, *, now: datetime, limit: int
+) -> list[str]:
+    """The cases with an open offer past its deadline, each once, the longest overdue
+    first. Read without a lock: expiry takes each case's lock, then its offers', the order
+    every change to an offer keeps (`expired_offers_of_case`)."""
+    statement = (
+        select(ConsultOffer.case_id)
+        .where(ConsultOffer.state == "open", ConsultOffer.expires_at <= now)
+        .group_by(ConsultOffer.case_id)
+        .order_by(func.min(ConsultOffer.expires_at), ConsultOffer.case_id)
+        .limit(limit)
+    )
+    return list((await session.execute(statement)).scalars())
+
+
+async def expired_offers_of_case(
+    session: AsyncSession, case_id: str, *, now: datetime
+) -> list[ConsultOffer]:
+    """The case's open offers past their deadline, oldest deadline first. Read with the
+    case locked, so they stay as read: nothing closes an offer without its case's lock."""
     statement = (
         select(ConsultOffer)
-        .where(ConsultOffer.state == "open", ConsultOffer.expires_at <= now)
-        .order_by(ConsultOffer.expires_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        .where(
+            ConsultOffer.case_id == case_id,
+            ConsultOffer.state == "open",
+            ConsultOffer.expires_at <= now,
+        )
+        .order_by(ConsultOffer.expires_at, ConsultOffer.id)
     )
     return list((await session.execute(statement)).scalars())
 
@@ -313,6 +356,9 @@ async def cases_by_id(session: AsyncSession, ids: Iterable[str]) -> dict[str, Co
 
 
 async def due_advice(session: AsyncSession, *, now: datetime, limit: int) -> list[ConsultConsult]:
+    """Consults whose advice is overdue, the longest first. Read without a lock: the
+    escalation takes the case's lock, then reads the consult again (a consult changes only
+    under its case's lock: advice, a cancellation)."""
     statement = (
         select(ConsultConsult)
         .where(
@@ -322,7 +368,6 @@ async def due_advice(session: AsyncSession, *, now: datetime, limit: int) -> lis
         )
         .order_by(ConsultConsult.advice_due_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     )
     return list((await session.execute(statement)).scalars())
 
