@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import databases, machine_report
+from bench.harness import databases, machine_report, pin_load_generator
 from bench.parts_server import OUT_VARIABLE
 from bench.routing_latency import WARM_UP_CASES, measure, report, routing_server
 
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
+    pin_load_generator()
     print(machine_report())
     print(
         f"settings  {args.rate:g} cases/s for {args.seconds:g} s, and {WARM_UP_CASES} cases"

@@ -75,6 +75,13 @@ def can_pin() -> bool:
     return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 
 
+def pin_load_generator() -> None:
+    """Run this process, the load generator, on its own core, apart from the servers'
+    (children it starts are pinned to theirs by `serve`)."""
+    if can_pin():
+        os.sched_setaffinity(0, {int(LOAD_CPU)})
+
+
 def pinned(command: list[str], cpu: str) -> list[str]:
     return ["taskset", "-c", cpu, *command] if can_pin() else command
 

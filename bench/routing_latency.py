@@ -43,8 +43,10 @@ from bench.harness import (
     free_port,
     machine_report,
     migrate,
+    pin_load_generator,
     serve,
 )
+from bench.lean_http import ConnectionLost, LeanClient
 from services.shared.auth import mint_token
 from services.shared.clock import SystemClock
 from tests.factories import case_body
@@ -98,7 +100,7 @@ async def seed(http: httpx.AsyncClient) -> None:
         response.raise_for_status()
 
 
-async def consultant(base: str, index: int, run: Run, http: httpx.AsyncClient) -> None:
+async def consultant(base: str, index: int, run: Run, http: LeanClient) -> None:
     url = base.replace("http://", "ws://") + "/v1/consultant/stream"
     crew = {"Authorization": f"Bearer {token('paramedic', 'bench-crew')}"}
     async with connect(url, max_queue=None) as socket:
@@ -120,24 +122,25 @@ async def consultant(base: str, index: int, run: Run, http: httpx.AsyncClient) -
             task.add_done_callback(run.cancels.discard)
 
 
-async def cancel(http: httpx.AsyncClient, run: Run, case_id: str, crew: dict[str, str]) -> None:
-    response = await http.post(
-        f"/v1/cases/{case_id}/cancel", json={"reason": "benchmark"}, headers=crew
-    )
+async def cancel(http: LeanClient, run: Run, case_id: str, crew: dict[str, str]) -> None:
+    path, body = f"/v1/cases/{case_id}/cancel", {"reason": "benchmark"}
+    try:
+        response = await http.post(path, json=body, headers=crew)
+    except ConnectionLost:  # sent again: a repeated cancellation changes nothing
+        response = await http.post(path, json=body, headers=crew)
     if response.status_code != 200:
         run.errors += 1
 
 
-async def submit(http: httpx.AsyncClient, run: Run, number: int, *, record: bool) -> None:
-    headers = {
-        "Authorization": f"Bearer {token('paramedic', 'bench-crew')}",
-        "Idempotency-Key": f"bench-routing-{number}-{time.time_ns()}",
-    }
+async def submit(
+    http: LeanClient, run: Run, number: int, crew: dict[str, str], *, record: bool
+) -> None:
+    headers = {**crew, "Idempotency-Key": f"bench-routing-{number}-{time.time_ns()}"}
     posted = time.perf_counter()
     body = case_body()
     try:
         response = await http.post("/v1/cases", json=body, headers=headers)
-    except httpx.TransportError:
+    except ConnectionLost:
         # A kept-alive connection the server closed as it was reused: sent again with the
         # same key, as a crew's app would, it is stored once.
         response = await http.post("/v1/cases", json=body, headers=headers)
@@ -152,7 +155,7 @@ async def submit(http: httpx.AsyncClient, run: Run, number: int, *, record: bool
         run.posted_at[case["reference"]] = posted
 
 
-async def health(http: httpx.AsyncClient, run: Run, stop: asyncio.Event) -> None:
+async def health(http: LeanClient, run: Run, stop: asyncio.Event) -> None:
     while not stop.is_set():
         started = time.perf_counter()
         await http.get("/healthz")
@@ -164,13 +167,14 @@ async def measure(
     base: str, rate: float, seconds: float, server_cpu: Callable[[], float]
 ) -> tuple[Run, int]:
     run = Run()
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
-        await seed(http)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as admin:
+        await seed(admin)
+    crew = {"Authorization": f"Bearer {token('paramedic', 'bench-crew')}"}
+    async with LeanClient(base, connections=100) as http:
         sockets = [asyncio.create_task(consultant(base, i, run, http)) for i in range(CONSULTANTS)]
         await asyncio.sleep(1.0)  # every consultant connected and available
         for number in range(WARM_UP_CASES):
-            await submit(http, run, -number - 1, record=False)
+            await submit(http, run, -number - 1, crew, record=False)
         await asyncio.sleep(1.0)
         stop = asyncio.Event()
         prober = asyncio.create_task(health(http, run, stop))
@@ -184,7 +188,7 @@ async def measure(
             delay = start + number / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            posts.append(asyncio.create_task(submit(http, run, number, record=True)))
+            posts.append(asyncio.create_task(submit(http, run, number, crew, record=True)))
         await asyncio.gather(*posts)
         await asyncio.sleep(2.0)  # the last offers arrive; a case never offered shows below
         stop.set()
@@ -270,6 +274,7 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[10.0, 50.0])
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
+    pin_load_generator()
     print(machine_report())
     print(f"settings  {CONSULTANTS} consultants connected, {args.seconds:.0f} s per rate")
     measured = []

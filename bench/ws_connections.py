@@ -40,6 +40,7 @@ from bench.harness import (
     fresh_sqlite,
     machine_report,
     migrate,
+    pin_load_generator,
     serve,
 )
 from services.consult_router.queue_feed import DEBOUNCE_SECONDS
@@ -297,6 +298,7 @@ def main() -> None:
     parser.add_argument("--crews", type=int, default=2500)
     parser.add_argument("--changes", type=int, default=10)
     args = parser.parse_args()
+    pin_load_generator()
     print(machine_report())
     url = fresh_sqlite("connections")
     migrate(url)

@@ -36,6 +36,7 @@ from bench.harness import (
     fresh_sqlite,
     machine_report,
     migrate,
+    pin_load_generator,
     serve,
 )
 from services.shared.auth import mint_token
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[400, 1600])
     parser.add_argument("--changes", type=int, default=40)
     args = parser.parse_args()
+    pin_load_generator()
     print(machine_report())
     print(f"settings  {args.changes} changes per run, {CHANGE_INTERVAL_SECONDS}s apart")
     for clients in args.clients:
