@@ -194,13 +194,17 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-async def waiting_on_a_lock(engine: AsyncEngine) -> bool:
-    """Whether a transaction on the engine's PostgreSQL database waits for a lock now."""
+async def waiting_on_a_lock(engine: AsyncEngine, *, held_by: int | None = None) -> bool:
+    """Whether a transaction on the engine's PostgreSQL database waits for a lock now;
+    with `held_by`, for one that backend (`pg_backend_pid()`) holds."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    if held_by is not None:
+        query += " AND CAST(:held_by AS integer) = ANY(pg_blocking_pids(pid))"
     async with engine.connect() as connection:
-        waiting = await connection.scalar(text(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ))  # fmt: skip
+        waiting = await connection.scalar(text(query), {"held_by": held_by})
     return bool(waiting)
 
 

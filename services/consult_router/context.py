@@ -92,6 +92,9 @@ class RouterContext:
     queue_feed: QueueFeed = field(default_factory=QueueFeed)
     # Consultant messages this process logged lately, for its own sockets to send.
     recent_messages: RecentMessages = field(default_factory=RecentMessages)
+    # Connections whose socket closed but whose row could not be removed then (the
+    # database away): the heartbeat removes them, or it would keep them looking open.
+    unsaid_goodbyes: set[str] = field(default_factory=set)
     # The streams' safety net: one look at the log for all this process's sockets.
     log_watch: SeqWatch = field(
         default_factory=lambda: SeqWatch(message_repo.newest_seqs, what="the message log")

@@ -4,10 +4,11 @@ One pass (`run_once`) expires offers past their deadline, lets go of presences w
 process died, raises escalations that are due, and offers waiting cases to consultants.
 Each step runs in short transactions that claim their rows with `FOR UPDATE SKIP LOCKED`
 on PostgreSQL, or, where a timer closes an offer or touches a consult, lock the case first
-in a transaction of its own (the order every change to a case keeps), so any number of
-replicas share the work, none waits on another crosswise, and a replica that dies loses
-nothing. The loop is woken at once by changes that make work, and polls every few
-seconds as the safety net. Tests call `run_once` directly after moving the clock.
+in a transaction of its own (the order every change to a case keeps; a replica sweeping
+the same case at that moment waits its turn and finds it done). Any number of replicas
+run the loop, none waits on another crosswise, and a replica that dies loses nothing.
+The loop is woken at once by changes that make work, and polls every few seconds as the
+safety net. Tests call `run_once` directly after moving the clock.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ class RoutingEngine:
         async with unit_of_work(self._maker) as session:
             await presence.reap_stale(session, self._ctx, now=now)
         async with unit_of_work(self._maker) as session:
-            overdue = await self._escalate_unaccepted(session, now)
+            await self._escalate_unaccepted(session, now)
+            unadvised = await case_repo.due_advice(session, now=now, limit=BATCH)
+            overdue = [(consult.id, consult.case_id) for consult in unadvised]
         for consult_id, case_id in overdue:
             async with unit_of_work(self._maker) as session:
                 await self._escalate_unadvised(session, consult_id, case_id, now)
@@ -111,11 +114,8 @@ class RoutingEngine:
             )  # fmt: skip
             await outbound.announce_offer(session, self._ctx, offer, case, EventType.OFFER_EXPIRED)
 
-    async def _escalate_unaccepted(
-        self, session: AsyncSession, now: datetime
-    ) -> list[tuple[str, str]]:
-        """Escalate the cases nobody has accepted in time; the consults whose advice is
-        overdue, as (consult, case) ids, for `_escalate_unadvised` to take one by one."""
+    async def _escalate_unaccepted(self, session: AsyncSession, now: datetime) -> None:
+        """Escalate the cases nobody has accepted in time (claimed with SKIP LOCKED)."""
         ctx = self._ctx
         every = timedelta(seconds=ctx.settings.escalate_after_seconds)
         for case in await case_repo.due_escalations(session, now=now, limit=BATCH):
@@ -128,9 +128,6 @@ class RoutingEngine:
             )  # fmt: skip
             _count_escalation(session, ctx, "not_accepted")
             await outbound.queue_changed(session, ctx)
-        return [
-            (c.id, c.case_id) for c in await case_repo.due_advice(session, now=now, limit=BATCH)
-        ]
 
     async def _escalate_unadvised(
         self, session: AsyncSession, consult_id: str, case_id: str, now: datetime
@@ -143,7 +140,8 @@ class RoutingEngine:
         if case is None or consult is None:
             return
         due = consult.advice_due_at
-        if due is None or due > now or consult.advised_at is not None or consult.ended_at:
+        finished = consult.advised_at is not None or consult.ended_at is not None
+        if finished or due is None or due > now:
             return  # advised, cancelled or escalated meanwhile
         consult.advice_due_at = now + timedelta(seconds=ctx.settings.advice_overdue_seconds)
         waited = (now - consult.accepted_at).total_seconds()

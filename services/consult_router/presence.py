@@ -50,13 +50,27 @@ async def heartbeat(session: AsyncSession, ctx: RouterContext) -> None:
 async def keep_alive(stopping: asyncio.Event, *, ctx: RouterContext, maker: SessionMaker) -> None:
     """The process's presence heartbeat, until `stopping` is set."""
     while not stopping.is_set():
-        try:
-            async with unit_of_work(maker) as session:
-                await heartbeat(session, ctx)
-        except Exception as exc:  # the database is away: the next beat tries again
-            log_failure(logger, "presence heartbeat failed", exc)
+        await beat(ctx, maker)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), ctx.settings.presence_heartbeat_seconds)
+
+
+async def beat(ctx: RouterContext, maker: SessionMaker) -> None:
+    """One heartbeat: first the goodbyes that failed when their sockets closed, each in
+    a transaction of its own, then this process's connections refreshed."""
+    for connection_id in sorted(ctx.unsaid_goodbyes):
+        try:
+            async with unit_of_work(maker) as session:
+                await disconnect(session, ctx, connection_id)
+        except Exception as exc:  # the database is still away: the next beat tries again
+            log_failure(logger, "a closed socket's presence is still not removed", exc)
+            break
+        ctx.unsaid_goodbyes.discard(connection_id)
+    try:
+        async with unit_of_work(maker) as session:
+            await heartbeat(session, ctx)
+    except Exception as exc:  # the database is away: the next beat tries again
+        log_failure(logger, "presence heartbeat failed", exc)
 
 
 async def disconnect(session: AsyncSession, ctx: RouterContext, connection_id: str) -> None:
@@ -88,6 +102,9 @@ async def _let_go_if_gone(
     if not gone:
         return
     await case_repo.lock_cases_offered_to(session, gone)
+    # All at once, straight after their cases: the moment in which a routing pass could
+    # offer one of them a new case (see `release_offers`) is as short as it can be.
+    await rota_repo.lock_consultants(session, gone)
     for consultant_id in gone:
         consultant = await rota_repo.get_consultant(session, consultant_id, for_update=True)
         if consultant is None:

@@ -113,10 +113,15 @@ async def consultant_stream(websocket: WebSocket) -> None:
         try:
             await _serve(line, resources, ctx, replay_from)
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 await resources.socket_reads.run(
                     lambda session: presence.disconnect(session, ctx, line.connection_id)
                 )
+            except Exception as exc:
+                # Left, the row would be refreshed with this process's others, as if the
+                # socket were open, and offers would go on coming: the heartbeat retries.
+                ctx.unsaid_goodbyes.add(line.connection_id)
+                log_failure(logger, "a closed socket's presence could not be removed", exc)
 
 
 async def _hello(

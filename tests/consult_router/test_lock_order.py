@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.consult_router import presence
 from services.consult_router.cases import withdraw_open_offers
@@ -55,11 +56,12 @@ async def the_offer(resources: Resources, case_id: str) -> ConsultOffer:
 
 
 async def started_and_waiting(
-    resources: Resources, work: Coroutine[Any, Any, T]
+    resources: Resources, holder: AsyncSession, work: Coroutine[Any, Any, T]
 ) -> asyncio.Task[T]:
-    """`work` running, and waiting for a lock the test holds."""
+    """`work` running, and waiting for a lock the test's `holder` session holds."""
+    holder_pid = await holder.scalar(text("SELECT pg_backend_pid()"))
     task = asyncio.create_task(work)
-    await eventually(lambda: waiting_on_a_lock(resources.engine), timeout=10)
+    await eventually(lambda: waiting_on_a_lock(resources.engine, held_by=holder_pid), timeout=10)
     assert not task.done()
     return task
 
@@ -72,7 +74,7 @@ async def test_an_offer_expiring_as_the_crew_cancels_waits_for_the_cancellation(
     async with unit_of_work(resources.sessionmaker) as session:  # the cancellation
         case = await case_repo.get_case(session, case_id, for_update=True)
         assert case is not None
-        sweep = await started_and_waiting(resources, engine.run_once())
+        sweep = await started_and_waiting(resources, session, engine.run_once())
         # The cancellation's next step closes the case's offers, which the expiry must
         # not be holding while it waits for the case.
         await withdraw_open_offers(session, router_app.state.router, case=case, reason="cancelled")
@@ -95,7 +97,7 @@ async def test_advice_given_as_it_falls_overdue_is_not_escalated(
     clock.advance(timedelta(hours=1))  # past the advice's due time
     async with unit_of_work(resources.sessionmaker) as session:  # the advice
         assert await case_repo.get_case(session, case_id, for_update=True) is not None
-        sweep = await started_and_waiting(resources, engine.run_once())
+        sweep = await started_and_waiting(resources, session, engine.run_once())
         consult = await case_repo.consult_for_case(session, case_id)
         assert consult is not None
         consult.advised_at, consult.advice_due_at = clock.now(), None
@@ -116,6 +118,7 @@ async def test_going_away_as_an_offer_is_accepted_waits_for_the_accept(
         assert await case_repo.get_case(session, case_id, for_update=True) is not None
         away = await started_and_waiting(
             resources,
+            session,
             http.put(
                 "/v1/consultant/status", json={"status": "away"}, headers=auth("consultant", "dr-a")
             ),
@@ -143,7 +146,7 @@ async def test_a_lapsed_presence_let_go_as_an_offer_is_accepted_waits_for_the_ac
 
     async with unit_of_work(resources.sessionmaker) as session:  # the accept
         assert await case_repo.get_case(session, case_id, for_update=True) is not None
-        reaping = await started_and_waiting(resources, reap())
+        reaping = await started_and_waiting(resources, session, reap())
         assert await rota_repo.get_consultant(session, "dr-a", for_update=True) is not None
     await asyncio.wait_for(reaping, 10)
     offer = await the_offer(resources, case_id)

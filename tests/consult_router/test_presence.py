@@ -17,7 +17,7 @@ from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
-from tests.consult_router.conftest import ADMIN, Desk
+from tests.consult_router.conftest import ADMIN, Desk, snapshot
 
 STALE_SECONDS = 10.0
 
@@ -86,3 +86,26 @@ async def test_each_view_of_a_consultant_says_whether_that_consultant_is_connect
         for entry in response.json()["on_call"]
     }
     assert on_call == dict(map(connected, ("dr-online", "dr-offline")))
+
+
+async def test_a_goodbye_the_database_missed_is_said_by_the_next_heartbeat(
+    desk: Desk, clock: ManualClock, resources: Resources, router_app: FastAPI
+) -> None:
+    """A socket closed while the database was away left its row, which this process's
+    beats would keep fresh: the next beat removes it, and the consultant is let go."""
+    ctx: RouterContext = router_app.state.router
+    await desk.consultant("dr-a", ["frailty"])
+    async with unit_of_work(resources.sessionmaker) as session:
+        connection_id = await presence.connect(session, ctx, "dr-a")
+    case = snapshot(clock)
+    await desk.send_case(case)
+    [offer] = await desk.offers("dr-a")
+    ctx.unsaid_goodbyes.add(connection_id)  # as the stream leaves it when its goodbye fails
+
+    await presence.beat(ctx, resources.sessionmaker)
+
+    assert ctx.unsaid_goodbyes == set()
+    listed = (await desk.http.get("/v1/consultants", headers=ADMIN)).json()
+    assert [(c["connected"], c["status"]) for c in listed if c["id"] == "dr-a"] == [(False, "away")]
+    withdrawn = [p for kind, p in await desk.log("dr-a") if kind == "offer_withdrawn"]
+    assert withdrawn == [{"offer_id": offer["offer_id"], "reason": "reassigned"}]

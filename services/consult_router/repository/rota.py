@@ -114,6 +114,18 @@ async def get_consultant(
     return rows.scalar_one_or_none()
 
 
+async def lock_consultants(session: AsyncSession, consultant_ids: Collection[str]) -> None:
+    """Lock the consultants, in id order, in one statement (so two transactions locking
+    several never wait on each other crosswise)."""
+    statement = (
+        select(ConsultConsultant.id)
+        .where(ConsultConsultant.id.in_(sorted(consultant_ids)))
+        .order_by(ConsultConsultant.id)
+        .with_for_update()
+    )
+    await session.execute(statement)
+
+
 async def lock_consultant_if_free(
     session: AsyncSession, consultant_id: str
 ) -> ConsultConsultant | None:
