@@ -69,6 +69,7 @@ async def accept_offer(
     if case is None or offer is None:
         raise NotFound("no such offer")
     _check_still_open(offer, ctx)
+    await _lock_everyone_told(session, case, actor.sub)
     consultant = await registered(session, actor.sub, for_update=True)
     consult = await _take(session, ctx, case, consultant, via="offer", offer=offer, actor=actor)
     return consult
@@ -112,8 +113,18 @@ async def claim_case(
         raise NotFound("no such case")
     if case.status not in ("queued", "offered"):
         raise Conflict("someone else has the case, or it has ended", code="case_taken")
+    await _lock_everyone_told(session, case, actor.sub)
     consultant = await registered(session, actor.sub, for_update=True)
     return await _take(session, ctx, case, consultant, via="claim", offer=None, actor=actor)
+
+
+async def _lock_everyone_told(session: AsyncSession, case: ConsultCase, taker_id: str) -> None:
+    """Lock, at once and in id order, the consultant taking the case and those holding
+    its other offers, whom the take tells their offer is withdrawn. One by one (the taker,
+    then each holder as told), two consultants taking two cases each offered to the other
+    would wait on each other crosswise."""
+    holders = (await case_repo.open_offer_holders(session, [case.id])).get(case.id, [])
+    await rota_repo.lock_consultants(session, {taker_id, *holders})
 
 
 async def _take(

@@ -1,6 +1,7 @@
 """Timers and presence take a case's lock before anything else of it, as accepts,
-cancellations and advice do: on PostgreSQL none of them waits on another crosswise (a
-deadlock the database would end after a second, failing one of the two).
+cancellations and advice do, and a consultant taking a case locks everyone it tells at
+once, in id order: on PostgreSQL none of them waits on another crosswise (a deadlock the
+database would end after a second, failing one of the two).
 
 Each test holds a case's lock as the first step of a consultant's or crew's change, lets
 the timer or presence change start and wait for it, then takes the next lock that change
@@ -155,3 +156,33 @@ async def test_a_lapsed_presence_let_go_as_an_offer_is_accepted_waits_for_the_ac
         consultant = await session.get(ConsultConsultant, "dr-a")
         assert consultant is not None
         assert consultant.status == "away"
+
+
+async def test_two_consultants_claiming_each_others_offered_cases_wait_in_turn(
+    desk: Desk, clock: ManualClock, resources: Resources, http: httpx.AsyncClient
+) -> None:
+    """dr-a is offered case C and dr-b case D; each claims the other's from the queue. A
+    take tells the case's offer holder it went elsewhere, which locks that consultant."""
+    await desk.consultant("dr-a", ["frailty"])
+    c = snapshot(clock)
+    await desk.send_case(c)
+    await desk.consultant("dr-b", ["frailty"])
+    d = snapshot(clock)
+    await desk.send_case(d)
+    assert [o["case"]["id"] for o in await desk.offers("dr-a")] == [c["id"]]
+    assert [o["case"]["id"] for o in await desk.offers("dr-b")] == [d["id"]]
+    async with unit_of_work(resources.sessionmaker) as session:  # dr-a claiming D
+        assert await case_repo.get_case(session, d["id"], for_update=True) is not None
+        assert await rota_repo.get_consultant(session, "dr-a", for_update=True) is not None
+        claim = await started_and_waiting(
+            resources,
+            session,
+            http.post(f"/v1/queue/{c['id']}/claim", headers=auth("consultant", "dr-b")),
+        )
+        # dr-a's claim goes on to tell D's offer holder, dr-b, whose row dr-b's own claim
+        # must not be holding while it waits for dr-a's.
+        assert await rota_repo.get_consultant(session, "dr-b", for_update=True) is not None
+    response = await asyncio.wait_for(claim, 10)
+    assert response.status_code == 200, response.text
+    offer = await the_offer(resources, c["id"])
+    assert (offer.state, offer.close_reason) == ("withdrawn", "accepted_elsewhere")
