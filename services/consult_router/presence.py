@@ -104,9 +104,9 @@ async def _let_go_if_gone(
     await case_repo.lock_cases_offered_to(session, gone)
     # All at once, straight after their cases: the moment in which a routing pass could
     # offer one of them a new case (see `release_offers`) is as short as it can be.
-    await rota_repo.lock_consultants(session, gone)
+    locked = await rota_repo.lock_consultants(session, gone)
     for consultant_id in gone:
-        consultant = await rota_repo.get_consultant(session, consultant_id, for_update=True)
+        consultant = locked.get(consultant_id)
         if consultant is None:
             continue
         await release_offers(session, ctx, consultant_id, reason="reassigned")

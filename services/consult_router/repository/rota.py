@@ -114,16 +114,21 @@ async def get_consultant(
     return rows.scalar_one_or_none()
 
 
-async def lock_consultants(session: AsyncSession, consultant_ids: Collection[str]) -> None:
+async def lock_consultants(
+    session: AsyncSession, consultant_ids: Collection[str]
+) -> dict[str, ConsultConsultant]:
     """Lock the consultants, in id order, in one statement (so two transactions locking
-    several never wait on each other crosswise)."""
+    several never wait on each other crosswise); those that exist, by id, as locked."""
     statement = (
-        select(ConsultConsultant.id)
+        select(ConsultConsultant)
         .where(ConsultConsultant.id.in_(sorted(consultant_ids)))
         .order_by(ConsultConsultant.id)
         .with_for_update()
+        .execution_options(populate_existing=True)
     )
-    await session.execute(statement)
+    return {
+        consultant.id: consultant for consultant in (await session.execute(statement)).scalars()
+    }
 
 
 async def lock_consultant_if_free(
