@@ -16,7 +16,10 @@ apart, the step's own cost shows.
   that carries the look (`insert_offer_unless_held`, now);
 - a cancellation's offers: read the case's open offers, then close each (before) / close
   them in one statement that returns them (`close_open_offers_of_case`, now); the case
-  has one open offer, as a case offered to one consultant at a time has.
+  has one open offer, as a case offered to one consultant at a time has;
+- a commit's wake-ups (PostgreSQL only): the three `pg_notify` calls a new case's
+  hand-over sends, as one select of a call per pair built for the commit (before) / as
+  one statement built once, the pairs as array parameters (`send_notifications`, now).
 
     python -m bench.statement_costs [--steps 400] [--rounds 3]
 """
@@ -35,8 +38,9 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import insert, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from bench.harness import (
     PYTHON,
@@ -54,15 +58,19 @@ from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.shared.clock import ManualClock
 from services.shared.db.base import table_of
-from services.shared.db.engine import create_engine
+from services.shared.db.engine import create_engine, is_postgres
 from services.shared.db.models import ConsultConsultant, ConsultOffer
 from services.shared.db.session import create_sessionmaker, unit_of_work
+from services.shared.notify import send_notifications
 from services.shared.schemas.cases import CaseSnapshot
 from tests.consult_router.conftest import snapshot
 
 Step = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 # The offer as it was written before the unique index: a plain insert.
 _PLAIN_OFFER_INSERT = insert(table_of(ConsultOffer))
+# What a new case's hand-over wakes at its commit: the consultant offered it, the
+# dashboards' queue, and the router's outbox delivery.
+_WAKE_UPS = [("reach_consultant", "dr-bench"), ("reach_queue", ""), ("reach_outbox", "audit")]
 
 
 class Steps:
@@ -123,6 +131,17 @@ class Steps:
             session, row["case_id"], state="withdrawn", reason="cancelled", at=self.closed_at()
         )
 
+    @staticmethod
+    async def notify_call_per_pair(session: AsyncSession, _row: dict[str, Any]) -> None:
+        def send(sync_session: Session) -> None:
+            sync_session.execute(select(*(func.pg_notify(c, k) for c, k in _WAKE_UPS)))
+
+        await session.run_sync(send)
+
+    @staticmethod
+    async def notify_in_one_statement(session: AsyncSession, _row: dict[str, Any]) -> None:
+        await session.run_sync(send_notifications, _WAKE_UPS)
+
     async def seed(self, session: AsyncSession) -> None:
         now = self.clock.now()
         session.add(ConsultConsultant(
@@ -158,6 +177,10 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
             ways.offers_closed_returning,
         ),
     }  # fmt: skip
+    if is_postgres(url):
+        pairs["a commit's wake-ups"] = (
+            ways.offer, None, ways.notify_call_per_pair, ways.notify_in_one_statement
+        )  # fmt: skip
     results: dict[str, list[float]] = {}
     try:
         async with unit_of_work(maker) as session:
@@ -207,10 +230,11 @@ def main() -> None:
         if done.returncode != 0:
             fail(f"{backend} could not be measured:\n{done.stderr[-2000:]}")
         results: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
-        for name in ("a submitted case", "an offer", "a cancellation"):
+        steps = [name.removesuffix(", before") for name in results if name.endswith(", before")]
+        for name in steps:
             before, now = results[f"{name}, before"], results[f"{name}, now"]
             ratios = [b / n for b, n in zip(before, now, strict=True)]
-            print(f"{backend:<11} {name:<17} before {statistics.median(before):7.1f} us"
+            print(f"{backend:<11} {name:<19} before {statistics.median(before):7.1f} us"
                   f"  now {statistics.median(now):7.1f} us  before / now"
                   f" {statistics.median(ratios):5.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})")  # fmt: skip
         measured.append(backend)

@@ -18,11 +18,12 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from typing import Any, Protocol
 
 import asyncpg
-from sqlalchemy import event, func, select
+from sqlalchemy import Text, bindparam, event, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
@@ -193,7 +194,14 @@ class LocalNotifier:
 
 
 _PENDING = "pg_notify"
-_NOTIFY_PER_STATEMENT = 500
+# One statement for any number of notifications, built once: the (channel, key) pairs go
+# as two array parameters. Built per commit as one `pg_notify` call per pair, the
+# statement and its cache key cost more CPU than the round trip (see `bench/RESULTS.md`),
+# and a select list's 1,664 columns capped a batch.
+_NOTIFY_ALL = text(
+    "SELECT pg_notify(pending.channel, pending.key)"
+    " FROM unnest(:channels, :keys) AS pending(channel, key)"
+).bindparams(bindparam("channels", type_=ARRAY(Text)), bindparam("keys", type_=ARRAY(Text)))
 
 
 @event.listens_for(ReachSession, "before_commit")
@@ -207,10 +215,16 @@ def _send_pending(session: Session) -> None:
     if session.in_nested_transaction():
         return
     pending: dict[tuple[str, str], None] | None = transaction_state(session).pop(_PENDING, None)
-    calls = [func.pg_notify(channel, key) for channel, key in pending or ()]
-    # A select list is limited (1,664 columns): a very large batch takes a few statements.
-    for start in range(0, len(calls), _NOTIFY_PER_STATEMENT):
-        session.execute(select(*calls[start : start + _NOTIFY_PER_STATEMENT]))
+    if pending:
+        send_notifications(session, pending)
+
+
+def send_notifications(session: Session, pairs: Collection[tuple[str, str]]) -> None:
+    """`pg_notify` each (channel, key) pair, in one statement however many there are."""
+    channels = [channel for channel, _ in pairs]
+    if channels:
+        keys = [key for _, key in pairs]
+        session.execute(_NOTIFY_ALL, {"channels": channels, "keys": keys})
 
 
 class PostgresNotifier(LocalNotifier):

@@ -141,6 +141,27 @@ class TestPostgres:
         finally:
             await engine.dispose()
 
+    async def test_a_large_batch_of_notifications_goes_in_one_statement_and_all_arrive(
+        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+    ) -> None:
+        # More pairs than a select list has columns (1,664): one statement still carries
+        # them all, and another replica hears every key.
+        writer, reader = two_replicas
+        engine = create_engine(postgres_url)
+        keys = {f"consultant-{number}" for number in range(2_000)}
+        try:
+            with (
+                statements_sent(engine, _notifying) as notifying,
+                reader.subscribe("cases") as wake,
+            ):
+                async with unit_of_work(create_sessionmaker(engine)) as session:
+                    for key in sorted(keys):
+                        await writer.publish(session, "cases", key)
+                assert len(notifying) == 1
+                await eventually(lambda: wake.keys >= keys, timeout=10)
+        finally:
+            await engine.dispose()
+
     async def test_savepoints_neither_send_early_nor_lose_what_came_before(
         self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
     ) -> None:
