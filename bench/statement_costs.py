@@ -19,7 +19,10 @@ apart, the step's own cost shows.
   has one open offer, as a case offered to one consultant at a time has;
 - a commit's wake-ups (PostgreSQL only): the three `pg_notify` calls a new case's
   hand-over sends, as one select of a call per pair built for the commit (before) / as
-  one statement built once, the pairs as array parameters (`send_notifications`, now).
+  one statement built once, the pairs as array parameters (`send_notifications`, now);
+- a routing look (PostgreSQL only): the routing loop's read of the queue, woken by a
+  change, in a transaction of its own (before) / alone, in no transaction (`reads_alone`,
+  now); it opens its own session, as the loop does, and counts the BEGIN and COMMIT.
 
     python -m bench.statement_costs [--steps 400] [--rounds 3]
 """
@@ -56,11 +59,17 @@ from bench.harness import (
 from services.consult_router.cases import new_case_row
 from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
+from services.consult_router.routing import open_cases_to_route
 from services.shared.clock import ManualClock
 from services.shared.db.base import table_of
 from services.shared.db.engine import create_engine, is_postgres
-from services.shared.db.models import ConsultConsultant, ConsultOffer
-from services.shared.db.session import create_sessionmaker, unit_of_work
+from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOffer
+from services.shared.db.session import (
+    SessionMaker,
+    create_sessionmaker,
+    reads_alone,
+    unit_of_work,
+)
 from services.shared.notify import send_notifications
 from services.shared.schemas.cases import CaseSnapshot
 from tests.consult_router.conftest import snapshot
@@ -76,11 +85,12 @@ _WAKE_UPS = [("reach_consultant", "dr-bench"), ("reach_queue", ""), ("reach_outb
 class Steps:
     """Each way of each step, on one database, and what they need seeded."""
 
-    def __init__(self) -> None:
+    def __init__(self, maker: SessionMaker) -> None:
         self.clock = ManualClock(datetime(2026, 12, 3, 9, 0, tzinfo=UTC))
         settings = SimpleNamespace(escalate_after_seconds=600)
         self.ctx = cast(RouterContext, SimpleNamespace(clock=self.clock, settings=settings))
         self.cases: list[str] = []
+        self.maker = maker
 
     def new_case(self, _n: int) -> dict[str, Any]:
         return new_case_row(self.ctx, CaseSnapshot.model_validate(snapshot(self.clock)))
@@ -142,6 +152,14 @@ class Steps:
     async def notify_in_one_statement(session: AsyncSession, _row: dict[str, Any]) -> None:
         await session.run_sync(send_notifications, _WAKE_UPS)
 
+    async def look_in_a_transaction(self, _session: AsyncSession, _row: dict[str, Any]) -> None:
+        async with unit_of_work(self.maker) as session:
+            await open_cases_to_route(session)
+
+    async def look_alone(self, _session: AsyncSession, _row: dict[str, Any]) -> None:
+        async with reads_alone(self.maker) as session:
+            await open_cases_to_route(session)
+
     async def seed(self, session: AsyncSession) -> None:
         now = self.clock.now()
         session.add(ConsultConsultant(
@@ -154,10 +172,17 @@ class Steps:
         self.cases = [str(row["id"]) for row in rows]
 
 
-async def _close_offers(session: AsyncSession) -> None:
+async def _close_offers_and_cases(session: AsyncSession) -> None:
+    """After each step, off the clock: no open offers, and no open cases, so the queue is
+    as short as the routing benchmark keeps it (the routing look reads what a loop woken
+    there reads)."""
     await session.execute(
         update(ConsultOffer).where(ConsultOffer.state == "open").values(state="withdrawn")
     )
+    await session.execute(
+        update(ConsultCase).where(ConsultCase.status.in_(("queued", "offered")))
+        .values(status="closed")
+    )  # fmt: skip
 
 
 async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]]:
@@ -165,7 +190,7 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
     statements alone (the rows are built, and offers closed, off the clock)."""
     engine = create_engine(url)
     maker = create_sessionmaker(engine)
-    ways = Steps()
+    ways = Steps(maker)
     # Each step: its row, what is written for it first (off the clock), the two ways.
     pairs: dict[str, tuple[Callable[[int], dict[str, Any]], Step | None, Step, Step]] = {
         "a submitted case": (
@@ -181,6 +206,7 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
         pairs["a commit's wake-ups"] = (
             ways.offer, None, ways.notify_call_per_pair, ways.notify_in_one_statement
         )  # fmt: skip
+        pairs["a routing look"] = (ways.offer, None, ways.look_in_a_transaction, ways.look_alone)
     results: dict[str, list[float]] = {}
     try:
         async with unit_of_work(maker) as session:
@@ -198,7 +224,7 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
                             started = time.process_time()
                             await step(session, row)
                             spent += time.process_time() - started
-                            await _close_offers(session)
+                            await _close_offers_and_cases(session)
                     if round_number:
                         results.setdefault(label, []).append(spent / steps * 1e6)
     finally:

@@ -25,7 +25,7 @@ from services.consult_router.context import WORK_CHANNEL, RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import messages as message_repo
 from services.consult_router.routing import RoutingView, open_cases_to_route, route_case
-from services.shared.db.session import SessionMaker, after_commit, unit_of_work
+from services.shared.db.session import SessionMaker, after_commit, reads_alone, unit_of_work
 from services.shared.observability import log_failure
 from services.shared.schemas.events import EventType
 
@@ -158,15 +158,22 @@ class RoutingEngine:
         routed in the transaction that read the view; on a quiet system it is the only
         one, and the offer's path is one transaction shorter. With no case open, or every
         one awaiting the answer of the one consultant it is offered to (a crew's
-        cancellation woke the loop, say), the rota is not read at all."""
+        cancellation woke the loop, say), the rota is not read at all.
+
+        Every pass first looks at the queue on its own (`reads_alone`: on PostgreSQL in
+        no transaction, so the pass that finds nothing to route, the usual one, costs one
+        round trip, not three). The cases are read for ordering only: each is locked and
+        read again before it is routed, and whatever frees a case or a consultant after
+        the look wakes the loop for another pass."""
+        async with reads_alone(self._maker) as reader:
+            open_cases, on_offer = await open_cases_to_route(reader)
+        if not open_cases:
+            return
+        if not sweeping and all(
+            RoutingView.awaits_an_answer(case, on_offer) for case in open_cases
+        ):
+            return
         async with unit_of_work(self._maker) as session:
-            open_cases, on_offer = await open_cases_to_route(session)
-            if not open_cases:
-                return
-            if not sweeping and all(
-                RoutingView.awaits_an_answer(case, on_offer) for case in open_cases
-            ):
-                return
             view = await RoutingView.load(session, self._ctx, now=now, on_offer=on_offer)
             waiting = iter(view.queue_order(open_cases))
             first = next((case for case in waiting if view.may_move(case, sweeping=sweeping)), None)

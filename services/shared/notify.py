@@ -220,7 +220,9 @@ def _send_pending(session: Session) -> None:
 
 
 def send_notifications(session: Session, pairs: Collection[tuple[str, str]]) -> None:
-    """`pg_notify` each (channel, key) pair, in one statement however many there are."""
+    """`pg_notify` each (channel, key) pair, in one statement however many there are.
+    Synchronous, on the sync session: called from the commit's hook, or through
+    `AsyncSession.run_sync`."""
     channels = [channel for channel, _ in pairs]
     if channels:
         keys = [key for _, key in pairs]

@@ -542,7 +542,7 @@ class TestWakeUpPasses:
         event.listen(listen, "begin", count)
         try:
             await engine.route_changes()
-            assert len(transactions) == 1  # the view of who is free; no case was reread
+            assert len(transactions) == 1  # the look at the queue, alone; no case reread
             free = next(name for name, offers in held.items() if not offers)
             decliner, [offer] = next((n, o) for n, o in held.items() if o)
             await desk.decline(decliner, offer["offer_id"])
@@ -550,7 +550,9 @@ class TestWakeUpPasses:
             await engine.route_changes()
         finally:
             event.remove(listen, "begin", count)
-        assert len(transactions) == 1  # the view, and the declined case alone, together
+        # The look at the queue, alone; then the view, and the declined case alone,
+        # together in one transaction.
+        assert len(transactions) == 2
         [moved] = await desk.offers(free)
         assert moved["case"]["id"] == offer["case"]["id"]
 

@@ -18,6 +18,7 @@ from services.shared.db.session import (
     after_commit,
     create_sessionmaker,
     insert_at_commit,
+    reads_alone,
     undoable,
     unit_of_work,
     without_savepoints,
@@ -206,5 +207,43 @@ async def test_rows_for_the_commit_begin_the_transaction_and_can_be_written_soon
         async with unit_of_work(maker) as session:
             kept = set((await session.execute(select(AuditInbox.event_id))).scalars())
         assert kept == {"first write", "in a savepoint", "sooner"}
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_look_alone_holds_no_transaction_and_leaves_its_connection_as_found(
+    postgres_url: str,
+) -> None:
+    """Each read of `reads_alone` is a transaction of its own on PostgreSQL (no BEGIN, no
+    COMMIT); the pooled connection it used begins transactions again afterwards, also
+    after a look that failed half-way."""
+    engine = create_engine(postgres_url, pool_size=1)
+    maker = create_sessionmaker(engine)
+    transaction_id = text("SELECT txid_current()")
+    backend = text("SELECT pg_backend_pid()")
+
+    async def in_one_transaction() -> tuple[bool, int]:
+        async with unit_of_work(maker) as session:
+            first = (await session.execute(transaction_id)).scalar_one()
+            second = (await session.execute(transaction_id)).scalar_one()
+            return first == second, (await session.execute(backend)).scalar_one()
+
+    try:
+        async with reads_alone(maker) as session:
+            first = (await session.execute(transaction_id)).scalar_one()
+            second = (await session.execute(transaction_id)).scalar_one()
+            looked_on = (await session.execute(backend)).scalar_one()
+        assert first != second  # each read in a transaction of its own
+        assert await in_one_transaction() == (True, looked_on)  # the same connection
+
+        async def failed_look() -> None:
+            async with reads_alone(maker) as session:
+                await session.execute(transaction_id)
+                raise Refused
+
+        with pytest.raises(Refused):
+            await failed_look()
+        assert await in_one_transaction() == (True, looked_on)
     finally:
         await engine.dispose()

@@ -199,6 +199,23 @@ async def unit_of_work(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+@asynccontextmanager
+async def reads_alone(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """A session for a look that only reads: never write through it.
+
+    Under PostgreSQL's READ COMMITTED a statement sees what had committed when it began,
+    in a transaction or not, so a look needs none: its connection runs in autocommit,
+    each read a transaction of its own, which spares the look the BEGIN and COMMIT round
+    trips (the routing loop's look at the queue, most often finding nothing to route, is
+    such a look). SQLite has no round trips to spare: there the look is an ordinary
+    transaction, its reads together, ended by a rollback. The connection goes back to
+    the pool as it came (SQLAlchemy restores its isolation level at check-in)."""
+    async with maker() as session:
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+
+
 async def in_transaction(
     maker: SessionMaker,
     work: Callable[[AsyncSession], Awaitable[T]],
