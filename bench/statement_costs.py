@@ -180,7 +180,7 @@ async def _close_offers_and_cases(session: AsyncSession) -> None:
         update(ConsultOffer).where(ConsultOffer.state == "open").values(state="withdrawn")
     )
     await session.execute(
-        update(ConsultCase).where(ConsultCase.status.in_(("queued", "offered")))
+        update(ConsultCase).where(ConsultCase.status.in_(case_repo.OPEN_CASE))
         .values(status="closed")
     )  # fmt: skip
 

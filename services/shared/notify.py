@@ -214,9 +214,8 @@ def _send_pending(session: Session) -> None:
     back keeps them, since a wake-up with nothing new costs a look, and a lost one a poll."""
     if session.in_nested_transaction():
         return
-    pending: dict[tuple[str, str], None] | None = transaction_state(session).pop(_PENDING, None)
-    if pending:
-        send_notifications(session, pending)
+    pending: dict[tuple[str, str], None] = transaction_state(session).pop(_PENDING, {})
+    send_notifications(session, pending)
 
 
 def send_notifications(session: Session, pairs: Collection[tuple[str, str]]) -> None:
