@@ -4,9 +4,22 @@ new queue) against a bare `websockets` broadcast server sending the same bytes, 
 side by side in one run.
 
 Each side runs twice on a fresh server: without clients, then with N (for reach, the same
-N consultants are on the rota both times). The difference in
-server CPU, divided by the messages the clients received, is the cost of delivering one
-message; the changes themselves (storing a case) cost the same in both runs and cancel.
+N consultants are on the rota both times). Each run measures two windows of the same
+length one after the other: a quiet one (nothing changes) and a busy one (the changes,
+one every 0.4 s). The busy window's CPU less the quiet one's is what the changes cost;
+with N clients that includes their messages, without clients it does not (storing a
+case costs the same in both runs). The difference of the two, divided by the messages
+the clients received, is the cost of delivering one message.
+
+Why the quiet window: holding the sockets open costs CPU whether or not anything is
+sent (the server and each client ping the other every 20 s, uvicorn's and `websockets`'
+default, and reach keeps presence), and how much of that falls in one window depends on
+when the sockets were opened: reach's 1,600 dashboards take half a minute to say hello,
+so their pings are spread evenly, while the baseline's bare sockets open within seconds
+and ping in one burst every 20 s, which a window may or may not hold. Each window lasts
+exactly one ping period, so each holds one ping each way for every socket whatever its
+phase, and the subtraction leaves the messages alone. The figure counted the old way
+(the busy window alone, less the run without clients) is printed beside it.
 
 Target: reach <= 1.5x the baseline per delivered message.
 
@@ -23,6 +36,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -45,6 +59,9 @@ from tests.factories import case_body
 
 # Longer than the dashboards' queue debounce (0.2 s): each change is its own broadcast.
 CHANGE_INTERVAL_SECONDS = 0.4
+# One keepalive period (uvicorn's `ws_ping_interval` and `websockets`' `ping_interval`,
+# both 20 s by default): a window this long holds one ping each way for every socket.
+WINDOW_SECONDS = 20.0
 
 
 def token(role: str, sub: str) -> str:
@@ -58,6 +75,38 @@ class Received:
     sample: str = ""
 
 
+@dataclass
+class Windows:
+    """Server CPU seconds in the quiet window and in the busy one, and what the clients
+    received in the busy one."""
+
+    quiet: float
+    busy: float
+    received: Received
+
+
+async def measure_windows(
+    cpu: Callable[[], float],
+    received: Received,
+    changes: int,
+    change: Callable[[int], Awaitable[None]],
+) -> Windows:
+    """The quiet window, then the busy one, each `WINDOW_SECONDS` long."""
+    if changes * CHANGE_INTERVAL_SECONDS > WINDOW_SECONDS - 1.0:
+        raise SystemExit(f"at most {int((WINDOW_SECONDS - 1.0) / CHANGE_INTERVAL_SECONDS)} changes")
+    loop = asyncio.get_running_loop()
+    before = cpu()
+    await asyncio.sleep(WINDOW_SECONDS)
+    quiet = cpu() - before
+    received.messages = received.total_bytes = 0
+    started, before = loop.time(), cpu()
+    for number in range(changes):
+        await change(number)
+        await asyncio.sleep(CHANGE_INTERVAL_SECONDS)
+    await asyncio.sleep(max(0.0, started + WINDOW_SECONDS - loop.time()))
+    return Windows(quiet, cpu() - before, received)
+
+
 async def listen(socket: ClientConnection, received: Received, kind: str | None) -> None:
     async for raw in socket:
         if kind is None or json.loads(raw)["type"] == kind:
@@ -66,9 +115,9 @@ async def listen(socket: ClientConnection, received: Received, kind: str | None)
             received.sample = str(raw)
 
 
-async def reach_run(clients: int, changes: int, *, connect_them: bool) -> tuple[float, Received]:
-    """Server CPU seconds and messages received for `changes` cases, with `clients`
-    consultants on the rota and, if `connect_them`, a dashboard open for each."""
+async def reach_run(clients: int, changes: int, *, connect_them: bool) -> Windows:
+    """The windows of `changes` cases, with `clients` consultants on the rota and, if
+    `connect_them`, a dashboard open for each."""
     url = fresh_sqlite(f"fanout-{clients}")
     migrate(url)
     port = free_port()
@@ -103,24 +152,22 @@ async def reach_run(clients: int, changes: int, *, connect_them: bool) -> tuple[
                 sockets.append(socket)
             listeners = [asyncio.create_task(listen(s, received, "queue")) for s in sockets]
             await asyncio.sleep(1.5)
-            received.messages = received.total_bytes = 0
             crew = {"Authorization": f"Bearer {token('paramedic', 'bench-crew')}"}
-            before = server.cpu()
-            for number in range(changes):
+
+            async def submit(number: int) -> None:
                 headers = {**crew, "Idempotency-Key": f"fanout-{clients}-{number}-{time.time_ns()}"}
                 response = await http.post("/v1/cases", json=case_body(), headers=headers)
                 response.raise_for_status()
-                await asyncio.sleep(CHANGE_INTERVAL_SECONDS)
-            await asyncio.sleep(1.0)
-            used = server.cpu() - before
+
+            windows = await measure_windows(server.cpu, received, changes, submit)
             for task in listeners:
                 task.cancel()
             for socket in sockets:
                 await socket.close()
-    return used, received
+    return windows
 
 
-async def baseline_run(clients: int, changes: int, payload: str) -> tuple[float, Received]:
+async def baseline_run(clients: int, changes: int, payload: str) -> Windows:
     port = free_port()
     command = [PYTHON, "-m", "bench.baseline_broadcast", str(port)]
     received = Received()
@@ -132,25 +179,27 @@ async def baseline_run(clients: int, changes: int, payload: str) -> tuple[float,
         listeners = [asyncio.create_task(listen(s, received, None)) for s in sockets]
         async with connect(base + "/control") as control:
             await asyncio.sleep(1.5)
-            before = server.cpu()
-            for _ in range(changes):
+
+            async def broadcast(_number: int) -> None:
                 await control.send(payload)
                 await control.recv()
-                await asyncio.sleep(CHANGE_INTERVAL_SECONDS)
-            await asyncio.sleep(1.0)
-            used = server.cpu() - before
+
+            windows = await measure_windows(server.cpu, received, changes, broadcast)
         for task in listeners:
             task.cancel()
         for socket in sockets:
             await socket.close()
-    return used, received
+    return windows
 
 
-def per_message_us(with_clients: tuple[float, Received], without: tuple[float, Received]) -> float:
-    cpu, received = with_clients
-    if received.messages == 0:
+def per_message_us(with_clients: Windows, without: Windows, *, net: bool = True) -> float:
+    """CPU a delivered message: what the changes cost with the clients less what they cost
+    without, the quiet windows subtracted (`net`) or not (the busy windows alone)."""
+    messages = with_clients.received.messages
+    if messages == 0:
         return float("nan")
-    return (cpu - without[0]) / received.messages * 1e6
+    held = with_clients.quiet - without.quiet if net else 0.0
+    return (with_clients.busy - without.busy - held) / messages * 1e6
 
 
 def main() -> None:
@@ -160,22 +209,33 @@ def main() -> None:
     args = parser.parse_args()
     pin_load_generator()
     print(machine_report())
-    print(f"settings  {args.changes} changes per run, {CHANGE_INTERVAL_SECONDS}s apart")
+    print(
+        f"settings  {args.changes} changes per run, {CHANGE_INTERVAL_SECONDS}s apart;"
+        f" quiet and busy windows of {WINDOW_SECONDS:.0f} s each"
+    )
     for clients in args.clients:
         # The same rota in both runs: only the open dashboards differ.
         reach_idle = asyncio.run(reach_run(clients, args.changes, connect_them=False))
         reach = asyncio.run(reach_run(clients, args.changes, connect_them=True))
-        size = reach[1].total_bytes // max(reach[1].messages, 1)
+        size = reach.received.total_bytes // max(reach.received.messages, 1)
         # The baseline sends the very bytes reach sent (the last queue message, so the
         # largest): the same compression work, a slightly harder task than reach's.
-        payload = reach[1].sample
+        payload = reach.received.sample
         base_idle = asyncio.run(baseline_run(0, args.changes, payload))
         base = asyncio.run(baseline_run(clients, args.changes, payload))
         reach_us, base_us = per_message_us(reach, reach_idle), per_message_us(base, base_idle)
+        gross_reach = per_message_us(reach, reach_idle, net=False)
+        gross_base = per_message_us(base, base_idle, net=False)
         print(
-            f"{clients:>5} dashboards  messages reach {reach[1].messages:>6} baseline {base[1].messages:>6}"
-            f"  ~{size} B each  CPU/message reach {reach_us:8.1f} us  baseline {base_us:6.1f} us"
+            f"{clients:>5} dashboards  messages reach {reach.received.messages:>6}"
+            f" baseline {base.received.messages:>6}  ~{size} B each"
+            f"  CPU/message reach {reach_us:8.1f} us  baseline {base_us:6.1f} us"
             f"  ratio {reach_us / base_us:5.2f}x"
+            f"  | holding {clients} sockets for {WINDOW_SECONDS:.0f} s: reach"
+            f" {(reach.quiet - reach_idle.quiet) * 1e3:.0f} ms, baseline"
+            f" {(base.quiet - base_idle.quiet) * 1e3:.0f} ms"
+            f"  | not subtracted: reach {gross_reach:.1f} us, baseline {gross_base:.1f} us,"
+            f" ratio {gross_reach / gross_base:.2f}x"
         )
 
 
