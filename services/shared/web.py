@@ -25,7 +25,7 @@ from services.shared.request_context import (
     reset_request_id,
     set_request_id,
 )
-from services.shared.ws import CLOSE_TRY_AGAIN_LATER
+from services.shared.ws import CLOSE_TRY_AGAIN_LATER, SOCKET_SEND_SCOPE_KEY
 
 logger = logging.getLogger("reach.web")
 
@@ -90,7 +90,11 @@ class RequestContextMiddleware:
 
         # A socket's frames pass straight through: the id goes on HTTP responses only, and
         # a broadcast to hundreds of dashboards would pay for the wrapper on every frame.
-        passed_on = send_with_id if scope["type"] == "http" else send
+        # For the same reason the server's own `send` is kept for the socket's `Sender`,
+        # below the framework's wrappers (see services.shared.ws).
+        passed_on: Send = send_with_id
+        if scope["type"] != "http":
+            passed_on = scope[SOCKET_SEND_SCOPE_KEY] = send
         try:
             await self.app(scope, receive, passed_on)
         except Exception as exc:

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+from starlette.types import Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.shared.auth import Principal, TokenVerifier
@@ -37,11 +38,27 @@ class MessageTooLarge(Exception):
     pass
 
 
+# Where `RequestContextMiddleware` (outermost in every app) leaves a socket's ASGI `send`
+# as the server gave it.
+SOCKET_SEND_SCOPE_KEY = "reach.socket_send"
+
+
 class Sender:
-    """Sends JSON on one socket, one message at a time, from any task."""
+    """Sends JSON on one socket, one message at a time, from any task.
+
+    Frames go to the server's own ASGI `send` where the app kept it (see
+    `SOCKET_SEND_SCOPE_KEY`), not through Starlette's `WebSocket.send` and the exception
+    middleware's wrapper around it: a queue change goes to every dashboard, and those two
+    layers were about a third of each socket's share of a broadcast beyond the write
+    itself. What they add is not needed here: the socket is accepted before a `Sender` is
+    made, and a send after the app's close is dropped by the server, as Starlette would
+    refuse it. A socket the client has gone from raises `WebSocketDisconnect`, as through
+    Starlette.
+    """
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
+        self._send_frame: Send | None = websocket.scope.get(SOCKET_SEND_SCOPE_KEY)
         self._lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -50,7 +67,13 @@ class Sender:
     async def send_text(self, encoded: str) -> None:
         """Send a message already encoded (one encoding shared by many sockets)."""
         async with self._lock:
-            await self._websocket.send_text(encoded)
+            if self._send_frame is None:
+                await self._websocket.send_text(encoded)
+                return
+            try:
+                await self._send_frame({"type": "websocket.send", "text": encoded})
+            except OSError:  # the server's word for a client that has gone
+                raise WebSocketDisconnect(code=1006) from None
 
     async def error(self, code: str, detail: str) -> None:
         await self.send({"type": "error", "error": code, "detail": detail})
