@@ -17,9 +17,11 @@ apart, the step's own cost shows.
 - a cancellation's offers: read the case's open offers, then close each (before) / close
   them in one statement that returns them (`close_open_offers_of_case`, now); the case
   has one open offer, as a case offered to one consultant at a time has;
-- a commit's wake-ups (PostgreSQL only): the three `pg_notify` calls a new case's
-  hand-over sends, as one select of a call per pair built for the commit (before) / as
-  one statement built once, the pairs as array parameters (`send_notifications`, now);
+- outbox and wake-ups (PostgreSQL only): a commit's four outbox rows and the
+  three `pg_notify` calls of a new case's hand-over, as an insert and then a statement
+  of the notifications, the pairs as array parameters (before) / as one statement, the
+  rows riding in it as a data-modifying `WITH`, each column one array (`write_pending`
+  with `notify_at_commit`, now);
 - a routing look (PostgreSQL only): the routing loop's read of the queue, woken by a
   change, in a transaction of its own (before) / alone, in no transaction (`reads_alone`,
   now); it opens its own session, as the loop does, and counts the BEGIN and COMMIT.
@@ -41,9 +43,9 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Text, bindparam, insert, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from bench.harness import (
     PYTHON,
@@ -63,14 +65,16 @@ from services.consult_router.routing import open_cases_to_route
 from services.shared.clock import ManualClock
 from services.shared.db.base import table_of
 from services.shared.db.engine import create_engine, is_postgres
-from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOffer
+from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOffer, ConsultOutbox
 from services.shared.db.session import (
     SessionMaker,
     create_sessionmaker,
+    insert_at_commit,
+    notify_at_commit,
     reads_alone,
     unit_of_work,
+    write_pending,
 )
-from services.shared.notify import send_notifications
 from services.shared.schemas.cases import CaseSnapshot
 from tests.consult_router.conftest import snapshot
 
@@ -80,6 +84,12 @@ _PLAIN_OFFER_INSERT = insert(table_of(ConsultOffer))
 # What a new case's hand-over wakes at its commit: the consultant offered it, the
 # dashboards' queue, and the router's outbox delivery.
 _WAKE_UPS = [("reach_consultant", "dr-bench"), ("reach_queue", ""), ("reach_outbox", "audit")]
+_OUTBOX_INSERT = insert(table_of(ConsultOutbox))
+# The notifications as they were sent before the outbox's rows rode with them.
+_NOTIFY_ALONE = text(
+    "SELECT pg_notify(pending.channel, pending.key)"
+    " FROM unnest(:channels, :keys) AS pending(channel, key)"
+).bindparams(bindparam("channels", type_=ARRAY(Text)), bindparam("keys", type_=ARRAY(Text)))
 
 
 class Steps:
@@ -141,16 +151,38 @@ class Steps:
             session, row["case_id"], state="withdrawn", reason="cancelled", at=self.closed_at()
         )
 
-    @staticmethod
-    async def notify_call_per_pair(session: AsyncSession, _row: dict[str, Any]) -> None:
-        def send(sync_session: Session) -> None:
-            sync_session.execute(select(*(func.pg_notify(c, k) for c, k in _WAKE_UPS)))
+    def outbox_rows(self, _n: int) -> dict[str, Any]:
+        """A new case's hand-over's outbox: two events, each to triage-api and audit."""
+        now = self.clock.now()
+        rows = []
+        for event_type in ("offer.made", "consult.offered"):
+            document = {"id": str(uuid.uuid4()), "type": event_type, "data": {"n": 1}}
+            rows += [
+                {
+                    "event_id": document["id"],
+                    "event_type": event_type,
+                    "destination": destination,
+                    "payload": document,
+                    "created_at": now,
+                    "next_attempt_at": now,
+                    "attempts": 0,
+                }
+                for destination in ("triage_api", "audit")
+            ]
+        return {"rows": rows}
 
-        await session.run_sync(send)
+    @staticmethod
+    async def outbox_then_wake_ups(session: AsyncSession, row: dict[str, Any]) -> None:
+        await session.execute(_OUTBOX_INSERT, row["rows"])
+        channels, keys = zip(*_WAKE_UPS, strict=True)
+        await session.execute(_NOTIFY_ALONE, {"channels": list(channels), "keys": list(keys)})
 
     @staticmethod
-    async def notify_in_one_statement(session: AsyncSession, _row: dict[str, Any]) -> None:
-        await session.run_sync(send_notifications, _WAKE_UPS)
+    async def outbox_riding_in_wake_ups(session: AsyncSession, row: dict[str, Any]) -> None:
+        await insert_at_commit(session, _OUTBOX_INSERT, row["rows"])
+        for channel, key in _WAKE_UPS:
+            notify_at_commit(session.sync_session, channel, key)
+        await write_pending(session)
 
     async def look_in_a_transaction(self, _session: AsyncSession, _row: dict[str, Any]) -> None:
         async with unit_of_work(self.maker) as session:
@@ -203,8 +235,8 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
         ),
     }  # fmt: skip
     if is_postgres(url):
-        pairs["a commit's wake-ups"] = (
-            ways.offer, None, ways.notify_call_per_pair, ways.notify_in_one_statement
+        pairs["outbox and wake-ups"] = (
+            ways.outbox_rows, None, ways.outbox_then_wake_ups, ways.outbox_riding_in_wake_ups
         )  # fmt: skip
         pairs["a routing look"] = (ways.offer, None, ways.look_in_a_transaction, ways.look_alone)
     results: dict[str, list[float]] = {}
@@ -260,7 +292,7 @@ def main() -> None:
         for name in steps:
             before, now = results[f"{name}, before"], results[f"{name}, now"]
             ratios = [b / n for b, n in zip(before, now, strict=True)]
-            print(f"{backend:<11} {name:<19} before {statistics.median(before):7.1f} us"
+            print(f"{backend:<11} {name:<22} before {statistics.median(before):7.1f} us"
                   f"  now {statistics.median(now):7.1f} us  before / now"
                   f" {statistics.median(ratios):5.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})")  # fmt: skip
         measured.append(backend)

@@ -42,8 +42,12 @@ def label(statement: str) -> str:
     """What a statement does, in two words: `UPDATE consult_case`, `SELECT consult_offer`
     (the table read at the top level, not in a subquery); a claim that marks rows
     delivered (`WITH due AS (...) UPDATE`) is `CLAIM <outbox>`, an insert fed by a `WITH`
-    (a consultant's message, numbered) `WITH INSERT <table>`."""
+    (a consultant's message, numbered) `WITH INSERT <table>`, and the transaction's
+    `pg_notify` `NOTIFY`, with `+ INSERT <table>` for each table whose rows ride in it."""
     top = _top_level(statement)
+    if "pg_notify" in top:  # riders: the rows inserted at the commit, in its `WITH`
+        riders = re.findall(r"\bINSERT INTO\s+(\w+)", statement)
+        return " + ".join(["NOTIFY", *(f"INSERT {table}" for table in riders)])
     if top.startswith("WITH"):
         written = re.search(r"\bUPDATE\s+(\w+)\s+SET\b", top)
         if written:

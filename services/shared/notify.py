@@ -18,17 +18,15 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 import asyncpg
-from sqlalchemy import Text, bindparam, event, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session
 
-from services.shared.db.session import ReachSession, after_commit, transaction_state
+from services.shared.db.session import after_commit, notify_at_commit
 
 logger = logging.getLogger("reach.notify")
 
@@ -193,41 +191,6 @@ class LocalNotifier:
         return None
 
 
-_PENDING = "pg_notify"
-# One statement for any number of notifications, built once: the (channel, key) pairs go
-# as two array parameters. Built per commit as one `pg_notify` call per pair, the
-# statement and its cache key cost more CPU than the round trip (see `bench/RESULTS.md`),
-# and a select list's 1,664 columns capped a batch.
-_NOTIFY_ALL = text(
-    "SELECT pg_notify(pending.channel, pending.key)"
-    " FROM unnest(:channels, :keys) AS pending(channel, key)"
-).bindparams(bindparam("channels", type_=ARRAY(Text)), bindparam("keys", type_=ARRAY(Text)))
-
-
-@event.listens_for(ReachSession, "before_commit")
-def _send_pending(session: Session) -> None:
-    """A transaction's notifications in one statement, each (channel, key) once: a batch
-    of events used to send one `pg_notify` round trip per event, most of them repeats
-    (PostgreSQL folds identical ones within a transaction anyway). Still inside the
-    transaction, so they are delivered at its commit and never for a rollback. A savepoint
-    released is not the commit (SQLAlchemy calls this for it too): they wait; one rolled
-    back keeps them, since a wake-up with nothing new costs a look, and a lost one a poll."""
-    if session.in_nested_transaction():
-        return
-    pending: dict[tuple[str, str], None] = transaction_state(session).pop(_PENDING, {})
-    send_notifications(session, pending)
-
-
-def send_notifications(session: Session, pairs: Collection[tuple[str, str]]) -> None:
-    """`pg_notify` each (channel, key) pair, in one statement however many there are.
-    Synchronous, on the sync session: called from the commit's hook, or through
-    `AsyncSession.run_sync`."""
-    channels = [channel for channel, _ in pairs]
-    if channels:
-        keys = [key for _, key in pairs]
-        session.execute(_NOTIFY_ALL, {"channels": channels, "keys": keys})
-
-
 class PostgresNotifier(LocalNotifier):
     """LISTEN on one dedicated connection per process; NOTIFY inside transactions.
 
@@ -262,9 +225,7 @@ class PostgresNotifier(LocalNotifier):
 
     async def publish(self, session: AsyncSession, channel: str, key: str) -> None:
         # Sent once, just before the commit, with the transaction's other notifications.
-        state = transaction_state(session.sync_session)
-        pending: dict[tuple[str, str], None] = state.setdefault(_PENDING, {})
-        pending[(CHANNEL_PREFIX + channel, key)] = None
+        notify_at_commit(session.sync_session, CHANNEL_PREFIX + channel, key)
         if self._own_backends is not None:
             # This process's subscribers wake at the commit, not a round trip later.
             await super().publish(session, channel, key)

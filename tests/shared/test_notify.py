@@ -4,13 +4,24 @@ PostgreSQL cross from one process's connection to another's (two replicas)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.shared.db.base import table_of
 from services.shared.db.engine import create_engine
-from services.shared.db.session import create_sessionmaker, unit_of_work
+from services.shared.db.models import AuditInbox, ConsultInbox
+from services.shared.db.session import (
+    create_sessionmaker,
+    insert_at_commit,
+    unit_of_work,
+    write_pending,
+)
 from services.shared.notify import ANY_KEY, LocalNotifier, PostgresNotifier
 from tests.support import asyncpg_dsn, eventually, statements_sent
 
@@ -232,3 +243,109 @@ class TestPostgresOwnChanges:
 
 def _notifying(statement: str) -> bool:
     return "pg_notify" in statement
+
+
+def _writing(statement: str) -> bool:
+    return "pg_notify" in statement or "INSERT INTO" in statement
+
+
+_AUDIT_INBOX = insert(table_of(AuditInbox))
+_CONSULT_INBOX = insert(table_of(ConsultInbox))
+
+
+def _inbox_rows(*names: str) -> list[dict[str, object]]:
+    at = datetime(2026, 12, 4, tzinfo=UTC)
+    return [{"event_id": n, "source": "test", "event_type": "t", "received_at": at} for n in names]
+
+
+async def _kept(engine: AsyncEngine) -> set[str]:
+    async with unit_of_work(create_sessionmaker(engine)) as session:
+        audit = (await session.execute(select(AuditInbox.event_id))).scalars()
+        consult = (await session.execute(select(ConsultInbox.event_id))).scalars()
+        return {*audit, *consult}
+
+
+@pytest.mark.postgres
+class TestPostgresNotificationsWithRows:
+    """A transaction's rows to insert at the commit and its notifications share one round
+    trip: the inserts ride in the notifying statement."""
+
+    async def test_rows_for_two_tables_and_the_notifications_go_in_one_statement(
+        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+    ) -> None:
+        writer, reader = two_replicas
+        engine = create_engine(postgres_url)
+        tag = uuid.uuid4().hex[:8]
+        audit, consult = _inbox_rows(f"a1-{tag}", f"a2-{tag}"), _inbox_rows(f"c1-{tag}")
+        try:
+            with statements_sent(engine, _writing) as sent, reader.subscribe("cases") as wake:
+                async with unit_of_work(create_sessionmaker(engine)) as session:
+                    await insert_at_commit(session, _AUDIT_INBOX, audit[:1])
+                    await writer.publish(session, "cases", f"case-{tag}")
+                    await insert_at_commit(session, _CONSULT_INBOX, consult)
+                    await insert_at_commit(session, _AUDIT_INBOX, audit[1:])
+                    assert sent == []  # nothing before the commit
+                assert len(sent) == 1
+                assert "INSERT INTO audit_inbox" in sent[0]
+                assert "INSERT INTO consult_inbox" in sent[0]
+                await eventually(lambda: f"case-{tag}" in wake.keys, timeout=5)
+            assert {f"a1-{tag}", f"a2-{tag}", f"c1-{tag}"} <= await _kept(engine)
+        finally:
+            await engine.dispose()
+
+    async def test_rows_written_sooner_take_the_notifications_so_far_and_a_rollback_both(
+        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+    ) -> None:
+        writer, reader = two_replicas
+        engine = create_engine(postgres_url)
+        maker = create_sessionmaker(engine)
+        tag = uuid.uuid4().hex[:8]
+        try:
+            with statements_sent(engine, _writing) as sent, reader.subscribe("cases") as wake:
+
+                async def written_then_refused() -> None:
+                    async with unit_of_work(maker) as session:
+                        await insert_at_commit(session, _AUDIT_INBOX, _inbox_rows(f"no-{tag}"))
+                        await writer.publish(session, "cases", f"never-{tag}")
+                        await write_pending(session)
+                        raise RuntimeError("the rest of the transaction failed")
+
+                with pytest.raises(RuntimeError):
+                    await written_then_refused()
+                assert len(sent) == 1  # sent, and undone with the transaction
+                sent.clear()
+                async with unit_of_work(maker) as session:
+                    await insert_at_commit(session, _AUDIT_INBOX, _inbox_rows(f"yes-{tag}"))
+                    await writer.publish(session, "cases", f"first-{tag}")
+                    await write_pending(session)
+                    assert len(sent) == 1  # the rows and the notification so far
+                    await writer.publish(session, "cases", f"later-{tag}")
+                assert len(sent) == 2
+                assert "INSERT INTO" not in sent[1]
+                await eventually(lambda: wake.keys >= {f"first-{tag}", f"later-{tag}"}, timeout=5)
+                assert f"never-{tag}" not in wake.drain_keys()
+            kept = await _kept(engine)
+            assert f"yes-{tag}" in kept
+            assert f"no-{tag}" not in kept
+        finally:
+            await engine.dispose()
+
+    async def test_a_large_batch_of_rows_rides_along_and_is_all_kept(
+        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+    ) -> None:
+        # Each column's values go as one array: 2,000 rows are still two parameters per
+        # column, far from the protocol's cap of 32,767 parameters a statement.
+        writer, reader = two_replicas
+        engine = create_engine(postgres_url)
+        tag = uuid.uuid4().hex[:8]
+        names = {f"bulk-{number}-{tag}" for number in range(2_000)}
+        try:
+            with statements_sent(engine, _writing) as sent, reader.subscribe("cases") as wake:
+                async with unit_of_work(create_sessionmaker(engine)) as session:
+                    await insert_at_commit(session, _AUDIT_INBOX, _inbox_rows(*sorted(names)))
+                    await writer.publish(session, "cases", f"bulk-{tag}")
+                assert len(sent) == 1
+                await eventually(lambda: f"bulk-{tag}" in wake.keys, timeout=5)
+            assert names <= await _kept(engine)
+        finally:
+            await engine.dispose()

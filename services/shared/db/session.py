@@ -12,7 +12,9 @@ of local loops and live streams are sent only for changes that really happened.
 `insert_at_commit(session, statement, rows)` writes rows just before the transaction
 commits, every caller's rows for one statement in one: the events a transaction puts in
 its outbox from several places cost one round trip, not one each (`write_pending` writes
-them earlier, where a failure must be caught).
+them earlier, where a failure must be caught). `notify_at_commit(session, channel, key)`
+is PostgreSQL's `pg_notify` in the transaction: the transaction's notifications go in one
+statement, with its rows to insert where there are any (a round trip fewer a commit).
 
 `undoable(session)` marks a part of a transaction whose failure must undo only itself: a
 savepoint. A savepoint costs two round trips (SAVEPOINT, RELEASE) and is almost never
@@ -31,7 +33,8 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import Insert, event
+from sqlalchemy import Executable, Insert, Text, bindparam, event, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -41,6 +44,7 @@ _REQUEST_SESSION = "reach_session"
 _TRANSACTION = "reach_transaction"
 _AFTER_COMMIT = "after_commit"
 _AT_COMMIT = "insert_at_commit"
+_NOTIFICATIONS = "pg_notify"
 _SAVEPOINT_MARKS = "savepoint_marks"
 _WITHOUT_SAVEPOINTS = "without_savepoints"
 
@@ -82,22 +86,103 @@ def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
 
 
 @event.listens_for(ReachSession, "before_commit")
-def _insert_pending(session: Session) -> None:
-    """The rows given to `insert_at_commit` and not yet written. Inside the transaction,
-    so they commit with it. A savepoint released is not the commit (SQLAlchemy calls this
-    for it too): they wait."""
+def _write_at_commit(session: Session) -> None:
+    """The rows given to `insert_at_commit` and not yet written, and the notifications.
+    Inside the transaction, so they commit with it (and PostgreSQL delivers notifications
+    only at the commit, never for a rollback). A savepoint released is not the commit
+    (SQLAlchemy calls this for it too): they wait."""
     if session.in_nested_transaction():
         return
-    _write(session, transaction_state(session).pop(_AT_COMMIT, []))
+    _write(session, *_take_pending(session))
 
 
-def _write(session: Session, pending: list[tuple[Insert, list[dict[str, Any]]]]) -> None:
-    """Each statement's rows in one multi-row insert, in the order they were given."""
+_Pending = tuple[list[tuple[Insert, list[dict[str, Any]]]], dict[tuple[str, str], None]]
+
+
+def _take_pending(session: Session) -> _Pending:
+    state = transaction_state(session)
+    return state.pop(_AT_COMMIT, []), state.pop(_NOTIFICATIONS, {})
+
+
+# The notifications of a transaction, in one statement however many: the (channel, key)
+# pairs go as two array parameters, so the statement is built once. (Built per commit as
+# one `pg_notify` call per pair, the statement and its cache key cost more CPU than the
+# round trip, see `bench/RESULTS.md`, and a select list's 1,664 columns capped a batch.)
+_PAIRS = (
+    func.unnest(bindparam("channels", type_=ARRAY(Text)), bindparam("keys", type_=ARRAY(Text)))
+    .table_valued("channel", "key")
+    .render_derived(name="pending")
+)
+_NOTIFY_ALL = select(func.pg_notify(_PAIRS.c.channel, _PAIRS.c.key))
+
+
+def _write(
+    session: Session,
+    pending: list[tuple[Insert, list[dict[str, Any]]]],
+    notifications: dict[tuple[str, str], None],
+) -> None:
+    """Each statement's rows in one multi-row insert, in the order they were given; then
+    the notifications. On PostgreSQL, with notifications to send, the inserts ride in the
+    notifying statement as data-modifying `WITH` clauses (which PostgreSQL runs whether or
+    not the query reads them), each column's values as one array: one round trip for all,
+    and one statement, built and prepared once, whatever the rows."""
     together: dict[Insert, list[dict[str, Any]]] = {}
     for statement, rows in pending:
         together.setdefault(statement, []).extend(rows)
+    if notifications and all(_uniform(rows) for rows in together.values()):
+        parameters = _notified_pairs(notifications)
+        shapes = tuple((statement, tuple(rows[0])) for statement, rows in together.items())
+        for number, (statement, columns) in enumerate(shapes):
+            rows = together[statement]
+            for column in columns:
+                parameters[f"w{number}_{column}"] = [row[column] for row in rows]
+        session.execute(_notifying_with(shapes), parameters)
+        return
     for statement, rows in together.items():
         session.execute(statement, rows)
+    if notifications:
+        session.execute(_NOTIFY_ALL, _notified_pairs(notifications))
+
+
+def _notified_pairs(notifications: dict[tuple[str, str], None]) -> dict[str, Any]:
+    return {
+        "channels": [channel for channel, _ in notifications],
+        "keys": [key for _, key in notifications],
+    }
+
+
+def _uniform(rows: list[dict[str, Any]]) -> bool:
+    """Whether every row gives the same columns (one array a column needs it)."""
+    columns = rows[0].keys()
+    return all(row.keys() == columns for row in rows)
+
+
+_Shapes = tuple[tuple[Insert, tuple[str, ...]], ...]
+# The notifying statements with inserts riding in them, by the inserts and their
+# columns: a handful in a served process (its outboxes'), each built once.
+_RIDDEN: dict[_Shapes, Executable] = {}
+_RIDDEN_KEPT = 64  # more only where apps are built again and again (tests): start afresh
+
+
+def _notifying_with(shapes: _Shapes) -> Executable:
+    if not shapes:
+        return _NOTIFY_ALL
+    built = _RIDDEN.get(shapes)
+    if built is None:
+        ctes = []
+        for number, (statement, columns) in enumerate(shapes):
+            table = statement.table
+            arrays = [
+                bindparam(f"w{number}_{column}", type_=ARRAY(table.c[column].type))
+                for column in columns
+            ]
+            unnested = func.unnest(*arrays).table_valued(*columns).render_derived()
+            insert_rows = statement.from_select(list(columns), select(*unnested.c))
+            ctes.append(insert_rows.cte(f"written_{number}"))
+        if len(_RIDDEN) >= _RIDDEN_KEPT:
+            _RIDDEN.clear()
+        built = _RIDDEN[shapes] = _NOTIFY_ALL.add_cte(*ctes)
+    return built
 
 
 @event.listens_for(ReachSession, "after_commit")
@@ -144,17 +229,27 @@ async def insert_at_commit(
     transaction_state(session.sync_session).setdefault(_AT_COMMIT, []).append((statement, rows))
 
 
+def notify_at_commit(session: Session, channel: str, key: str) -> None:
+    """PostgreSQL's `pg_notify(channel, key)` in this session's transaction, delivered as
+    it commits and never for a rollback; each pair once (PostgreSQL folds repeats within a
+    transaction anyway). Sent with the rows to insert at the commit, or by `write_pending`
+    with its rows. A savepoint rolled back keeps them: a wake-up with nothing new costs a
+    look, a lost one a poll."""
+    transaction_state(session).setdefault(_NOTIFICATIONS, {})[(channel, key)] = None
+
+
 async def write_pending(session: AsyncSession) -> None:
     """Write now the rows given to `insert_at_commit` so far, so that a failure to write
-    them is raised here, where the caller can tell it from the rest of the transaction's.
-    Inside a savepoint they wait for the commit (a savepoint rolled back must take its
-    rows with it, which it can only do while they are unwritten)."""
+    them is raised here, where the caller can tell it from the rest of the transaction's;
+    the notifications so far go with them (later ones at the commit). Inside a savepoint
+    they wait for the commit (a savepoint rolled back must take its rows with it, which
+    it can only do while they are unwritten)."""
     sync = session.sync_session
     if sync.in_nested_transaction():
         return
-    pending = transaction_state(sync).pop(_AT_COMMIT, [])
-    if pending:
-        await session.run_sync(_write, pending)
+    pending, notifications = _take_pending(sync)
+    if pending or notifications:
+        await session.run_sync(_write, pending, notifications)
 
 
 class RetryWithSavepoints(Exception):
