@@ -11,11 +11,13 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 from sqlalchemy import insert, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.shared.clock import ManualClock
 from services.shared.db.base import table_of
 from services.shared.db.engine import create_engine
-from services.shared.db.models import AuditInbox, ConsultInbox
+from services.shared.db.models import AuditInbox, ConsultInbox, ConsultOutbox
 from services.shared.db.session import (
     create_sessionmaker,
     insert_at_commit,
@@ -23,6 +25,7 @@ from services.shared.db.session import (
     write_pending,
 )
 from services.shared.notify import ANY_KEY, LocalNotifier, PostgresNotifier
+from services.shared.outbox.writer import Outbox
 from tests.support import asyncpg_dsn, eventually, statements_sent
 
 
@@ -312,13 +315,16 @@ class TestPostgresNotificationsWithRows:
 
                 with pytest.raises(RuntimeError):
                     await written_then_refused()
-                assert len(sent) == 1  # sent, and undone with the transaction
+                assert len(sent) == 1  # sent together, and undone with the transaction
+                assert "pg_notify" in sent[0]
+                assert "INSERT INTO audit_inbox" in sent[0]
                 sent.clear()
                 async with unit_of_work(maker) as session:
                     await insert_at_commit(session, _AUDIT_INBOX, _inbox_rows(f"yes-{tag}"))
                     await writer.publish(session, "cases", f"first-{tag}")
                     await write_pending(session)
                     assert len(sent) == 1  # the rows and the notification so far
+                    assert "pg_notify" in sent[0]
                     await writer.publish(session, "cases", f"later-{tag}")
                 assert len(sent) == 2
                 assert "INSERT INTO" not in sent[1]
@@ -333,7 +339,7 @@ class TestPostgresNotificationsWithRows:
     async def test_a_large_batch_of_rows_rides_along_and_is_all_kept(
         self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
     ) -> None:
-        # Each column's values go as one array: 2,000 rows are still two parameters per
+        # Each column's values go as one array: 2,000 rows are still one parameter a
         # column, far from the protocol's cap of 32,767 parameters a statement.
         writer, reader = two_replicas
         engine = create_engine(postgres_url)
@@ -347,5 +353,83 @@ class TestPostgresNotificationsWithRows:
                 assert len(sent) == 1
                 await eventually(lambda: f"bulk-{tag}" in wake.keys, timeout=5)
             assert names <= await _kept(engine)
+        finally:
+            await engine.dispose()
+
+    async def test_an_outbox_rides_as_written_apart_would_write_it(
+        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+    ) -> None:
+        """Every column as given (a JSON document, an aware time, the attempts), the ids in
+        the order the events were given, and a value too long refused, not cut short."""
+        writer, reader = two_replicas
+        engine = create_engine(postgres_url)
+        maker = create_sessionmaker(engine)
+        clock = ManualClock()
+        outbox = Outbox(service="bench", model=ConsultOutbox, notifier=writer, clock=clock)
+        tag = uuid.uuid4().hex[:8]
+        documents = [
+            {"id": f"{tag}-{n}", "type": "case.submitted", "data": {"n": n, "note": None}}
+            for n in range(5)
+        ]
+        try:
+            with statements_sent(engine, _writing) as sent, reader.subscribe("bench_outbox"):
+                async with unit_of_work(maker) as session:
+                    await outbox.enqueue_documents(
+                        session, [(d, ["triage_api", "audit"]) for d in documents]
+                    )
+                assert len(sent) == 1
+            async with unit_of_work(maker) as session:
+                written = (
+                    await session.execute(
+                        select(ConsultOutbox)
+                        .where(ConsultOutbox.event_id.startswith(tag))
+                        .order_by(ConsultOutbox.id)
+                    )
+                ).scalars()
+                seen = [
+                    (r.event_id, r.destination, r.payload, r.created_at, r.attempts)
+                    for r in written
+                ]
+            assert seen == [
+                (d["id"], destination, d, clock.now(), 0)
+                for d in documents
+                for destination in ("triage_api", "audit")
+            ]
+
+            async def too_long() -> None:
+                async with unit_of_work(maker) as session:
+                    long_id = {"id": "x" * 65, "type": "case.submitted", "data": {}}
+                    await outbox.enqueue_documents(session, [(long_id, ["audit"])])
+
+            with pytest.raises(DBAPIError, match="too long"):
+                await too_long()
+        finally:
+            await engine.dispose()
+
+    async def test_two_inserts_into_one_table_keep_their_order(
+        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+    ) -> None:
+        # PostgreSQL runs a query's `WITH` inserts in no set order: these go apart.
+        writer, _ = two_replicas
+        engine = create_engine(postgres_url)
+        maker = create_sessionmaker(engine)
+        outbox = Outbox(service="a", model=ConsultOutbox, notifier=writer, clock=ManualClock())
+        other = Outbox(service="b", model=ConsultOutbox, notifier=writer, clock=ManualClock())
+        tag = uuid.uuid4().hex[:8]
+        try:
+            async with unit_of_work(maker) as session:
+                for n, writing in enumerate((outbox, other, outbox)):
+                    document = {"id": f"{tag}-{n}", "type": "case.submitted", "data": {}}
+                    await writing.enqueue_documents(session, [(document, ["audit"])])
+            async with unit_of_work(maker) as session:
+                ids = (
+                    await session.execute(
+                        select(ConsultOutbox.event_id)
+                        .where(ConsultOutbox.event_id.startswith(tag))
+                        .order_by(ConsultOutbox.id)
+                    )
+                ).scalars()
+                # Each statement's rows together, in the order each statement came first.
+                assert list(ids) == [f"{tag}-0", f"{tag}-2", f"{tag}-1"]
         finally:
             await engine.dispose()

@@ -33,7 +33,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import Executable, Insert, Text, bindparam, event, func, select
+from sqlalchemy import Executable, Insert, String, Text, bindparam, event, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
@@ -129,9 +129,9 @@ def _write(
     together: dict[Insert, list[dict[str, Any]]] = {}
     for statement, rows in pending:
         together.setdefault(statement, []).extend(rows)
-    if notifications and all(_uniform(rows) for rows in together.values()):
+    shapes = tuple((statement, tuple(rows[0])) for statement, rows in together.items())
+    if notifications and _can_ride(shapes, together):
         parameters = _notified_pairs(notifications)
-        shapes = tuple((statement, tuple(rows[0])) for statement, rows in together.items())
         for number, (statement, columns) in enumerate(shapes):
             rows = together[statement]
             for column in columns:
@@ -144,6 +144,12 @@ def _write(
         session.execute(_NOTIFY_ALL, _notified_pairs(notifications))
 
 
+def _element_type(column: Any) -> Any:
+    """An array element's type for `column`: a string without its length, since a cast to
+    `varchar(n)` cuts a longer value short where the insert's own would refuse it."""
+    return Text() if isinstance(column.type, String) else column.type
+
+
 def _notified_pairs(notifications: dict[tuple[str, str], None]) -> dict[str, Any]:
     return {
         "channels": [channel for channel, _ in notifications],
@@ -151,10 +157,25 @@ def _notified_pairs(notifications: dict[tuple[str, str], None]) -> dict[str, Any
     }
 
 
-def _uniform(rows: list[dict[str, Any]]) -> bool:
-    """Whether every row gives the same columns (one array a column needs it)."""
-    columns = rows[0].keys()
-    return all(row.keys() == columns for row in rows)
+def _can_ride(
+    shapes: tuple[tuple[Insert, tuple[str, ...]], ...],
+    together: dict[Insert, list[dict[str, Any]]],
+) -> bool:
+    """Whether the rows can ride as arrays, keeping what inserting them apart would do:
+    every row of a statement gives the same columns, and every column with a default
+    computed here (once a row); one statement a table, since PostgreSQL runs a query's
+    `WITH` inserts in no set order (an outbox's ids follow the order rows are given)."""
+    tables = [statement.table for statement, _ in shapes]
+    if len(set(tables)) < len(tables):
+        return False
+    for statement, columns in shapes:
+        rows = together[statement]
+        if any(row.keys() != rows[0].keys() for row in rows):
+            return False
+        defaulted = {c.name for c in statement.table.c if c.default is not None}
+        if not defaulted <= set(columns):
+            return False
+    return True
 
 
 _Shapes = tuple[tuple[Insert, tuple[str, ...]], ...]
@@ -173,11 +194,18 @@ def _notifying_with(shapes: _Shapes) -> Executable:
         for number, (statement, columns) in enumerate(shapes):
             table = statement.table
             arrays = [
-                bindparam(f"w{number}_{column}", type_=ARRAY(table.c[column].type))
+                bindparam(f"w{number}_{column}", type_=ARRAY(_element_type(table.c[column])))
                 for column in columns
             ]
-            unnested = func.unnest(*arrays).table_valued(*columns).render_derived()
-            insert_rows = statement.from_select(list(columns), select(*unnested.c))
+            unnested = (
+                func.unnest(*arrays)
+                .table_valued(*columns, with_ordinality="position")
+                .render_derived()
+            )
+            rows_in_order = select(*(unnested.c[column] for column in columns)).order_by(
+                unnested.c.position
+            )
+            insert_rows = statement.from_select(list(columns), rows_in_order)
             ctes.append(insert_rows.cte(f"written_{number}"))
         if len(_RIDDEN) >= _RIDDEN_KEPT:
             _RIDDEN.clear()
@@ -247,9 +275,10 @@ async def write_pending(session: AsyncSession) -> None:
     sync = session.sync_session
     if sync.in_nested_transaction():
         return
-    pending, notifications = _take_pending(sync)
-    if pending or notifications:
-        await session.run_sync(_write, pending, notifications)
+    state = transaction_state(sync)
+    pending = state.pop(_AT_COMMIT, [])
+    if pending:  # with no rows, the notifications wait for the commit's one statement
+        await session.run_sync(_write, pending, state.pop(_NOTIFICATIONS, {}))
 
 
 class RetryWithSavepoints(Exception):
