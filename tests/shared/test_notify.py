@@ -268,101 +268,95 @@ async def _kept(engine: AsyncEngine) -> set[str]:
         return {*audit, *consult}
 
 
+@pytest.fixture
+async def engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(postgres_url)
+    yield engine
+    await engine.dispose()
+
+
 @pytest.mark.postgres
 class TestPostgresNotificationsWithRows:
     """A transaction's rows to insert at the commit and its notifications share one round
     trip: the inserts ride in the notifying statement."""
 
     async def test_rows_for_two_tables_and_the_notifications_go_in_one_statement(
-        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+        self, engine: AsyncEngine, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
     ) -> None:
         writer, reader = two_replicas
-        engine = create_engine(postgres_url)
         tag = uuid.uuid4().hex[:8]
         audit, consult = _inbox_rows(f"a1-{tag}", f"a2-{tag}"), _inbox_rows(f"c1-{tag}")
-        try:
-            with statements_sent(engine, _writing) as sent, reader.subscribe("cases") as wake:
-                async with unit_of_work(create_sessionmaker(engine)) as session:
-                    await insert_at_commit(session, _AUDIT_INBOX, audit[:1])
-                    await writer.publish(session, "cases", f"case-{tag}")
-                    await insert_at_commit(session, _CONSULT_INBOX, consult)
-                    await insert_at_commit(session, _AUDIT_INBOX, audit[1:])
-                    assert sent == []  # nothing before the commit
-                assert len(sent) == 1
-                assert "INSERT INTO audit_inbox" in sent[0]
-                assert "INSERT INTO consult_inbox" in sent[0]
-                await eventually(lambda: f"case-{tag}" in wake.keys, timeout=5)
-            assert {f"a1-{tag}", f"a2-{tag}", f"c1-{tag}"} <= await _kept(engine)
-        finally:
-            await engine.dispose()
+        with statements_sent(engine, _writing) as sent, reader.subscribe("cases") as wake:
+            async with unit_of_work(create_sessionmaker(engine)) as session:
+                await insert_at_commit(session, _AUDIT_INBOX, audit[:1])
+                await writer.publish(session, "cases", f"case-{tag}")
+                await insert_at_commit(session, _CONSULT_INBOX, consult)
+                await insert_at_commit(session, _AUDIT_INBOX, audit[1:])
+                assert sent == []  # nothing before the commit
+            assert len(sent) == 1
+            assert "INSERT INTO audit_inbox" in sent[0]
+            assert "INSERT INTO consult_inbox" in sent[0]
+            await eventually(lambda: f"case-{tag}" in wake.keys, timeout=5)
+        assert {f"a1-{tag}", f"a2-{tag}", f"c1-{tag}"} <= await _kept(engine)
 
     async def test_rows_written_sooner_take_the_notifications_so_far_and_a_rollback_both(
-        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+        self, engine: AsyncEngine, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
     ) -> None:
         writer, reader = two_replicas
-        engine = create_engine(postgres_url)
         maker = create_sessionmaker(engine)
         tag = uuid.uuid4().hex[:8]
-        try:
-            with statements_sent(engine, _writing) as sent, reader.subscribe("cases") as wake:
+        with statements_sent(engine, _writing) as sent, reader.subscribe("cases") as wake:
 
-                async def written_then_refused() -> None:
-                    async with unit_of_work(maker) as session:
-                        await insert_at_commit(session, _AUDIT_INBOX, _inbox_rows(f"no-{tag}"))
-                        await writer.publish(session, "cases", f"never-{tag}")
-                        await write_pending(session)
-                        raise RuntimeError("the rest of the transaction failed")
-
-                with pytest.raises(RuntimeError):
-                    await written_then_refused()
-                assert len(sent) == 1  # sent together, and undone with the transaction
-                assert "pg_notify" in sent[0]
-                assert "INSERT INTO audit_inbox" in sent[0]
-                sent.clear()
+            async def written_then_refused() -> None:
                 async with unit_of_work(maker) as session:
-                    await insert_at_commit(session, _AUDIT_INBOX, _inbox_rows(f"yes-{tag}"))
-                    await writer.publish(session, "cases", f"first-{tag}")
+                    await insert_at_commit(session, _AUDIT_INBOX, _inbox_rows(f"no-{tag}"))
+                    await writer.publish(session, "cases", f"never-{tag}")
                     await write_pending(session)
-                    assert len(sent) == 1  # the rows and the notification so far
-                    assert "pg_notify" in sent[0]
-                    await writer.publish(session, "cases", f"later-{tag}")
-                assert len(sent) == 2
-                assert "INSERT INTO" not in sent[1]
-                await eventually(lambda: wake.keys >= {f"first-{tag}", f"later-{tag}"}, timeout=5)
-                assert f"never-{tag}" not in wake.drain_keys()
-            kept = await _kept(engine)
-            assert f"yes-{tag}" in kept
-            assert f"no-{tag}" not in kept
-        finally:
-            await engine.dispose()
+                    raise RuntimeError("the rest of the transaction failed")
+
+            with pytest.raises(RuntimeError):
+                await written_then_refused()
+            assert len(sent) == 1  # sent together, and undone with the transaction
+            assert "pg_notify" in sent[0]
+            assert "INSERT INTO audit_inbox" in sent[0]
+            sent.clear()
+            async with unit_of_work(maker) as session:
+                await insert_at_commit(session, _AUDIT_INBOX, _inbox_rows(f"yes-{tag}"))
+                await writer.publish(session, "cases", f"first-{tag}")
+                await write_pending(session)
+                assert len(sent) == 1  # the rows and the notification so far
+                assert "pg_notify" in sent[0]
+                await writer.publish(session, "cases", f"later-{tag}")
+            assert len(sent) == 2
+            assert "INSERT INTO" not in sent[1]
+            await eventually(lambda: wake.keys >= {f"first-{tag}", f"later-{tag}"}, timeout=5)
+            assert f"never-{tag}" not in wake.drain_keys()
+        kept = await _kept(engine)
+        assert f"yes-{tag}" in kept
+        assert f"no-{tag}" not in kept
 
     async def test_a_large_batch_of_rows_rides_along_and_is_all_kept(
-        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+        self, engine: AsyncEngine, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
     ) -> None:
         # Each column's values go as one array: 2,000 rows are still one parameter a
         # column, far from the protocol's cap of 32,767 parameters a statement.
         writer, reader = two_replicas
-        engine = create_engine(postgres_url)
         tag = uuid.uuid4().hex[:8]
         names = {f"bulk-{number}-{tag}" for number in range(2_000)}
-        try:
-            with statements_sent(engine, _writing) as sent, reader.subscribe("cases") as wake:
-                async with unit_of_work(create_sessionmaker(engine)) as session:
-                    await insert_at_commit(session, _AUDIT_INBOX, _inbox_rows(*sorted(names)))
-                    await writer.publish(session, "cases", f"bulk-{tag}")
-                assert len(sent) == 1
-                await eventually(lambda: f"bulk-{tag}" in wake.keys, timeout=5)
-            assert names <= await _kept(engine)
-        finally:
-            await engine.dispose()
+        with statements_sent(engine, _writing) as sent, reader.subscribe("cases") as wake:
+            async with unit_of_work(create_sessionmaker(engine)) as session:
+                await insert_at_commit(session, _AUDIT_INBOX, _inbox_rows(*sorted(names)))
+                await writer.publish(session, "cases", f"bulk-{tag}")
+            assert len(sent) == 1
+            await eventually(lambda: f"bulk-{tag}" in wake.keys, timeout=5)
+        assert names <= await _kept(engine)
 
     async def test_an_outbox_rides_as_written_apart_would_write_it(
-        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+        self, engine: AsyncEngine, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
     ) -> None:
         """Every column as given (a JSON document, an aware time, the attempts), the ids in
         the order the events were given, and a value too long refused, not cut short."""
         writer, reader = two_replicas
-        engine = create_engine(postgres_url)
         maker = create_sessionmaker(engine)
         clock = ManualClock()
         outbox = Outbox(service="bench", model=ConsultOutbox, notifier=writer, clock=clock)
@@ -371,65 +365,57 @@ class TestPostgresNotificationsWithRows:
             {"id": f"{tag}-{n}", "type": "case.submitted", "data": {"n": n, "note": None}}
             for n in range(5)
         ]
-        try:
-            with statements_sent(engine, _writing) as sent, reader.subscribe("bench_outbox"):
-                async with unit_of_work(maker) as session:
-                    await outbox.enqueue_documents(
-                        session, [(d, ["triage_api", "audit"]) for d in documents]
-                    )
-                assert len(sent) == 1
+        with statements_sent(engine, _writing) as sent, reader.subscribe("bench_outbox"):
             async with unit_of_work(maker) as session:
-                written = (
-                    await session.execute(
-                        select(ConsultOutbox)
-                        .where(ConsultOutbox.event_id.startswith(tag))
-                        .order_by(ConsultOutbox.id)
-                    )
-                ).scalars()
-                seen = [
-                    (r.event_id, r.destination, r.payload, r.created_at, r.attempts)
-                    for r in written
-                ]
-            assert seen == [
-                (d["id"], destination, d, clock.now(), 0)
-                for d in documents
-                for destination in ("triage_api", "audit")
+                await outbox.enqueue_documents(
+                    session, [(d, ["triage_api", "audit"]) for d in documents]
+                )
+            assert len(sent) == 1
+        async with unit_of_work(maker) as session:
+            written = (
+                await session.execute(
+                    select(ConsultOutbox)
+                    .where(ConsultOutbox.event_id.startswith(tag))
+                    .order_by(ConsultOutbox.id)
+                )
+            ).scalars()
+            seen = [
+                (r.event_id, r.destination, r.payload, r.created_at, r.attempts) for r in written
             ]
+        assert seen == [
+            (d["id"], destination, d, clock.now(), 0)
+            for d in documents
+            for destination in ("triage_api", "audit")
+        ]
 
-            async def too_long() -> None:
-                async with unit_of_work(maker) as session:
-                    long_id = {"id": "x" * 65, "type": "case.submitted", "data": {}}
-                    await outbox.enqueue_documents(session, [(long_id, ["audit"])])
+        async def too_long() -> None:
+            async with unit_of_work(maker) as session:
+                long_id = {"id": "x" * 65, "type": "case.submitted", "data": {}}
+                await outbox.enqueue_documents(session, [(long_id, ["audit"])])
 
-            with pytest.raises(DBAPIError, match="too long"):
-                await too_long()
-        finally:
-            await engine.dispose()
+        with pytest.raises(DBAPIError, match="too long"):
+            await too_long()
 
     async def test_two_inserts_into_one_table_keep_their_order(
-        self, postgres_url: str, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
+        self, engine: AsyncEngine, two_replicas: tuple[PostgresNotifier, PostgresNotifier]
     ) -> None:
         # PostgreSQL runs a query's `WITH` inserts in no set order: these go apart.
         writer, _ = two_replicas
-        engine = create_engine(postgres_url)
         maker = create_sessionmaker(engine)
         outbox = Outbox(service="a", model=ConsultOutbox, notifier=writer, clock=ManualClock())
         other = Outbox(service="b", model=ConsultOutbox, notifier=writer, clock=ManualClock())
         tag = uuid.uuid4().hex[:8]
-        try:
-            async with unit_of_work(maker) as session:
-                for n, writing in enumerate((outbox, other, outbox)):
-                    document = {"id": f"{tag}-{n}", "type": "case.submitted", "data": {}}
-                    await writing.enqueue_documents(session, [(document, ["audit"])])
-            async with unit_of_work(maker) as session:
-                ids = (
-                    await session.execute(
-                        select(ConsultOutbox.event_id)
-                        .where(ConsultOutbox.event_id.startswith(tag))
-                        .order_by(ConsultOutbox.id)
-                    )
-                ).scalars()
-                # Each statement's rows together, in the order each statement came first.
-                assert list(ids) == [f"{tag}-0", f"{tag}-2", f"{tag}-1"]
-        finally:
-            await engine.dispose()
+        async with unit_of_work(maker) as session:
+            for n, writing in enumerate((outbox, other, outbox)):
+                document = {"id": f"{tag}-{n}", "type": "case.submitted", "data": {}}
+                await writing.enqueue_documents(session, [(document, ["audit"])])
+        async with unit_of_work(maker) as session:
+            ids = (
+                await session.execute(
+                    select(ConsultOutbox.event_id)
+                    .where(ConsultOutbox.event_id.startswith(tag))
+                    .order_by(ConsultOutbox.id)
+                )
+            ).scalars()
+            # Each statement's rows together, in the order each statement came first.
+            assert list(ids) == [f"{tag}-0", f"{tag}-2", f"{tag}-1"]

@@ -93,15 +93,8 @@ def _write_at_commit(session: Session) -> None:
     (SQLAlchemy calls this for it too): they wait."""
     if session.in_nested_transaction():
         return
-    _write(session, *_take_pending(session))
-
-
-_Pending = tuple[list[tuple[Insert, list[dict[str, Any]]]], dict[tuple[str, str], None]]
-
-
-def _take_pending(session: Session) -> _Pending:
     state = transaction_state(session)
-    return state.pop(_AT_COMMIT, []), state.pop(_NOTIFICATIONS, {})
+    _write(session, state.pop(_AT_COMMIT, []), state.pop(_NOTIFICATIONS, {}))
 
 
 # The notifications of a transaction, in one statement however many: the (channel, key)
@@ -129,25 +122,24 @@ def _write(
     together: dict[Insert, list[dict[str, Any]]] = {}
     for statement, rows in pending:
         together.setdefault(statement, []).extend(rows)
-    shapes = tuple((statement, tuple(rows[0])) for statement, rows in together.items())
-    if notifications and _can_ride(shapes, together):
-        parameters = _notified_pairs(notifications)
-        for number, (statement, columns) in enumerate(shapes):
-            rows = together[statement]
-            for column in columns:
-                parameters[f"w{number}_{column}"] = [row[column] for row in rows]
-        session.execute(_notifying_with(shapes), parameters)
-        return
+    if notifications:
+        shapes = tuple((statement, tuple(rows[0])) for statement, rows in together.items())
+        riding = _notifying_with(shapes)
+        # Each statement's rows must give the same columns to go as one array a column.
+        if riding is not None and all(
+            row.keys() == rows[0].keys() for rows in together.values() for row in rows
+        ):
+            parameters = _notified_pairs(notifications)
+            for number, (statement, columns) in enumerate(shapes):
+                rows = together[statement]
+                for column in columns:
+                    parameters[f"w{number}_{column}"] = [row[column] for row in rows]
+            session.execute(riding, parameters)
+            return
     for statement, rows in together.items():
         session.execute(statement, rows)
     if notifications:
         session.execute(_NOTIFY_ALL, _notified_pairs(notifications))
-
-
-def _element_type(column: Any) -> Any:
-    """An array element's type for `column`: a string without its length, since a cast to
-    `varchar(n)` cuts a longer value short where the insert's own would refuse it."""
-    return Text() if isinstance(column.type, String) else column.type
 
 
 def _notified_pairs(notifications: dict[tuple[str, str], None]) -> dict[str, Any]:
@@ -157,60 +149,62 @@ def _notified_pairs(notifications: dict[tuple[str, str], None]) -> dict[str, Any
     }
 
 
-def _can_ride(
-    shapes: tuple[tuple[Insert, tuple[str, ...]], ...],
-    together: dict[Insert, list[dict[str, Any]]],
-) -> bool:
-    """Whether the rows can ride as arrays, keeping what inserting them apart would do:
-    every row of a statement gives the same columns, and every column with a default
-    computed here (once a row); one statement a table, since PostgreSQL runs a query's
-    `WITH` inserts in no set order (an outbox's ids follow the order rows are given)."""
-    tables = [statement.table for statement, _ in shapes]
-    if len(set(tables)) < len(tables):
-        return False
-    for statement, columns in shapes:
-        rows = together[statement]
-        if any(row.keys() != rows[0].keys() for row in rows):
-            return False
-        defaulted = {c.name for c in statement.table.c if c.default is not None}
-        if not defaulted <= set(columns):
-            return False
-    return True
-
-
 _Shapes = tuple[tuple[Insert, tuple[str, ...]], ...]
-# The notifying statements with inserts riding in them, by the inserts and their
-# columns: a handful in a served process (its outboxes'), each built once.
-_RIDDEN: dict[_Shapes, Executable] = {}
+# The notifying statement for each shape of inserts riding in it (each insert and the
+# columns its rows give), or None where they cannot ride: a handful in a served process
+# (its outboxes'), each built once.
+_RIDDEN: dict[_Shapes, Executable | None] = {}
 _RIDDEN_KEPT = 64  # more only where apps are built again and again (tests): start afresh
 
 
-def _notifying_with(shapes: _Shapes) -> Executable:
+def _notifying_with(shapes: _Shapes) -> Executable | None:
     if not shapes:
         return _NOTIFY_ALL
-    built = _RIDDEN.get(shapes)
-    if built is None:
-        ctes = []
-        for number, (statement, columns) in enumerate(shapes):
-            table = statement.table
-            arrays = [
-                bindparam(f"w{number}_{column}", type_=ARRAY(_element_type(table.c[column])))
-                for column in columns
-            ]
-            unnested = (
-                func.unnest(*arrays)
-                .table_valued(*columns, with_ordinality="position")
-                .render_derived()
-            )
-            rows_in_order = select(*(unnested.c[column] for column in columns)).order_by(
-                unnested.c.position
-            )
-            insert_rows = statement.from_select(list(columns), rows_in_order)
-            ctes.append(insert_rows.cte(f"written_{number}"))
+    if shapes not in _RIDDEN:
         if len(_RIDDEN) >= _RIDDEN_KEPT:
             _RIDDEN.clear()
-        built = _RIDDEN[shapes] = _NOTIFY_ALL.add_cte(*ctes)
-    return built
+        _RIDDEN[shapes] = _build_riding(shapes) if _can_ride(shapes) else None
+    return _RIDDEN[shapes]
+
+
+def _can_ride(shapes: _Shapes) -> bool:
+    """Whether the inserts can ride and write what inserting them apart would: every
+    column with a default computed here (once a row) is given, and one insert a table,
+    since PostgreSQL runs a query's `WITH` inserts in no set order (an outbox's ids follow
+    the order rows are given)."""
+    tables = [statement.table for statement, _ in shapes]
+    if len(set(tables)) < len(tables):
+        return False
+    return all(
+        {c.name for c in statement.table.c if c.default is not None} <= set(columns)
+        for statement, columns in shapes
+    )
+
+
+def _build_riding(shapes: _Shapes) -> Executable:
+    """The notifying statement with each insert as a data-modifying `WITH`, its rows from
+    one array a column, kept in the order given."""
+    ctes = []
+    for number, (statement, columns) in enumerate(shapes):
+        table = statement.table
+        arrays = [
+            bindparam(f"w{number}_{column}", type_=ARRAY(_element_type(table.c[column])))
+            for column in columns
+        ]
+        unnested = (
+            func.unnest(*arrays).table_valued(*columns, with_ordinality="position").render_derived()
+        )
+        rows_in_order = select(*(unnested.c[column] for column in columns)).order_by(
+            unnested.c.position
+        )
+        ctes.append(statement.from_select(list(columns), rows_in_order).cte(f"written_{number}"))
+    return _NOTIFY_ALL.add_cte(*ctes)
+
+
+def _element_type(column: Any) -> Any:
+    """An array element's type for `column`: a string without its length, since a cast to
+    `varchar(n)` cuts a longer value short where the insert's own would refuse it."""
+    return Text() if isinstance(column.type, String) else column.type
 
 
 @event.listens_for(ReachSession, "after_commit")
