@@ -33,10 +33,12 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import Executable, Insert, String, Text, bindparam, event, func, select
+from sqlalchemy import Executable, Insert, Text, bindparam, event, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
+
+from services.shared.db.arrays import array_parameters, can_go_as_arrays, rows_from_arrays
 
 logger = logging.getLogger("reach.db")
 
@@ -123,17 +125,11 @@ def _write(
     for statement, rows in pending:
         together.setdefault(statement, []).extend(rows)
     if notifications:
-        shapes = tuple((statement, tuple(rows[0])) for statement, rows in together.items())
-        riding = _notifying_with(shapes)
-        # Each statement's rows must give the same columns to go as one array a column.
-        if riding is not None and all(
-            row.keys() == rows[0].keys() for rows in together.values() for row in rows
-        ):
+        riding = _notifying_with(tuple(together.items()))
+        if riding is not None:
             parameters = _notified_pairs(notifications)
-            for number, (statement, columns) in enumerate(shapes):
-                rows = together[statement]
-                for column in columns:
-                    parameters[f"w{number}_{column}"] = [row[column] for row in rows]
+            for number, rows in enumerate(together.values()):
+                parameters.update(array_parameters(rows, tuple(rows[0]), prefix=f"w{number}_"))
             session.execute(riding, parameters)
             return
     for statement, rows in together.items():
@@ -151,60 +147,40 @@ def _notified_pairs(notifications: dict[tuple[str, str], None]) -> dict[str, Any
 
 _Shapes = tuple[tuple[Insert, tuple[str, ...]], ...]
 # The notifying statement for each shape of inserts riding in it (each insert and the
-# columns its rows give), or None where they cannot ride: a handful in a served process
-# (its outboxes'), each built once.
-_RIDDEN: dict[_Shapes, Executable | None] = {}
+# columns its rows give): a handful in a served process (its outboxes'), each built once.
+_RIDDEN: dict[_Shapes, Executable] = {}
 _RIDDEN_KEPT = 64  # more only where apps are built again and again (tests): start afresh
 
 
-def _notifying_with(shapes: _Shapes) -> Executable | None:
-    if not shapes:
+def _notifying_with(inserts: tuple[tuple[Insert, list[dict[str, Any]]], ...]) -> Executable | None:
+    """The notifying statement with these inserts riding in it, or None where they cannot
+    ride and write what inserting them apart would: their rows cannot go as arrays
+    (`can_go_as_arrays`), or two insert into one table (PostgreSQL runs a query's `WITH`
+    inserts in no set order, and an outbox's ids follow the order rows are given)."""
+    if not inserts:
         return _NOTIFY_ALL
+    tables = [statement.table for statement, _ in inserts]
+    if len(set(tables)) < len(tables) or not all(
+        can_go_as_arrays(statement.table, rows) for statement, rows in inserts
+    ):
+        return None
+    shapes = tuple((statement, tuple(rows[0])) for statement, rows in inserts)
     if shapes not in _RIDDEN:
         if len(_RIDDEN) >= _RIDDEN_KEPT:
             _RIDDEN.clear()
-        _RIDDEN[shapes] = _build_riding(shapes) if _can_ride(shapes) else None
+        _RIDDEN[shapes] = _build_riding(shapes)
     return _RIDDEN[shapes]
 
 
-def _can_ride(shapes: _Shapes) -> bool:
-    """Whether the inserts can ride and write what inserting them apart would: every
-    column with a default computed here (once a row) is given, and one insert a table,
-    since PostgreSQL runs a query's `WITH` inserts in no set order (an outbox's ids follow
-    the order rows are given)."""
-    tables = [statement.table for statement, _ in shapes]
-    if len(set(tables)) < len(tables):
-        return False
-    return all(
-        {c.name for c in statement.table.c if c.default is not None} <= set(columns)
-        for statement, columns in shapes
-    )
-
-
 def _build_riding(shapes: _Shapes) -> Executable:
-    """The notifying statement with each insert as a data-modifying `WITH`, its rows from
-    one array a column, kept in the order given."""
-    ctes = []
-    for number, (statement, columns) in enumerate(shapes):
-        table = statement.table
-        arrays = [
-            bindparam(f"w{number}_{column}", type_=ARRAY(_element_type(table.c[column])))
-            for column in columns
-        ]
-        unnested = (
-            func.unnest(*arrays).table_valued(*columns, with_ordinality="position").render_derived()
-        )
-        rows_in_order = select(*(unnested.c[column] for column in columns)).order_by(
-            unnested.c.position
-        )
-        ctes.append(statement.from_select(list(columns), rows_in_order).cte(f"written_{number}"))
+    """The notifying statement with each insert as a data-modifying `WITH`."""
+    ctes = [
+        statement.from_select(
+            list(columns), rows_from_arrays(statement.table, columns, prefix=f"w{number}_")
+        ).cte(f"written_{number}")
+        for number, (statement, columns) in enumerate(shapes)
+    ]
     return _NOTIFY_ALL.add_cte(*ctes)
-
-
-def _element_type(column: Any) -> Any:
-    """An array element's type for `column`: a string without its length, since a cast to
-    `varchar(n)` cuts a longer value short where the insert's own would refuse it."""
-    return Text() if isinstance(column.type, String) else column.type
 
 
 @event.listens_for(ReachSession, "after_commit")

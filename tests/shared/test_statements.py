@@ -1,0 +1,146 @@
+"""Inserting many rows unless their keys are taken, on SQLite and on PostgreSQL; on
+PostgreSQL as one array a column, one statement whatever the number of rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.shared.db.engine import create_engine
+from services.shared.db.models import TriageCase
+from services.shared.db.session import create_sessionmaker, unit_of_work
+from services.shared.db.statements import insert_many_if_absent
+from tests.support import statements_sent, truncate_all
+
+AT = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+def case_row(reference: str, **overrides: Any) -> dict[str, Any]:
+    """A whole case row, with every kind of column a case has, defaults given."""
+    case_id = str(uuid.uuid4())
+    row: dict[str, Any] = {
+        "id": case_id, "reference": reference, "paramedic_id": "crew-ne23",
+        "paramedic_name": "Crew NE23", "idempotency_key": f"key-{case_id}",
+        "request_fingerprint": "f" * 64, "status": "queued", "priority": 2,
+        "call_category": "C2", "cad_reference": "CAD-123456", "callsign": "NE23",
+        "location_lat": 51.5194, "location_lon": None, "age_years": 82, "sex": "female",
+        "nhs_number": None, "presenting_complaint": "fall", "requested_specialty": "frailty",
+        "handover_format": "ATMIST", "handover_text": None, "proposed_disposition": "home",
+        "reported_risk_flags": ["cannot_walk"], "risk_flags": ["cannot_walk", "low_spo2"],
+        "observations": {"pulse": 95, "temperature": 38.2, "on_oxygen": False},
+        "news2": None, "assigned_consultant_id": None, "assigned_consultant_name": None,
+        "advice": None, "cancel_reason": None, "advice_followed": None,
+        "not_followed_reason": None, "created_at": AT, "updated_at": AT, "version": 1,
+        "router_version": 0, "event_seq": 0,
+    }  # fmt: skip
+    row.update(overrides)
+    return row
+
+
+async def insert(engine: AsyncEngine, rows: list[dict[str, Any]]) -> set[Any]:
+    async with unit_of_work(create_sessionmaker(engine)) as session:
+        return await insert_many_if_absent(session, TriageCase, rows, returning="id")
+
+
+async def stored(engine: AsyncEngine) -> dict[str, TriageCase]:
+    async with unit_of_work(create_sessionmaker(engine)) as session:
+        cases = (await session.execute(select(TriageCase))).scalars()
+        return {case.id: case for case in cases}
+
+
+def _inserting_cases(statement: str) -> bool:
+    return statement.lstrip().startswith("INSERT INTO triage_case ")
+
+
+class TestInsertManyIfAbsent:
+    async def test_rows_whose_keys_are_taken_are_skipped_and_the_rest_returned(
+        self, engine: AsyncEngine
+    ) -> None:
+        taken = case_row("R-TAKN-01")
+        await insert(engine, [taken])
+        first, again, later, fresh = (
+            case_row("R-FRST-01"),
+            case_row("R-TAKN-01"),  # the reference an earlier batch took
+            case_row("R-FRST-01"),  # the reference an earlier row of this batch takes
+            case_row("R-FRSH-01"),
+        )
+        inserted = await insert(engine, [first, again, later, fresh])
+        assert inserted == {first["id"], fresh["id"]}
+        assert set(await stored(engine)) == {taken["id"], first["id"], fresh["id"]}
+
+    async def test_every_column_reads_back_as_given(self, engine: AsyncEngine) -> None:
+        given = [
+            case_row("R-RDBK-01"),
+            case_row(
+                "R-RDBK-02", risk_flags=[], news2={"score": 5, "subscores": {"pulse": 1}},
+                location_lon=-0.059, advice_followed=True, handover_text="Fell at home",
+            ),
+        ]  # fmt: skip
+        await insert(engine, given)
+        cases = await stored(engine)
+        for row in given:
+            case = cases[row["id"]]
+            assert {column: getattr(case, column) for column in row} == row
+
+
+@pytest.fixture
+async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    await truncate_all(postgres_url)
+    engine = create_engine(postgres_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.mark.postgres
+class TestInsertManyIfAbsentAsArrays:
+    """On PostgreSQL the rows go as one array a column where that writes what a list of
+    values would."""
+
+    async def test_one_statement_whatever_the_number_of_rows(
+        self, postgres_engine: AsyncEngine
+    ) -> None:
+        engine = postgres_engine
+        with statements_sent(engine, _inserting_cases) as sent:
+            for size in (1, 3, 7):
+                rows = [case_row(f"R-SIZE-{size}{n}") for n in range(size)]
+                assert await insert(engine, rows) == {row["id"] for row in rows}
+        assert len(sent) == 3
+        assert len(set(sent)) == 1
+        assert "unnest" in sent[0]
+        assert len(await stored(engine)) == 11
+
+    async def test_a_value_too_long_is_refused_not_cut_short(
+        self, postgres_engine: AsyncEngine
+    ) -> None:
+        # SQLite keeps a string of any length; PostgreSQL refuses one longer than its column.
+        rows = [case_row("R-LONG-01"), case_row("R-TOO-LONG-FOR-ITS-COLUMN")]
+        with pytest.raises(DBAPIError, match="too long"):
+            await insert(postgres_engine, rows)
+        assert await stored(postgres_engine) == {}
+
+    async def test_rows_leaving_a_default_to_be_computed_go_as_values(
+        self, postgres_engine: AsyncEngine
+    ) -> None:
+        engine = postgres_engine
+        rows = [case_row(f"R-DFLT-0{n}") for n in range(2)]
+        for row in rows:
+            del row["version"]  # its default is SQLAlchemy's to fill in, not the database's
+        with statements_sent(engine, _inserting_cases) as sent:
+            await insert(engine, rows)
+        assert len(sent) == 1
+        assert "unnest" not in sent[0]
+        assert [case.version for case in (await stored(engine)).values()] == [1, 1]
