@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.base import table_of
 from services.shared.db.models import TriageCase, TriageCaseEvent, TriageObservation
+from services.shared.db.session import insert_at_commit
 from services.shared.db.statements import insert_if_absent, insert_many_if_absent
 
 # Built once: every change to a case reads it this way first (building a statement and
@@ -75,11 +76,14 @@ async def insert_cases_if_new(session: AsyncSession, rows: list[dict[str, Any]])
 async def insert_first_rows(
     session: AsyncSession, *, observations: list[dict[str, Any]], events: list[dict[str, Any]]
 ) -> None:
-    """New cases' first observation sets and the first events of their streams."""
+    """New cases' first observation sets and the first events of their streams, written at
+    the commit: nothing in the transaction reads them back, and on PostgreSQL they ride
+    with the cases' outbox rows in the statement that wakes the delivery lanes (one round
+    trip, and one statement executed, for a batch, where each row was one of each)."""
     if observations:
-        await session.execute(_INSERT_OBSERVATIONS, observations)
+        await insert_at_commit(session, _INSERT_OBSERVATIONS, observations)
     if events:
-        await session.execute(_INSERT_EVENTS, events)
+        await insert_at_commit(session, _INSERT_EVENTS, events)
 
 
 async def append_event(

@@ -10,7 +10,12 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, func, select
 
-from services.shared.db.models import TriageCase, TriageObservation, TriageOutbox
+from services.shared.db.models import (
+    TriageCase,
+    TriageCaseEvent,
+    TriageObservation,
+    TriageOutbox,
+)
 from services.shared.db.session import unit_of_work
 from services.shared.domain.reference import REFERENCE_PATTERN
 from services.shared.resources import Resources
@@ -20,7 +25,7 @@ from tests.factories import (
     case_body,
     idempotency_key,
 )
-from tests.support import auth, eventually
+from tests.support import auth, eventually, statements_sent
 
 CREW = auth("paramedic", "crew-ne23")
 OTHER_CREW = auth("paramedic", "crew-ne99")
@@ -140,6 +145,13 @@ class TestSubmit:
         assert resources.registry.get_sample_value("reach_cases_submitted_total", labels) == 2
 
 
+def _writes_first_rows(statement: str) -> bool:
+    return (
+        "INSERT INTO triage_observation" in statement
+        or "INSERT INTO triage_case_event" in statement
+    )
+
+
 class TestSubmittedTogether:
     """Submissions that arrive together are written in one transaction; each must come out
     exactly as if it had been alone."""
@@ -173,6 +185,57 @@ class TestSubmittedTogether:
         again = await submit(http, bodies[3], key=keys[3])
         assert again.status_code == 200
         assert again.json()["id"] == cases[3]["id"]
+
+    async def test_a_burst_s_first_rows_ride_with_its_outbox_and_read_back_as_given(
+        self, http: httpx.AsyncClient, resources: Resources
+    ) -> None:
+        """Each case's first observation set and stream event are written at the commit:
+        on PostgreSQL inside the statement that writes the outbox and wakes its delivery,
+        on SQLite with the outbox's insert. Either way they read back as given, a partial
+        set's missing score (`news2: null`) stored as the case row stores it."""
+        partial = {k: v for k, v in case_body()["observations"].items() if k != "temperature"}
+        bodies = [case_body(), case_body(observations=partial), case_body(observations=None)] * 3
+        with statements_sent(resources.engine, _writes_first_rows) as writes:
+            responses = await asyncio.gather(*(submit(http, body) for body in bodies))
+        assert [r.status_code for r in responses] == [201] * 9
+        cases = {r.json()["id"]: r.json() for r in responses}
+        alone = [s for s in writes if s.lstrip().startswith("INSERT INTO triage_")]
+        if resources.engine.dialect.name == "postgresql":
+            assert alone == []
+            assert writes
+            assert all("pg_notify" in s and "INSERT INTO triage_outbox" in s for s in writes)
+        else:
+            assert alone
+        async with unit_of_work(resources.sessionmaker) as session:
+            observed = (
+                await session.execute(
+                    select(
+                        TriageObservation.case_id,
+                        TriageObservation.values,
+                        TriageObservation.news2,
+                        TriageObservation.news2.is_(None),
+                        TriageCase.news2.is_(None),
+                    ).join(TriageCase, TriageCase.id == TriageObservation.case_id)
+                )
+            ).all()
+            streams = (
+                await session.execute(select(TriageCaseEvent).order_by(TriageCaseEvent.case_id))
+            ).scalars()
+            firsts = [(e.case_id, e.seq, e.type, e.data) for e in streams]
+        assert len(observed) == 6
+        for case_id, values, news2, stored_null, case_stored_null in observed:
+            case = cases[case_id]
+            assert {k: v for k, v in values.items() if v is not None and k != "taken_at"} == {
+                k: v for k, v in case["observations"].items() if v is not None and k != "taken_at"
+            }
+            assert news2 == case["news2"]
+            assert stored_null == case_stored_null
+        assert sum(news2 is None for _, _, news2, _, _ in observed) == 3
+        assert firsts == sorted(
+            (case_id, 1, "queued", {"status": "queued", "priority": case["priority"],
+                                    "news2": case["news2"]})
+            for case_id, case in cases.items()
+        )  # fmt: skip
 
     async def test_a_burst_mixing_new_cases_and_a_reused_key(
         self, http: httpx.AsyncClient, resources: Resources
