@@ -3,7 +3,9 @@ way it was written before, in one process, on SQLite and on PostgreSQL: the two 
 turns, a few hundred times each per round, so a drift in the machine's speed falls on
 both. Each figure is the process's CPU (user and system) for the statements alone (the
 transaction begun, and the rows built, off the clock), in microseconds a step; the ratio
-is before / now (above 1: now is cheaper).
+is before / now (above 1: now is cheaper). On PostgreSQL served from this machine, beside
+it: the database server's CPU for the same statements (the time its backend process spent
+on a CPU, from /proc), which is a share of the same machine.
 
 Why beside the whole-process benchmarks: a step or two fewer on a case's path is a few
 per cent of its CPU, and on a shared VM the whole process's CPU moves more than that from
@@ -22,6 +24,10 @@ apart, the step's own cost shows.
   of the notifications, the pairs as array parameters (before) / as one statement, the
   rows riding in it as a data-modifying `WITH`, each column one array (`write_pending`
   with `notify_at_commit`, now);
+- a batch's first rows (PostgreSQL only): what a group commit of four new cases writes
+  after the cases: each case's first observation set and stream event, and its two
+  outbox rows with their wake-up, as an insert of each row (before) / riding with the
+  outbox rows in the notifying statement (`insert_first_rows`, now);
 - a routing look (PostgreSQL only): the routing loop's read of the queue, woken by a
   change, in a transaction of its own (before) / alone, in no transaction (`reads_alone`,
   now); it opens its own session, as the loop does, and counts the BEGIN and COMMIT.
@@ -40,6 +46,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -65,7 +72,16 @@ from services.consult_router.routing import open_cases_to_route
 from services.shared.clock import ManualClock
 from services.shared.db.base import table_of
 from services.shared.db.engine import create_engine, is_postgres
-from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOffer, ConsultOutbox
+from services.shared.db.models import (
+    ConsultCase,
+    ConsultConsultant,
+    ConsultOffer,
+    ConsultOutbox,
+    TriageCase,
+    TriageCaseEvent,
+    TriageObservation,
+    TriageOutbox,
+)
 from services.shared.db.session import (
     SessionMaker,
     create_sessionmaker,
@@ -76,8 +92,10 @@ from services.shared.db.session import (
     write_pending,
 )
 from services.shared.schemas.cases import CaseSnapshot
+from services.triage_api import repository as triage_repo
 from tests.consult_router.conftest import snapshot
 
+DATABASE = "[database]"  # a result's label for the database server's CPU
 Step = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 # The offer as it was written before the unique index: a plain insert.
 _PLAIN_OFFER_INSERT = insert(table_of(ConsultOffer))
@@ -85,6 +103,19 @@ _PLAIN_OFFER_INSERT = insert(table_of(ConsultOffer))
 # dashboards' queue, and the router's outbox delivery.
 _WAKE_UPS = [("reach_consultant", "dr-bench"), ("reach_queue", ""), ("reach_outbox", "audit")]
 _OUTBOX_INSERT = insert(table_of(ConsultOutbox))
+_TRIAGE_OUTBOX_INSERT = insert(table_of(TriageOutbox))
+# New cases' first rows as they were written before they rode with the outbox.
+_OBSERVATION_INSERT = insert(table_of(TriageObservation))
+_CASE_EVENT_INSERT = insert(table_of(TriageCaseEvent))
+OBSERVATIONS = {
+    "respiration_rate": 22, "spo2": 95, "spo2_scale": 1, "on_oxygen": False,
+    "systolic_bp": 115, "pulse": 95, "consciousness": "A", "temperature": 38.2,
+}  # fmt: skip
+NEWS2 = {
+    "score": 5, "risk": "medium", "red_flag": False, "scale": 1,
+    "subscores": {"respiration_rate": 2, "spo2": 1, "air_or_oxygen": 0, "systolic_bp": 1,
+                  "pulse": 1, "consciousness": 0, "temperature": 1},
+}  # fmt: skip
 # The notifications as they were sent before the outbox's rows rode with them.
 _NOTIFY_ALONE = text(
     "SELECT pg_notify(pending.channel, pending.key)"
@@ -100,6 +131,8 @@ class Steps:
         settings = SimpleNamespace(escalate_after_seconds=600)
         self.ctx = cast(RouterContext, SimpleNamespace(clock=self.clock, settings=settings))
         self.cases: list[str] = []
+        self.triage_cases: list[str] = []
+        self.event_seq = 1
         self.maker = maker
 
     def new_case(self, _n: int) -> dict[str, Any]:
@@ -184,6 +217,50 @@ class Steps:
             notify_at_commit(session.sync_session, channel, key)
         await write_pending(session)
 
+    def first_rows(self, n: int) -> dict[str, Any]:
+        """A batch of four new cases' first rows, as the group commit writes them after the
+        cases: observation set, stream event (a seq of its own each step) and outbox."""
+        now = self.clock.now()
+        self.event_seq += 1  # each step's events follow the last, whichever way wrote it
+        observations, events, outbox = [], [], []
+        for case_id in self.triage_cases:
+            observations.append({
+                "case_id": case_id, "recorded_at": now, "recorded_by": "crew-bench",
+                "values": {**OBSERVATIONS, "taken_at": now.isoformat()}, "news2": NEWS2,
+            })  # fmt: skip
+            events.append({
+                "case_id": case_id, "seq": self.event_seq, "type": "queued", "at": now,
+                "data": {"status": "queued", "priority": 2, "news2": NEWS2},
+            })  # fmt: skip
+            document = {"id": str(uuid.uuid4()), "type": "case.submitted", "data": {"n": n}}
+            outbox += [
+                {"event_id": document["id"], "event_type": "case.submitted",
+                 "destination": destination, "payload": document, "created_at": now,
+                 "next_attempt_at": now, "attempts": 0}
+                for destination in ("consult_router", "audit")
+            ]  # fmt: skip
+        return {"observations": observations, "events": events, "outbox": outbox}
+
+    @staticmethod
+    async def first_rows_each_inserted(session: AsyncSession, row: dict[str, Any]) -> None:
+        await session.execute(_OBSERVATION_INSERT, row["observations"])
+        await session.execute(_CASE_EVENT_INSERT, row["events"])
+        await Steps._triage_outbox_riding(session, row["outbox"])
+
+    @staticmethod
+    async def first_rows_riding(session: AsyncSession, row: dict[str, Any]) -> None:
+        await triage_repo.insert_first_rows(
+            session, observations=row["observations"], events=row["events"]
+        )
+        await Steps._triage_outbox_riding(session, row["outbox"])
+
+    @staticmethod
+    async def _triage_outbox_riding(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        await insert_at_commit(session, _TRIAGE_OUTBOX_INSERT, rows)
+        for destination in ("consult_router", "audit"):
+            notify_at_commit(session.sync_session, "reach_outbox_triage_api", destination)
+        await write_pending(session)
+
     async def look_in_a_transaction(self, _session: AsyncSession, _row: dict[str, Any]) -> None:
         async with unit_of_work(self.maker) as session:
             await open_cases_to_route(session)
@@ -202,6 +279,44 @@ class Steps:
         rows = [self.new_case(n) for n in range(20)]
         await case_repo.insert_cases(session, rows)
         self.cases = [str(row["id"]) for row in rows]
+        self.triage_cases = [str(uuid.uuid4()) for _ in range(4)]
+        session.add_all(
+            TriageCase(
+                id=case_id, reference=f"R-BNCH-{n:02d}", paramedic_id="crew-bench",
+                paramedic_name="Crew Bench", idempotency_key=case_id, request_fingerprint="f",
+                status="queued", priority=2, call_category="C2", cad_reference="CAD-1",
+                callsign="NE23", sex="female", presenting_complaint="fall",
+                requested_specialty="frailty", reported_risk_flags=[], risk_flags=[],
+                observations=OBSERVATIONS, news2=NEWS2, created_at=now, updated_at=now,
+            )
+            for n, case_id in enumerate(self.triage_cases)
+        )  # fmt: skip
+
+
+async def _backend_pid(session: AsyncSession, url: str) -> int | None:
+    """The PostgreSQL backend process serving `session`, if it runs on this machine."""
+    if not is_postgres(url):
+        return None
+    pid = int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+    return pid if _is_postgres_here(pid) else None
+
+
+def _is_postgres_here(pid: int) -> bool:
+    """Whether `pid` is a PostgreSQL process of this machine (not another machine's pid)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres")
+    except OSError:
+        return False
+
+
+def _cpu(pid: int | None) -> float:
+    """Seconds process `pid` has spent on a CPU (nanoseconds in /proc); 0 for none."""
+    if pid is None:
+        return 0.0
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 async def _close_offers_and_cases(session: AsyncSession) -> None:
@@ -238,6 +353,9 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
         pairs["outbox and wake-ups"] = (
             ways.outbox_rows, None, ways.outbox_then_wake_ups, ways.outbox_riding_in_wake_ups
         )  # fmt: skip
+        pairs["a batch's first rows"] = (
+            ways.first_rows, None, ways.first_rows_each_inserted, ways.first_rows_riding
+        )  # fmt: skip
         pairs["a routing look"] = (ways.offer, None, ways.look_in_a_transaction, ways.look_alone)
     results: dict[str, list[float]] = {}
     try:
@@ -246,22 +364,36 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
         for round_number in range(rounds + 1):  # the first round warms up, and is not kept
             for name, (prepare, setup, before, now) in pairs.items():
                 for label, step in ((f"{name}, before", before), (f"{name}, now", now)):
-                    spent = 0.0
+                    spent = database = 0.0
                     for n in range(steps):
                         row = prepare(n)
                         async with unit_of_work(maker) as session:
                             await session.connection()  # begun off the clock
+                            backend = await _backend_pid(session, url)
                             if setup is not None:
                                 await setup(session, row)
-                            started = time.process_time()
+                            started, database_started = time.process_time(), _cpu(backend)
                             await step(session, row)
                             spent += time.process_time() - started
+                            database += _cpu(backend) - database_started
                             await _close_offers_and_cases(session)
                     if round_number:
                         results.setdefault(label, []).append(spent / steps * 1e6)
+                        results.setdefault(f"{label} {DATABASE}", []).append(database / steps * 1e6)
     finally:
         await engine.dispose()
     return results
+
+
+def _compared(results: dict[str, list[float]], name: str, part: str) -> str:
+    suffix = f" {part}" if part else ""
+    before, now = results[f"{name}, before{suffix}"], results[f"{name}, now{suffix}"]
+    ratios = [b / max(n, 1e-9) for b, n in zip(before, now, strict=True)]
+    return (
+        f"before {statistics.median(before):7.1f} us  now {statistics.median(now):7.1f} us"
+        f"  before / now {statistics.median(ratios):5.2f}x"
+        f" (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 def main() -> None:
@@ -290,11 +422,11 @@ def main() -> None:
         results: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
         steps = [name.removesuffix(", before") for name in results if name.endswith(", before")]
         for name in steps:
-            before, now = results[f"{name}, before"], results[f"{name}, now"]
-            ratios = [b / n for b, n in zip(before, now, strict=True)]
-            print(f"{backend:<11} {name:<22} before {statistics.median(before):7.1f} us"
-                  f"  now {statistics.median(now):7.1f} us  before / now"
-                  f" {statistics.median(ratios):5.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f})")  # fmt: skip
+            print(f"{backend:<11} {name:<22} {_compared(results, name, '')}")
+            if backend == "postgresql" and any(results[f"{name}, now {DATABASE}"]):
+                print(
+                    f"{'':<11} {'  the database server':<22} {_compared(results, name, DATABASE)}"
+                )
         measured.append(backend)
     if "postgresql" not in measured:
         fail("PostgreSQL is needed for the second half")
