@@ -7,10 +7,18 @@ import secrets
 
 # Crockford-style: no I, L, O or U, which are misheard or misread as 1, 0 or V.
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_HEAD_LENGTH = 4
+_TAILS = 100  # two digits
+_REFERENCES = len(_ALPHABET) ** _HEAD_LENGTH * _TAILS
 REFERENCE_PATTERN = re.compile(r"^R-[0-9A-HJKMNP-TV-Z]{4}-\d{2}$")
 
 
 def new_case_reference() -> str:
-    head = "".join(secrets.choice(_ALPHABET) for _ in range(4))
-    tail = f"{secrets.randbelow(100):02d}"
-    return f"R-{head}-{tail}"
+    """One of the 104,857,600 references, each as likely: one draw from the system's
+    randomness, spelt out, where a draw a character read it five times a case."""
+    number, tail = divmod(secrets.randbelow(_REFERENCES), _TAILS)
+    head = ""
+    for _ in range(_HEAD_LENGTH):
+        number, digit = divmod(number, len(_ALPHABET))
+        head += _ALPHABET[digit]
+    return f"R-{head}-{tail:02d}"
