@@ -28,6 +28,11 @@ apart, the step's own cost shows.
   after the cases: each case's first observation set and stream event, and its two
   outbox rows with their wake-up, as an insert of each row (before) / riding with the
   outbox rows in the notifying statement (`insert_first_rows`, now);
+- a batch of new cases (PostgreSQL only): a group commit's cases, one to eight a batch
+  as arrivals make them, inserted unless their keys are taken, as one array a column
+  (tried: one statement text whatever the size, `services/shared/db/arrays.py`) / as a
+  multi-row `VALUES`, a text for each size of batch (`insert_cases_if_new`, now); the
+  arrays were the dearer, and were not kept;
 - a routing look (PostgreSQL only): the routing loop's read of the queue, woken by a
   change, in a transaction of its own (before) / alone, in no transaction (`reads_alone`,
   now); it opens its own session, as the loop does, and counts the BEGIN and COMMIT.
@@ -51,6 +56,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from sqlalchemy import Text, bindparam, insert, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -70,6 +76,7 @@ from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.routing import open_cases_to_route
 from services.shared.clock import ManualClock
+from services.shared.db.arrays import array_parameters, rows_from_arrays
 from services.shared.db.base import table_of
 from services.shared.db.engine import create_engine, is_postgres
 from services.shared.db.models import (
@@ -91,6 +98,7 @@ from services.shared.db.session import (
     unit_of_work,
     write_pending,
 )
+from services.shared.domain.reference import new_case_reference
 from services.shared.schemas.cases import CaseSnapshot
 from services.triage_api import repository as triage_repo
 from tests.consult_router.conftest import snapshot
@@ -116,6 +124,14 @@ NEWS2 = {
     "subscores": {"respiration_rate": 2, "spo2": 1, "air_or_oxygen": 0, "systolic_bp": 1,
                   "pulse": 1, "consciousness": 0, "temperature": 1},
 }  # fmt: skip
+# New cases inserted unless taken, their rows as arrays: tried, and dearer than `VALUES`.
+_CASE_COLUMNS = tuple(column.name for column in table_of(TriageCase).c)
+_CASES_AS_ARRAYS = (
+    postgresql.insert(table_of(TriageCase))
+    .from_select(list(_CASE_COLUMNS), rows_from_arrays(table_of(TriageCase), _CASE_COLUMNS))
+    .on_conflict_do_nothing()
+    .returning(TriageCase.id)
+)
 # The notifications as they were sent before the outbox's rows rode with them.
 _NOTIFY_ALONE = text(
     "SELECT pg_notify(pending.channel, pending.key)"
@@ -261,6 +277,38 @@ class Steps:
             notify_at_commit(session.sync_session, "reach_outbox_triage_api", destination)
         await write_pending(session)
 
+    def triage_cases_batch(self, n: int) -> dict[str, Any]:
+        """One to eight new cases, the size moving from step to step as a group commit's."""
+        now = self.clock.now()
+        rows = []
+        for _ in range(n % 8 + 1):
+            case_id = str(uuid.uuid4())
+            rows.append({
+                "id": case_id, "reference": new_case_reference(), "paramedic_id": "crew-bench",
+                "paramedic_name": "Crew Bench", "idempotency_key": case_id,
+                "request_fingerprint": "f", "status": "queued", "priority": 2,
+                "call_category": "C2", "cad_reference": "CAD-1", "callsign": "NE23",
+                "location_lat": None, "location_lon": None, "age_years": 81, "sex": "female",
+                "nhs_number": None, "presenting_complaint": "fall",
+                "requested_specialty": "frailty", "handover_format": None,
+                "handover_text": None, "proposed_disposition": None,
+                "reported_risk_flags": [], "risk_flags": [], "observations": OBSERVATIONS,
+                "news2": NEWS2, "created_at": now, "updated_at": now, "version": 1,
+                "router_version": 0, "event_seq": 1, "assigned_consultant_id": None,
+                "assigned_consultant_name": None, "advice": None, "cancel_reason": None,
+                "advice_followed": None, "not_followed_reason": None,
+            })  # fmt: skip
+        return {"rows": rows}
+
+    @staticmethod
+    async def cases_as_arrays(session: AsyncSession, row: dict[str, Any]) -> None:
+        parameters = array_parameters(row["rows"], _CASE_COLUMNS)
+        await session.execute(_CASES_AS_ARRAYS, parameters)
+
+    @staticmethod
+    async def cases_as_values(session: AsyncSession, row: dict[str, Any]) -> None:
+        await triage_repo.insert_cases_if_new(session, row["rows"])
+
     async def look_in_a_transaction(self, _session: AsyncSession, _row: dict[str, Any]) -> None:
         async with unit_of_work(self.maker) as session:
             await open_cases_to_route(session)
@@ -355,6 +403,9 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
         )  # fmt: skip
         pairs["a batch's first rows"] = (
             ways.first_rows, None, ways.first_rows_each_inserted, ways.first_rows_riding
+        )  # fmt: skip
+        pairs["a batch of new cases"] = (
+            ways.triage_cases_batch, None, ways.cases_as_arrays, ways.cases_as_values
         )  # fmt: skip
         pairs["a routing look"] = (ways.offer, None, ways.look_in_a_transaction, ways.look_alone)
     results: dict[str, list[float]] = {}

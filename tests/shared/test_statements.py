@@ -1,5 +1,4 @@
-"""Inserting many rows unless their keys are taken, on SQLite and on PostgreSQL; on
-PostgreSQL as one array a column, one statement whatever the number of rows."""
+"""Inserting many rows unless their keys are taken, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from services.shared.db.engine import create_engine
 from services.shared.db.models import TriageCase
 from services.shared.db.session import create_sessionmaker, unit_of_work
 from services.shared.db.statements import insert_many_if_absent
-from tests.support import statements_sent, truncate_all
+from tests.support import truncate_all
 
 AT = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
 
@@ -62,10 +61,6 @@ async def stored(engine: AsyncEngine) -> dict[str, TriageCase]:
         return {case.id: case for case in cases}
 
 
-def _inserting_cases(statement: str) -> bool:
-    return statement.lstrip().startswith("INSERT INTO triage_case ")
-
-
 class TestInsertManyIfAbsent:
     async def test_rows_whose_keys_are_taken_are_skipped_and_the_rest_returned(
         self, engine: AsyncEngine
@@ -81,6 +76,15 @@ class TestInsertManyIfAbsent:
         inserted = await insert(engine, [first, again, later, fresh])
         assert inserted == {first["id"], fresh["id"]}
         assert set(await stored(engine)) == {taken["id"], first["id"], fresh["id"]}
+
+    async def test_rows_leaving_a_default_to_be_computed_are_given_it(
+        self, engine: AsyncEngine
+    ) -> None:
+        rows = [case_row(f"R-DFLT-0{n}") for n in range(2)]
+        for row in rows:
+            del row["version"]  # its default is SQLAlchemy's to fill in, not the database's
+        assert await insert(engine, rows) == {row["id"] for row in rows}
+        assert [case.version for case in (await stored(engine)).values()] == [1, 1]
 
     async def test_every_column_reads_back_as_given(self, engine: AsyncEngine) -> None:
         given = [
@@ -106,23 +110,7 @@ async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.mark.postgres
-class TestInsertManyIfAbsentAsArrays:
-    """On PostgreSQL the rows go as one array a column where that writes what a list of
-    values would."""
-
-    async def test_one_statement_whatever_the_number_of_rows(
-        self, postgres_engine: AsyncEngine
-    ) -> None:
-        engine = postgres_engine
-        with statements_sent(engine, _inserting_cases) as sent:
-            for size in (1, 3, 7):
-                rows = [case_row(f"R-SIZE-{size}{n}") for n in range(size)]
-                assert await insert(engine, rows) == {row["id"] for row in rows}
-        assert len(sent) == 3
-        assert len(set(sent)) == 1
-        assert "unnest" in sent[0]
-        assert len(await stored(engine)) == 11
-
+class TestInsertManyIfAbsentOnPostgres:
     async def test_a_value_too_long_is_refused_not_cut_short(
         self, postgres_engine: AsyncEngine
     ) -> None:
@@ -131,16 +119,3 @@ class TestInsertManyIfAbsentAsArrays:
         with pytest.raises(DBAPIError, match="too long"):
             await insert(postgres_engine, rows)
         assert await stored(postgres_engine) == {}
-
-    async def test_rows_leaving_a_default_to_be_computed_go_as_values(
-        self, postgres_engine: AsyncEngine
-    ) -> None:
-        engine = postgres_engine
-        rows = [case_row(f"R-DFLT-0{n}") for n in range(2)]
-        for row in rows:
-            del row["version"]  # its default is SQLAlchemy's to fill in, not the database's
-        with statements_sent(engine, _inserting_cases) as sent:
-            await insert(engine, rows)
-        assert len(sent) == 1
-        assert "unnest" not in sent[0]
-        assert [case.version for case in (await stored(engine)).values()] == [1, 1]

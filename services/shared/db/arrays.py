@@ -1,16 +1,19 @@
-"""Rows as arrays: many rows inserted on PostgreSQL with one array parameter a column.
+"""Rows as arrays: rows inserted on PostgreSQL with one array parameter a column.
 
-`INSERT ... SELECT FROM unnest(:a, :b, ...)` has one statement text whatever the number
-of rows, so asyncpg prepares it once and PostgreSQL plans it once, where a multi-row
-`VALUES` list is a new statement for each number of rows (a batch of 7 cases, then of 9,
-then of 4, each prepared and planned on each pooled connection) with a parameter for
-every value. The rows keep the order given (`WITH ORDINALITY`), so an identity column
-numbers them in that order and, with `ON CONFLICT DO NOTHING`, a row whose key an earlier
-row of the batch took is the one skipped, as in the `VALUES` form.
+A commit's outbox rows, and a batch's first rows, ride in the statement that wakes the
+delivery lanes (`services/shared/db/session.py`) as `INSERT ... SELECT FROM unnest(:a,
+:b, ...)`: one statement text whatever the number of rows, built and prepared once. The
+rows keep the order given (`WITH ORDINALITY`), so an identity column numbers them in
+that order.
 
 Rows may go as arrays only where that writes what the plain insert would
 (`can_go_as_arrays`): every row gives the same columns, and every column whose default
 is computed here is among them (SQLAlchemy fills those in only for the plain insert).
+
+Not everywhere: a batch of new cases (35 columns) inserted unless taken, once each size
+of batch was prepared, cost the database 8-18% more as arrays than as a multi-row
+`VALUES`, and this process no less (`bench/statement_costs.py`, "a batch of new cases",
+three runs), so `insert_many_if_absent` keeps `VALUES`.
 """
 
 from __future__ import annotations

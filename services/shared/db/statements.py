@@ -9,8 +9,6 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.shared.db.arrays import array_parameters, can_go_as_arrays, rows_from_arrays
-
 
 def dialect_name(session: AsyncSession) -> str:
     bind = session.get_bind()
@@ -47,30 +45,11 @@ async def insert_many_if_absent(
     session: AsyncSession, model: Any, rows: list[dict[str, Any]], *, returning: str
 ) -> set[Any]:
     """Insert, in one statement, each row none of whose unique keys exists (nor is taken
-    by an earlier row of `rows`); the `returning` column of the rows inserted. On
-    PostgreSQL the rows go as one array a column where they can (`can_go_as_arrays`):
-    one statement, prepared once, whatever their number."""
+    by an earlier row of `rows`); the `returning` column of the rows inserted."""
     if not rows:
         return set()
-    table = model.__table__
-    dialect = dialect_name(session)
-    if dialect == "postgresql" and can_go_as_arrays(table, rows):
-        columns = tuple(rows[0])
-        statement = _insert_arrays_ignoring_conflicts_returning(table, columns, returning)
-        result = await session.execute(statement, array_parameters(rows, columns))
-    else:
-        statement = _insert_ignoring_conflicts_returning(dialect, table, returning)
-        result = await session.execute(statement, rows)
-    return set(result.scalars())
-
-
-@functools.lru_cache(maxsize=64)  # a shape or two a table in a served process
-def _insert_arrays_ignoring_conflicts_returning(
-    table: Table, columns: tuple[str, ...], returning: str
-) -> Any:
-    return (
-        postgresql.insert(table)
-        .from_select(list(columns), rows_from_arrays(table, columns))
-        .on_conflict_do_nothing()
-        .returning(table.c[returning])
+    statement = _insert_ignoring_conflicts_returning(
+        dialect_name(session), model.__table__, returning
     )
+    result = await session.execute(statement, rows)
+    return set(result.scalars())
