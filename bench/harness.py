@@ -121,9 +121,18 @@ def database_cpu_seconds() -> float:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, IndexError, ValueError):
-            if (entry / "comm").read_text().strip() == "postgres":
+            if is_postgres_process(int(entry.name)):
                 total += cpu_seconds(int(entry.name))
     return total
+
+
+def is_postgres_process(pid: int) -> bool:
+    """Whether `pid` is a PostgreSQL process of this machine (its backends keep the
+    command's name, whatever title they show)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
 
 
 @dataclass

@@ -67,6 +67,7 @@ from bench.harness import (
     base_env,
     databases,
     fail,
+    is_postgres_process,
     machine_report,
     migrate,
     pinned,
@@ -104,6 +105,9 @@ from services.triage_api import repository as triage_repo
 from tests.consult_router.conftest import snapshot
 
 DATABASE = "[database]"  # a result's label for the database server's CPU
+# Steps that open a session of their own: the database's CPU is read from the step's
+# session's backend, which does not serve them, so none is read for them.
+OWN_SESSION = {"a routing look"}
 Step = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 # The offer as it was written before the unique index: a plain insert.
 _PLAIN_OFFER_INSERT = insert(table_of(ConsultOffer))
@@ -124,6 +128,27 @@ NEWS2 = {
     "subscores": {"respiration_rate": 2, "spo2": 1, "air_or_oxygen": 0, "systolic_bp": 1,
                   "pulse": 1, "consciousness": 0, "temperature": 1},
 }  # fmt: skip
+
+
+def _triage_case_row(case_id: str, reference: str, now: datetime) -> dict[str, Any]:
+    """A new case's whole row, as the triage service writes it at a submission."""
+    return {
+        "id": case_id, "reference": reference, "paramedic_id": "crew-bench",
+        "paramedic_name": "Crew Bench", "idempotency_key": case_id,
+        "request_fingerprint": "f", "status": "queued", "priority": 2,
+        "call_category": "C2", "cad_reference": "CAD-1", "callsign": "NE23",
+        "location_lat": None, "location_lon": None, "age_years": 81, "sex": "female",
+        "nhs_number": None, "presenting_complaint": "fall",
+        "requested_specialty": "frailty", "handover_format": None,
+        "handover_text": None, "proposed_disposition": None,
+        "reported_risk_flags": [], "risk_flags": [], "observations": OBSERVATIONS,
+        "news2": NEWS2, "created_at": now, "updated_at": now, "version": 1,
+        "router_version": 0, "event_seq": 1, "assigned_consultant_id": None,
+        "assigned_consultant_name": None, "advice": None, "cancel_reason": None,
+        "advice_followed": None, "not_followed_reason": None,
+    }  # fmt: skip
+
+
 # New cases inserted unless taken, their rows as arrays: tried, and dearer than `VALUES`.
 _CASE_COLUMNS = tuple(column.name for column in table_of(TriageCase).c)
 _CASES_AS_ARRAYS = (
@@ -283,21 +308,7 @@ class Steps:
         rows = []
         for _ in range(n % 8 + 1):
             case_id = str(uuid.uuid4())
-            rows.append({
-                "id": case_id, "reference": new_case_reference(), "paramedic_id": "crew-bench",
-                "paramedic_name": "Crew Bench", "idempotency_key": case_id,
-                "request_fingerprint": "f", "status": "queued", "priority": 2,
-                "call_category": "C2", "cad_reference": "CAD-1", "callsign": "NE23",
-                "location_lat": None, "location_lon": None, "age_years": 81, "sex": "female",
-                "nhs_number": None, "presenting_complaint": "fall",
-                "requested_specialty": "frailty", "handover_format": None,
-                "handover_text": None, "proposed_disposition": None,
-                "reported_risk_flags": [], "risk_flags": [], "observations": OBSERVATIONS,
-                "news2": NEWS2, "created_at": now, "updated_at": now, "version": 1,
-                "router_version": 0, "event_seq": 1, "assigned_consultant_id": None,
-                "assigned_consultant_name": None, "advice": None, "cancel_reason": None,
-                "advice_followed": None, "not_followed_reason": None,
-            })  # fmt: skip
+            rows.append(_triage_case_row(case_id, new_case_reference(), now))
         return {"rows": rows}
 
     @staticmethod
@@ -328,17 +339,13 @@ class Steps:
         await case_repo.insert_cases(session, rows)
         self.cases = [str(row["id"]) for row in rows]
         self.triage_cases = [str(uuid.uuid4()) for _ in range(4)]
-        session.add_all(
-            TriageCase(
-                id=case_id, reference=f"R-BNCH-{n:02d}", paramedic_id="crew-bench",
-                paramedic_name="Crew Bench", idempotency_key=case_id, request_fingerprint="f",
-                status="queued", priority=2, call_category="C2", cad_reference="CAD-1",
-                callsign="NE23", sex="female", presenting_complaint="fall",
-                requested_specialty="frailty", reported_risk_flags=[], risk_flags=[],
-                observations=OBSERVATIONS, news2=NEWS2, created_at=now, updated_at=now,
-            )
-            for n, case_id in enumerate(self.triage_cases)
-        )  # fmt: skip
+        await session.execute(
+            insert(table_of(TriageCase)),
+            [
+                _triage_case_row(case_id, f"R-BNCH-{n:02d}", now)
+                for n, case_id in enumerate(self.triage_cases)
+            ],
+        )
 
 
 async def _backend_pid(session: AsyncSession, url: str) -> int | None:
@@ -346,19 +353,12 @@ async def _backend_pid(session: AsyncSession, url: str) -> int | None:
     if not is_postgres(url):
         return None
     pid = int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
-    return pid if _is_postgres_here(pid) else None
-
-
-def _is_postgres_here(pid: int) -> bool:
-    """Whether `pid` is a PostgreSQL process of this machine (not another machine's pid)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres")
-    except OSError:
-        return False
+    return pid if is_postgres_process(pid) else None
 
 
 def _cpu(pid: int | None) -> float:
-    """Seconds process `pid` has spent on a CPU (nanoseconds in /proc); 0 for none."""
+    """Seconds process `pid` has spent on a CPU; 0 for none. From schedstat, in
+    nanoseconds: `cpu_seconds` counts clock ticks (10 ms), coarser than a step."""
     if pid is None:
         return 0.0
     try:
@@ -420,7 +420,9 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
                         row = prepare(n)
                         async with unit_of_work(maker) as session:
                             await session.connection()  # begun off the clock
-                            backend = await _backend_pid(session, url)
+                            backend = (
+                                None if name in OWN_SESSION else await _backend_pid(session, url)
+                            )
                             if setup is not None:
                                 await setup(session, row)
                             started, database_started = time.process_time(), _cpu(backend)

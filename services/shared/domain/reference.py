@@ -14,8 +14,9 @@ REFERENCE_PATTERN = re.compile(r"^R-[0-9A-HJKMNP-TV-Z]{4}-\d{2}$")
 
 
 def new_case_reference() -> str:
-    """One of the 104,857,600 references, each as likely: one draw from the system's
-    randomness, spelt out, where a draw a character read it five times a case."""
+    """One of the 104,857,600 references, each as likely: a single draw from the
+    system's randomness, spelt out (a draw for each character and the digits read it
+    five times)."""
     number, tail = divmod(secrets.randbelow(_REFERENCES), _TAILS)
     head = ""
     for _ in range(_HEAD_LENGTH):
