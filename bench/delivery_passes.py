@@ -8,7 +8,8 @@ the time from `POST /v1/cases` returning to the offer on the consultant's socket
 other kinds are the crew's cancellation, the router's news back to the crew, and audit's
 lane. The load is the routing benchmark's, at a low rate (4 cases a second by default),
 so passes seldom overlap and a pass's CPU, counted by the server for the pass's span, is
-its own. Statement counts do not move with the machine; wall and CPU do, so compare
+its own. For the longest kind (a new case's hand-over), the time before and in each
+statement, and in its commit. Statement counts do not move with the machine; wall and CPU do, so compare
 builds run by run, interleaved, on one machine (see `bench/RESULTS.md`).
 
     python -m bench.delivery_passes [--rate 4] [--seconds 40]
@@ -59,6 +60,47 @@ def summarise(passes: list[dict[str, Any]], *, cases: int) -> None:
             f"  wall p50 {wall:6.2f} ms  CPU p50 {cpu:6.2f} ms"
         )
         print(f"      {', '.join(statements)}")
+    shown = [kind for kind, seen in kinds.items() if len(seen) >= SHOWN_PER_CASE * cases]
+    if shown:
+        longest = max(shown, key=lambda kind: (len(kind[2]), len(kinds[kind])))
+        print_steps(longest[2], kinds[longest])
+
+
+def print_steps(statements: tuple[str, ...], seen: list[dict[str, Any]]) -> None:
+    """Where the longest kind of pass spends its time, statement by statement (medians
+    over its passes): the Python before each statement (since the last one's result, or
+    the pass's start), the statement itself (sent to result back: the round trip and the
+    driver's work), then the COMMIT's building, its round trip, the after-commit
+    callbacks, and the rest of the pass (the session closed, the counts). CPU is the
+    process's: whatever another task ran while the pass awaited is in it, which at this
+    low rate is seldom much, except after the commit, when the offer goes out."""
+    print(f"  where a pass of {len(statements)} statements spends its time (wall / CPU, ms):")
+
+    def median(values: list[float]) -> str:
+        return f"{statistics.median(values):5.2f}"
+
+    previous: list[tuple[float, float]] = [(0.0, 0.0)] * len(seen)
+    for index, statement in enumerate(statements):
+        steps = [traced["timings"][index] for traced in seen]
+        before_wall = [step[0] - last[0] for step, last in zip(steps, previous, strict=True)]
+        before_cpu = [step[1] - last[1] for step, last in zip(steps, previous, strict=True)]
+        print(
+            f"    before {median(before_wall)} / {median(before_cpu)}"
+            f"   statement {median([s[2] - s[0] for s in steps])}"
+            f" / {median([s[3] - s[1] for s in steps])}   {statement}"
+        )
+        previous = [(step[2], step[3]) for step in steps]
+    for mark in ("commit sent", "commit back", "callbacks run"):
+        if not all(mark in traced["marks"] for traced in seen):
+            continue
+        steps = [traced["marks"][mark] for traced in seen]
+        wall = [step[0] - last[0] for step, last in zip(steps, previous, strict=True)]
+        cpu = [step[1] - last[1] for step, last in zip(steps, previous, strict=True)]
+        print(f"    then   {median(wall)} / {median(cpu)}   to the {mark}")
+        previous = [(step[0], step[1]) for step in steps]
+    after_wall = [t["wall_ms"] - last[0] for t, last in zip(seen, previous, strict=True)]
+    after_cpu = [t["cpu_ms"] - last[1] for t, last in zip(seen, previous, strict=True)]
+    print(f"    then   {median(after_wall)} / {median(after_cpu)}   to the pass's end")
 
 
 def main() -> None:

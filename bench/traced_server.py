@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from services import cli
+from services.shared.db.session import ReachSession
 from services.shared.outbox.delivery import OutboxDelivery
 
 OUT_VARIABLE = "REACH_BENCH_PASSES_OUT"
@@ -36,6 +38,20 @@ class TracedPass:
     statements: list[str] = field(default_factory=list)
     wall_ms: float = 0.0
     cpu_ms: float = 0.0
+    # For each statement, from the pass's start: when it was sent and when its result was
+    # back, in wall and CPU milliseconds ([sent_wall, sent_cpu, back_wall, back_cpu]).
+    timings: list[list[float]] = field(default_factory=list)
+    # When the COMMIT was sent, when it was back, and when the after-commit callbacks
+    # were done, from the pass's start ([wall, cpu] each).
+    marks: dict[str, list[float]] = field(default_factory=dict)
+    started_wall: float = field(default=0.0, repr=False)
+    started_cpu: float = field(default=0.0, repr=False)
+
+    def since_start(self) -> tuple[float, float]:
+        return (
+            (time.perf_counter() - self.started_wall) * 1000,
+            (time.process_time() - self.started_cpu) * 1000,
+        )
 
 
 def label(statement: str) -> str:
@@ -86,21 +102,40 @@ def _record_statement(_connection: Any, _cursor: Any, statement: str, *_rest: An
     traced = _current.get()
     if traced is not None:
         traced.statements.append(label(statement))
+        traced.timings.append([*traced.since_start(), 0.0, 0.0])
+
+
+def _record_result(*_args: Any) -> None:
+    traced = _current.get()
+    if traced is not None and traced.timings:
+        traced.timings[-1][2:] = traced.since_start()
+
+
+def _mark(name: str) -> Callable[..., None]:
+    def record(*_args: Any) -> None:
+        traced = _current.get()
+        if traced is not None and name not in traced.marks:
+            traced.marks[name] = list(traced.since_start())
+
+    return record
 
 
 def _install() -> None:
+    event.listen(Engine, "commit", _mark("commit sent"))
+    event.listen(ReachSession, "after_commit", _mark("commit back"), insert=True)
+    event.listen(ReachSession, "after_commit", _mark("callbacks run"))
     event.listen(Engine, "before_cursor_execute", _record_statement)
+    event.listen(Engine, "after_cursor_execute", _record_result)
     original = OutboxDelivery._pass
 
     async def traced(self: OutboxDelivery, *, deferred: bool, savepoints: bool) -> bool:
         current = TracedPass(self._service, "deferred" if deferred else "prompt")
         token = _current.set(current)
-        wall, cpu = time.perf_counter(), time.process_time()
+        current.started_wall, current.started_cpu = time.perf_counter(), time.process_time()
         try:
             return await original(self, deferred=deferred, savepoints=savepoints)
         finally:
-            current.wall_ms = (time.perf_counter() - wall) * 1000
-            current.cpu_ms = (time.process_time() - cpu) * 1000
+            current.wall_ms, current.cpu_ms = current.since_start()
             _current.reset(token)
             if len(current.statements) > 1:  # a claim that found nothing is not a pass
                 _passes.append(current)
