@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -66,6 +66,9 @@ class RoutingView:
     ageing_step_seconds: float
     now: datetime
     made: list[str] = field(default_factory=list)
+    # Whether an open case besides the pass's new ones could move (read with who is on
+    # call when the pass routes new cases; assumed so otherwise).
+    others_may_move: bool = True
 
     @classmethod
     async def load(
@@ -75,14 +78,23 @@ class RoutingView:
         *,
         now: datetime,
         on_offer: set[str] | None = None,
+        arrivals: Collection[str] | None = None,
     ) -> RoutingView:
         """One statement: who is on call, with their consults and open offers.
-        `on_offer`: the cases with an open offer, if the caller has read the queue."""
+        `on_offer`: the cases with an open offer, if the caller has read the queue.
+        `arrivals`: the cases the transaction has just written, if it routes them; the
+        statement then also says whether any other open case could move."""
         on_call: dict[str, set[str]] = {}
         consultants: dict[str, OnCallToRoute] = {}
-        for entry in await rota_repo.on_call_to_route_at(
-            session, specialties=[str(s) for s in Specialty], at=now
-        ):
+        specialties = [str(s) for s in Specialty]
+        others_may_move = True
+        if arrivals is None:
+            entries = await rota_repo.on_call_to_route_at(session, specialties=specialties, at=now)
+        else:
+            entries, others_may_move = await rota_repo.on_call_to_route_beside(
+                session, specialties=specialties, at=now, arrivals=arrivals
+            )
+        for entry in entries:
             on_call.setdefault(entry.specialty, set()).add(entry.consultant_id)
             consultants[entry.consultant_id] = entry
         return cls(
@@ -94,6 +106,7 @@ class RoutingView:
             consult_limit=ctx.settings.consult_limit,
             ageing_step_seconds=ctx.settings.ageing_step_seconds,
             now=now,
+            others_may_move=others_may_move,
         )
 
     def is_free(self, consultant_id: str) -> bool:
@@ -129,6 +142,16 @@ class RoutingView:
         """The open cases, most urgent first; which are on offer is read with them."""
         cases, self.on_offer = await open_cases_to_route(session)
         return self.queue_order(cases)
+
+    async def queue_with(
+        self, session: AsyncSession, arrivals: Mapping[str, ConsultCase]
+    ) -> list[ConsultCase]:
+        """The open cases a pass routing `arrivals` goes through, most urgent first: the
+        queue as read, or, when no other case could move (`others_may_move`), the open
+        arrivals alone, which skipped the others anyway (none is on offer: they are new)."""
+        if self.others_may_move:
+            return await self.open_queue(session)
+        return self.queue_order([c for c in arrivals.values() if c.status in case_repo.OPEN_CASE])
 
     def queue_order(self, cases: list[ConsultCase]) -> list[ConsultCase]:
         """Most urgent first: priority raised by waiting, then NEWS2, then the oldest."""
@@ -174,17 +197,19 @@ async def route_arrivals(
     routing loop to do it in transactions of its own afterwards.
 
     It is the pass a wake-up runs, over the whole queue in order of urgency, so a new case
-    never goes ahead of one waiting longer or more urgently. Under a savepoint: if it
+    never goes ahead of one waiting longer or more urgently; the queue is read only when
+    the statement that reads who is on call says a case besides the new ones could move
+    (each round trip here is time the crew waits through). Under a savepoint: if it
     fails, the cases stay recorded and the routing loop is woken to route them.
     `arrivals` are the cases this transaction wrote, as this session holds them.
     """
     now = ctx.clock.now()
     try:
         async with undoable(session):
-            view = await RoutingView.load(session, ctx, now=now)
+            view = await RoutingView.load(session, ctx, now=now, arrivals=arrivals.keys())
             if not view.anyone_free():
                 return  # no new case can move: the queue is not read (it can be long then)
-            for case in await view.open_queue(session):
+            for case in await view.queue_with(session, arrivals):
                 if view.may_move(case, sweeping=False):
                     await route_case(
                         session, ctx, view, case_id=case.id, now=now, arrival=arrivals.get(case.id)

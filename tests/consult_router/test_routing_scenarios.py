@@ -30,6 +30,11 @@ def kinds(log: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return [kind for kind, _ in log]
 
 
+def reads_the_queue(statement: str) -> bool:
+    """The routing queue's read (the open cases, oldest first)."""
+    return "FROM consult_case" in statement and "ORDER BY consult_case.created_at" in statement
+
+
 def offered_case(log: list[tuple[str, dict[str, Any]]], index: int = -1) -> str:
     offers = [payload for kind, payload in log if kind == "offer"]
     case_id: str = offers[index]["case"]["id"]
@@ -443,11 +448,6 @@ class TestOfferedOnArrival:
         for _ in range(3):
             await desk.send_case(snapshot(clock))
 
-        def reads_the_queue(statement: str) -> bool:
-            return (
-                "FROM consult_case" in statement and "ORDER BY consult_case.created_at" in statement
-            )
-
         with statements_sent(resources.engine, reads_the_queue) as queue_reads:
             await desk.send_case(snapshot(clock))
         assert queue_reads == []
@@ -456,6 +456,61 @@ class TestOfferedOnArrival:
             await desk.send_case(snapshot(clock))
         assert len(queue_reads) == 1  # someone free: the whole queue, in order
         assert kinds(await desk.log("dr-a")) == ["offer"]
+
+    async def test_an_arrival_reads_no_queue_when_every_other_case_awaits_an_answer(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        for name in ("dr-a", "dr-b"):
+            await desk.consultant(name, ["frailty"])
+        first = snapshot(clock)
+        await desk.send_case(first)  # offered to dr-a, whose answer alone moves it on
+        second = snapshot(clock)
+        with statements_sent(resources.engine, reads_the_queue) as queue_reads:
+            await desk.send_case(second)
+        assert queue_reads == []
+        assert offered_case(await desk.log("dr-b")) == second["id"]
+        assert kinds(await desk.log("dr-a")) == ["offer"]
+
+    async def test_an_arrival_reads_the_queue_when_a_broadcast_case_could_take_someone(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """A broadcast case on offer still moves when someone newly free can join in: the
+        older one goes to them first, not the arrival."""
+        await desk.consultant("dr-f", ["emergency_medicine"])
+        await desk.consultant("dr-g", ["emergency_medicine"], available=False)
+        nobody_on_call = snapshot(clock, specialty="stroke")
+        await desk.send_case(nobody_on_call)  # broadcast to the fallback: dr-f is asked
+        assert offered_case(await desk.log("dr-f")) == nobody_on_call["id"]
+        await desk.status("dr-g", "available")  # the routing loop has not run since
+        clock.advance(timedelta(seconds=1))  # the arrival is the newer, no more urgent
+        with statements_sent(resources.engine, reads_the_queue) as queue_reads:
+            await desk.send_case(snapshot(clock, specialty="emergency_medicine"))
+        assert len(queue_reads) == 1
+        assert offered_case(await desk.log("dr-g")) == nobody_on_call["id"]
+        assert kinds(await desk.log("dr-g")) == ["offer"]
+
+    async def test_an_arrival_reads_the_queue_when_an_offered_case_has_no_open_offer(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """An offer closed where the case was not routed again at once (the routing loop
+        is woken to do it) leaves the case offered with nobody asked: the next arrival's
+        pass routes it first."""
+        for name in ("dr-a", "dr-b"):
+            await desk.consultant(name, ["frailty"])
+        first = snapshot(clock)
+        await desk.send_case(first)
+        async with unit_of_work(resources.sessionmaker) as session:
+            await session.execute(
+                text("UPDATE consult_offer SET state = 'withdrawn' WHERE case_id = :case_id"),
+                {"case_id": first["id"]},
+            )
+        clock.advance(timedelta(seconds=1))
+        second = snapshot(clock)
+        with statements_sent(resources.engine, reads_the_queue) as queue_reads:
+            await desk.send_case(second)
+        assert len(queue_reads) == 1
+        assert offered_case(await desk.log("dr-b")) == first["id"]  # dr-a was tried
+        assert offered_case(await desk.log("dr-a")) == second["id"]
 
     async def test_if_routing_on_arrival_fails_the_case_is_kept_for_the_loop(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources,

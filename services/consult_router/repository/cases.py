@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, insert, literal_column, select, update
+from sqlalchemy import bindparam, exists, func, insert, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -47,6 +47,23 @@ _OPEN_CASES_UNDOCUMENTED = _OPEN_CASES.options(defer(ConsultCase.snapshot, raise
 # The routing queue: each open case with whether someone is being asked about it now.
 _QUEUE_TO_ROUTE = _OPEN_CASES_UNDOCUMENTED.add_columns(
     exists().where(ConsultOffer.case_id == ConsultCase.id, ConsultOffer.state == "open")
+)
+# Whether an open case other than the transaction's new ones (`arrivals`) could move on a
+# routing pass (`RoutingView.may_move`, not sweeping, someone free): it waits for someone
+# free (queued), its offers are closed, or it is broadcast. Otherwise each awaits an
+# answer, and a pass routing new cases need not read the queue to pass them over.
+_CASE_TABLE = table_of(ConsultCase)
+ANOTHER_CASE_MAY_MOVE = exists().where(
+    _CASE_TABLE.c.status.in_(OPEN_CASE),
+    _CASE_TABLE.c.id.not_in(bindparam("arrivals", expanding=True)),
+    or_(
+        _CASE_TABLE.c.status == "queued",
+        _CASE_TABLE.c.broadcast,
+        ~exists().where(
+            table_of(ConsultOffer).c.case_id == _CASE_TABLE.c.id,
+            table_of(ConsultOffer).c.state == "open",
+        ),
+    ),
 )
 _OPEN_CASE_TO_ROUTE = (
     select(ConsultCase)

@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.consult_router.repository.cases import ANOTHER_CASE_MAY_MOVE
 from services.shared.db.base import table_of
 from services.shared.db.models import (
     ConsultConnection,
@@ -93,6 +94,9 @@ _ON_CALL_TO_ROUTE_AT = _ON_CALL_AT.add_columns(
         _OFFER_TABLE.c.state == "open",
     ),
 )
+
+# The same, and whether the queue holds a case besides the new ones that a pass could move.
+_ON_CALL_TO_ROUTE_BESIDE = _ON_CALL_TO_ROUTE_AT.add_columns(ANOTHER_CASE_MAY_MOVE)
 
 
 _ACTIVE_CONSULT_COUNTS = (
@@ -206,6 +210,31 @@ async def on_call_to_route_at(
             _ON_CALL_TO_ROUTE_AT, parameters
         )
     ]
+
+
+async def on_call_to_route_beside(
+    session: AsyncSession, *, specialties: Iterable[str], at: datetime, arrivals: Collection[str]
+) -> tuple[list[OnCallToRoute], bool]:
+    """`on_call_to_route_at`, and in the same statement whether an open case other than
+    `arrivals` (the cases the transaction has just written) could move on a routing pass:
+    if none can, a pass routing the arrivals needs no read of the queue. True when nobody
+    is on call (no row to say; nobody free either)."""
+    parameters = {"specialties": list(specialties), "at": at, "arrivals": sorted(arrivals)}
+    on_call, others_may_move = [], True
+    for (
+        specialty,
+        consultant_id,
+        status,
+        assigned,
+        active,
+        offered,
+        may_move,
+    ) in await session.execute(_ON_CALL_TO_ROUTE_BESIDE, parameters):
+        on_call.append(
+            OnCallToRoute(specialty, consultant_id, status, assigned, int(active), bool(offered))
+        )
+        others_may_move = bool(may_move)
+    return on_call, others_may_move
 
 
 async def active_consult_counts(
