@@ -57,9 +57,10 @@ class TracedPass:
 def label(statement: str) -> str:
     """What a statement does, in two words: `UPDATE consult_case`, `SELECT consult_offer`
     (the table read at the top level, not in a subquery); a claim that marks rows
-    delivered (`WITH due AS (...) UPDATE`) is `CLAIM <outbox>`, an insert fed by a `WITH`
-    (a consultant's message, numbered) `WITH INSERT <table>`, and the transaction's
-    `pg_notify` `NOTIFY`, with `+ INSERT <table>` for each table whose rows ride in it."""
+    delivered (`WITH due AS (...) UPDATE`) is `CLAIM <outbox>`, inserts fed by a `WITH`
+    (a consultant's message, numbered; an offer and its message) `WITH INSERT <tables>`,
+    and the transaction's `pg_notify` `NOTIFY`, with `+ INSERT <table>` for each table
+    whose rows ride in it."""
     top = _top_level(statement)
     if "pg_notify" in top:  # riders: the rows inserted at the commit, in its `WITH`
         riders = re.findall(r"\bINSERT INTO\s+(\w+)", statement)
@@ -68,8 +69,8 @@ def label(statement: str) -> str:
         written = re.search(r"\bUPDATE\s+(\w+)\s+SET\b", top)
         if written:
             return f"CLAIM {written.group(1)}"
-        inserted = re.search(r"\bINSERT INTO\s+(\w+)", top)
-        return f"WITH INSERT {inserted.group(1)}" if inserted else "WITH"
+        inserted = re.findall(r"\bINSERT INTO\s+(\w+)", statement)
+        return f"WITH INSERT {' + '.join(inserted)}" if inserted else "WITH"
     write = _WRITES.match(top)
     if write:
         return f"{write.group(1).split()[0]} {write.group(2)}"

@@ -40,12 +40,19 @@ async def tell_consultant(
     seq = await message_repo.append(
         session, consultant_id, type=kind, payload=payload, at=ctx.clock.now()
     )
+    await told_consultant(session, ctx, consultant_id, LoggedMessage(seq, kind, payload))
+    return seq
+
+
+async def told_consultant(
+    session: AsyncSession, ctx: RouterContext, consultant_id: str, message: LoggedMessage
+) -> None:
+    """A message appended to the consultant's log (`tell_consultant`, or with the offer
+    it tells of): their sockets here and on any process are woken for it at the commit."""
     # Kept before the wake-up goes out (callbacks run in order), so this process's sockets
     # find it kept when they wake.
-    message = LoggedMessage(seq=seq, type=kind, payload=payload)
     after_commit(session, lambda: ctx.recent_messages.committed(consultant_id, message))
     await ctx.notifier.publish(session, CONSULTANT_CHANNEL, consultant_id)
-    return seq
 
 
 def count_offer(session: AsyncSession, ctx: RouterContext, outcome: str) -> None:

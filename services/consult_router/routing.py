@@ -23,10 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.consult_router import outbound
 from services.consult_router.cases import withdraw_offer
 from services.consult_router.context import RouterContext
+from services.consult_router.recent_messages import LoggedMessage
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import rota as rota_repo
 from services.consult_router.repository.rota import OnCallToRoute
 from services.consult_router.views import offer_read
+from services.shared.db.base import read_only_row
 from services.shared.db.models import ConsultCase, ConsultOffer
 from services.shared.db.session import RetryWithSavepoints, after_commit, undoable
 from services.shared.domain.priority import aged_priority
@@ -336,32 +338,35 @@ async def _offer_each(
         consultant = await rota_repo.lock_consultant_if_free(session, consultant_id)
         if consultant is None or consultant.status != ConsultantStatus.AVAILABLE:
             continue
+        values: dict[str, object] = {
+            "id": str(uuid.uuid4()),
+            "case_id": case.id,
+            "consultant_id": consultant_id,
+            "round": case.offer_round,
+            "broadcast": case.broadcast,
+            "state": "open",
+            "created_at": now,
+            "expires_at": deadline,
+            "closed_at": None,
+            "close_reason": None,
+        }
+        offer = read_only_row(ConsultOffer, values)
+        told = offer_read(offer, case).model_dump(mode="json")
         # A statement of its own, after the lock: on PostgreSQL its check reads what
         # committed before the lock was granted (in the locking statement it would read
-        # as of that statement's start, and miss an offer committed meanwhile).
-        offer = await case_repo.insert_offer_unless_held(
-            session,
-            {
-                "id": str(uuid.uuid4()),
-                "case_id": case.id,
-                "consultant_id": consultant_id,
-                "round": case.offer_round,
-                "broadcast": case.broadcast,
-                "state": "open",
-                "created_at": now,
-                "expires_at": deadline,
-                "closed_at": None,
-                "close_reason": None,
-            },
+        # as of that statement's start, and miss an offer committed meanwhile). The
+        # consultant's message about the offer goes with it.
+        seq = await case_repo.insert_offer_and_message_unless_held(
+            session, values, kind="offer", payload=told, at=now
         )
-        if offer is None:
+        if seq is None:
             view.offered.add(consultant_id)
             continue  # another process offered them something meanwhile
         view.take(consultant_id)
         made += 1
         outbound.count_offer(session, ctx, "made")
-        await outbound.tell_consultant(
-            session, ctx, consultant_id, "offer", offer_read(offer, case).model_dump(mode="json")
+        await outbound.told_consultant(
+            session, ctx, consultant_id, LoggedMessage(seq, "offer", told)
         )
         await outbound.announce_offer(session, ctx, offer, case, EventType.OFFER_MADE)
         _log_offer(session, offer.id, case.id, consultant_id)

@@ -100,18 +100,64 @@ class TestRouting:
     async def test_an_offer_is_made_in_one_statement_on_the_offers(
         self, desk: Desk, clock: ManualClock, resources: Resources
     ) -> None:
-        """The insert is the check: no read of the consultant's offers before it."""
+        """The insert is the check: no read of the consultant's offers before it. On
+        PostgreSQL the consultant's message about the offer is in the same statement."""
         await desk.consultant("dr-a", ["frailty"])
 
-        def on_the_offers(statement: str) -> bool:
-            # Reads of offers' rows and writes to them (not subqueries of other reads).
-            return statement.startswith(("SELECT consult_offer.", "INSERT INTO consult_offer"))
+        def on_the_offers_or_messages(statement: str) -> bool:
+            # Reads of offers' rows and writes to offers and messages (the offer's insert
+            # feeding the message's is one `WITH`), not subqueries of other reads.
+            return statement.startswith(
+                ("SELECT consult_offer.", "INSERT INTO consult_offer", "WITH made AS")
+            ) or ("INSERT INTO consult_message" in statement)
 
         case = snapshot(clock)
-        with statements_sent(resources.engine, on_the_offers) as sent:
+        with statements_sent(resources.engine, on_the_offers_or_messages) as sent:
             await desk.send_case(case)
-        assert [s.split()[0] for s in sent] == ["INSERT"]
+        if resources.engine.dialect.name == "postgresql":
+            [together] = sent
+            assert "INSERT INTO consult_offer" in together
+            assert "INSERT INTO consult_message" in together
+        else:
+            assert [s.split()[:3] for s in sent] == [
+                ["INSERT", "INTO", "consult_offer"], ["INSERT", "INTO", "consult_message"]
+            ]  # fmt: skip
         assert await open_offers_held(resources, "dr-a") == [case["id"]]
+        [(kind, told)] = await desk.log("dr-a")
+        assert (kind, told["case"]["id"]) == ("offer", case["id"])
+
+    async def test_an_offer_not_made_tells_its_consultant_nothing(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """Refused because the consultant holds an open offer, the offer writes no message
+        and leaves their message count as it was."""
+        first, second = await two_cases_waiting(desk, clock)
+        now = clock.now()
+        async with unit_of_work(resources.sessionmaker) as session:
+            await offer_made(session, first, now)
+            seq = await case_repo.insert_offer_and_message_unless_held(
+                session, open_offer(second, "dr-a", now), kind="offer", payload={}, at=now
+            )
+            assert seq is None
+            consultant = await rota_repo.get_consultant(session, "dr-a")
+            assert consultant is not None
+            assert consultant.message_seq == 0
+        assert await open_offers_held(resources, "dr-a") == [first]
+        assert await desk.log("dr-a") == []
+
+    async def test_an_offer_made_and_its_message_are_numbered_in_the_log(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        first, _ = await two_cases_waiting(desk, clock)
+        now = clock.now()
+        async with unit_of_work(resources.sessionmaker) as session:
+            seq = await case_repo.insert_offer_and_message_unless_held(
+                session, open_offer(first, "dr-a", now), kind="offer",
+                payload={"case": {"id": first}}, at=now,
+            )  # fmt: skip
+        assert seq == 1
+        assert await open_offers_held(resources, "dr-a") == [first]
+        assert await desk.log("dr-a") == [("offer", {"case": {"id": first}})]
 
     async def test_a_consultant_offered_a_case_after_the_pass_read_the_rota_gets_no_second(
         self, desk: Desk, router_app: FastAPI, clock: ManualClock, resources: Resources

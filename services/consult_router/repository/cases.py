@@ -18,6 +18,7 @@ from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
+from services.consult_router.repository import messages as message_repo
 from services.shared.db.base import adopt_written_row, read_only_row, table_of
 from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
 from services.shared.db.statements import (
@@ -289,13 +290,57 @@ async def insert_offer_unless_held(
     return read_only_row(ConsultOffer, values)
 
 
+async def insert_offer_and_message_unless_held(
+    session: AsyncSession,
+    values: dict[str, object],
+    *,
+    kind: str,
+    payload: dict[str, Any],
+    at: datetime,
+) -> int | None:
+    """`insert_offer_unless_held`, and if the offer is made, the message that tells its
+    consultant of it appended to their log (`messages.append`): the message's seq, or
+    None, writing neither, if they hold an open offer already. On PostgreSQL one
+    statement, the offer's insert feeding the message's numbering: a round trip fewer on
+    the path of every offer. The caller holds the consultant's row locked, so the
+    numbering waits on nothing."""
+    if dialect_name(session) != "postgresql":
+        if await insert_offer_unless_held(session, values) is None:
+            return None
+        consultant_id = str(values["consultant_id"])
+        return await message_repo.append(session, consultant_id, type=kind, payload=payload, at=at)
+    parameters = {f"{_OFFERED}{column}": value for column, value in values.items()}
+    told = await session.execute(
+        _offer_and_message_unless_held(),
+        {**parameters, "for_consultant": values["consultant_id"], "kind": kind,
+         "document": payload, "at": at},
+    )  # fmt: skip
+    seq = told.scalar_one_or_none()
+    return None if seq is None else int(seq)
+
+
+# The offer's values named apart from the consultant's columns in the statement that also
+# numbers their message: the counter's UPDATE would take a parameter named after one of
+# its table's columns (`id`, `created_at`) as a value to set.
+_OFFERED = "offered_"
+
+
 @functools.cache
-def _offer_unless_held(dialect: str) -> Any:
+def _offer_and_message_unless_held() -> Any:
+    made = _offer_unless_held("postgresql", prefix=_OFFERED)
+    made = made.returning(_OFFER_TABLE.c.consultant_id).cte("made")
+    return message_repo.append_numbered_for(select(made.c.consultant_id))
+
+
+@functools.cache
+def _offer_unless_held(dialect: str, *, prefix: str = "") -> Any:
     columns = [column.name for column in _OFFER_TABLE.c]
-    row = select(*(bindparam(name, type_=_OFFER_TABLE.c[name].type) for name in columns))
+    row = select(
+        *(bindparam(f"{prefix}{name}", type_=_OFFER_TABLE.c[name].type) for name in columns)
+    )
     # 'open' written into the SQL, so the planner can match the open offers' indexes.
     held = exists().where(
-        _OFFER_TABLE.c.consultant_id == bindparam("consultant_id"),
+        _OFFER_TABLE.c.consultant_id == bindparam(f"{prefix}consultant_id"),
         _OFFER_TABLE.c.state == literal_column("'open'"),
     )
     return insert_ignoring_conflicts(dialect, _OFFER_TABLE).from_select(columns, row.where(~held))

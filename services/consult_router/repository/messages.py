@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Insert, Select, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.base import table_of
@@ -41,6 +41,36 @@ _APPEND_NUMBERED = (
     )
     .returning(_MESSAGES.c.seq)
 )
+
+
+def append_numbered_for(consultant: Select[Any]) -> Insert:
+    """The numbered append for the consultant `consultant` names, if it names one (none:
+    nothing is bumped or written, and nothing returned). PostgreSQL only: the statement
+    that makes an offer names its consultant this way, so that the offer and the message
+    that tells of it go in one statement, and the message only if the offer was made."""
+    numbered = (
+        update(_CONSULTANTS)
+        .where(_CONSULTANTS.c.id.in_(consultant))
+        .values(message_seq=_CONSULTANTS.c.message_seq + 1)
+        .returning(_CONSULTANTS.c.message_seq)
+        .cte("numbered")
+    )
+    return (
+        insert(_MESSAGES)
+        .from_select(
+            ["consultant_id", "seq", "type", "payload", "created_at"],
+            select(
+                bindparam("for_consultant", type_=_MESSAGES.c.consultant_id.type),
+                numbered.c.message_seq,
+                bindparam("kind", type_=_MESSAGES.c.type.type),
+                bindparam("document", type_=_MESSAGES.c.payload.type),
+                bindparam("at", type_=_MESSAGES.c.created_at.type),
+            ),
+        )
+        .returning(_MESSAGES.c.seq)
+    )
+
+
 _AFTER = (
     select(ConsultMessage)
     .where(
