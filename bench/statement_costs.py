@@ -15,7 +15,9 @@ apart, the step's own cost shows.
 - a submitted case: read for it under a lock, then insert it (before) / insert it unless
   there, returning whether it was (`insert_cases_if_new`, now);
 - an offer: look for the consultant's open offers, then insert (before) / one insert
-  that carries the look (`insert_offer_unless_held`, now);
+  that carries the look (`insert_offer_unless_held`, now; on PostgreSQL routing now sends
+  it with the consultant's message about it, `insert_offer_and_message_unless_held`,
+  which `bench.delivery_passes` counts);
 - a cancellation's offers: read the case's open offers, then close each (before) / close
   them in one statement that returns them (`close_open_offers_of_case`, now); the case
   has one open offer, as a case offered to one consultant at a time has;

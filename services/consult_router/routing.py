@@ -150,7 +150,9 @@ class RoutingView:
     ) -> list[ConsultCase]:
         """The open cases a pass routing `arrivals` goes through, most urgent first: the
         queue as read, or, when no other case could move (`others_may_move`), the open
-        arrivals alone, which skipped the others anyway (none is on offer: they are new)."""
+        arrivals alone: the pass would skip every other case anyway, and no arrival is on
+        offer (it is new). Arrivals their own batch ended are left out, as the queue's read
+        leaves them out."""
         if self.others_may_move:
             return await self.open_queue(session)
         return self.queue_order([c for c in arrivals.values() if c.status in case_repo.OPEN_CASE])
@@ -180,6 +182,7 @@ class RoutingView:
         waits for their answer or their deadline, unless it is broadcast (anyone newly
         free joins in). Its offer closed (declined, withdrawn), it moves on. A sweep looks
         at every case: an offer held by someone whose shift has ended is found there.
+        `case_repo.ANOTHER_CASE_MAY_MOVE` is the same rule in SQL: change both together.
         """
         if case.status == "queued":
             return self.anyone_free()
@@ -201,7 +204,9 @@ async def route_arrivals(
     It is the pass a wake-up runs, over the whole queue in order of urgency, so a new case
     never goes ahead of one waiting longer or more urgently; the queue is read only when
     the statement that reads who is on call says a case besides the new ones could move
-    (each round trip here is time the crew waits through). Under a savepoint: if it
+    (each round trip here is time the crew waits through). That statement is Core, which
+    flushes nothing: what the batch changed is flushed before routing (`apply_snapshots`).
+    Under a savepoint: if it
     fails, the cases stay recorded and the routing loop is woken to route them.
     `arrivals` are the cases this transaction wrote, as this session holds them.
     """
@@ -351,13 +356,13 @@ async def _offer_each(
             "close_reason": None,
         }
         offer = read_only_row(ConsultOffer, values)
-        told = offer_read(offer, case).model_dump(mode="json")
+        offer_message = offer_read(offer, case).model_dump(mode="json")
         # A statement of its own, after the lock: on PostgreSQL its check reads what
         # committed before the lock was granted (in the locking statement it would read
         # as of that statement's start, and miss an offer committed meanwhile). The
         # consultant's message about the offer goes with it.
         seq = await case_repo.insert_offer_and_message_unless_held(
-            session, values, kind="offer", payload=told, at=now
+            session, values, kind="offer", payload=offer_message, at=ctx.clock.now()
         )
         if seq is None:
             view.offered.add(consultant_id)
@@ -366,7 +371,7 @@ async def _offer_each(
         made += 1
         outbound.count_offer(session, ctx, "made")
         await outbound.told_consultant(
-            session, ctx, consultant_id, LoggedMessage(seq, "offer", told)
+            session, ctx, consultant_id, LoggedMessage(seq, "offer", offer_message)
         )
         await outbound.announce_offer(session, ctx, offer, case, EventType.OFFER_MADE)
         _log_offer(session, offer.id, case.id, consultant_id)

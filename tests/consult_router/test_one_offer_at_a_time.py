@@ -4,6 +4,7 @@ offer to anyone, and the database refuses one whoever tries."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from services.consult_router import routing
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import rota as rota_repo
 from services.shared.clock import ManualClock
-from services.shared.db.models import ConsultOffer
+from services.shared.db.models import ConsultConsultant, ConsultOffer
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
@@ -48,6 +49,14 @@ async def open_offers_held(resources: Resources, consultant_id: str) -> list[str
             )
         )
         return list(rows.scalars())
+
+
+async def message_count(resources: Resources, consultant_id: str) -> int:
+    async with unit_of_work(resources.sessionmaker) as session:
+        count = await session.scalar(
+            select(ConsultConsultant.message_seq).where(ConsultConsultant.id == consultant_id)
+        )
+        return int(count or 0)
 
 
 async def two_cases_waiting(desk: Desk, clock: ManualClock) -> tuple[str, str]:
@@ -118,6 +127,12 @@ class TestRouting:
             [together] = sent
             assert "INSERT INTO consult_offer" in together
             assert "INSERT INTO consult_message" in together
+            # The counter's bump sets the count alone, whatever the statement's parameters
+            # are named (one named after a consultant's column would be set too).
+            bumped = re.search(r"UPDATE consult_consultant SET (.*?) WHERE", together)
+            assert bumped is not None
+            assert bumped.group(1).startswith("message_seq=")
+            assert "," not in bumped.group(1)
         else:
             assert [s.split()[:3] for s in sent] == [
                 ["INSERT", "INTO", "consult_offer"], ["INSERT", "INTO", "consult_message"]
@@ -139,11 +154,9 @@ class TestRouting:
                 session, open_offer(second, "dr-a", now), kind="offer", payload={}, at=now
             )
             assert seq is None
-            consultant = await rota_repo.get_consultant(session, "dr-a")
-            assert consultant is not None
-            assert consultant.message_seq == 0
         assert await open_offers_held(resources, "dr-a") == [first]
         assert await desk.log("dr-a") == []
+        assert await message_count(resources, "dr-a") == 0
 
     async def test_an_offer_made_and_its_message_are_numbered_in_the_log(
         self, desk: Desk, clock: ManualClock, resources: Resources
@@ -213,8 +226,9 @@ class TestRouting:
             assert offered is not None
             assert offered.status == "offered"
 
+    @pytest.mark.parametrize("with_message", [False, True], ids=["offer", "offer and message"])
     async def test_an_offer_being_closed_elsewhere_still_counts_and_is_not_waited_for(
-        self, desk: Desk, clock: ManualClock, resources: Resources
+        self, desk: Desk, clock: ManualClock, resources: Resources, with_message: bool
     ) -> None:
         """Another transaction is closing dr-a's open offer and has not committed. Routing,
         holding dr-a's row, neither waits for it (it goes on to lock dr-a for the
@@ -232,9 +246,16 @@ class TestRouting:
             )
             async with unit_of_work(resources.sessionmaker) as routing_it:
                 assert await rota_repo.lock_consultant_if_free(routing_it, "dr-a") is not None
-                again = await asyncio.wait_for(
-                    case_repo.insert_offer_unless_held(routing_it, open_offer(second, "dr-a", now)),
-                    timeout=10,  # waiting for `closing` would never end: it commits after
+                values = open_offer(second, "dr-a", now)
+                offering = (
+                    case_repo.insert_offer_and_message_unless_held(
+                        routing_it, values, kind="offer", payload={}, at=now
+                    )
+                    if with_message
+                    else case_repo.insert_offer_unless_held(routing_it, values)
                 )
+                # Waiting for `closing` would never end: it commits after.
+                again = await asyncio.wait_for(offering, timeout=10)
                 assert again is None
         assert await open_offers_held(resources, "dr-a") == []
+        assert await message_count(resources, "dr-a") == 0

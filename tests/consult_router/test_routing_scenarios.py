@@ -471,6 +471,21 @@ class TestOfferedOnArrival:
         assert offered_case(await desk.log("dr-b")) == second["id"]
         assert kinds(await desk.log("dr-a")) == ["offer"]
 
+    async def test_arrivals_routed_without_the_queue_go_most_urgent_first(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        for name in ("dr-a", "dr-b"):
+            await desk.consultant(name, ["frailty"])
+        await desk.send_case(snapshot(clock))  # offered to dr-a: it awaits their answer
+        # One batch, the less urgent first in it and in id order (new cases are written,
+        # and handed to routing, in id order).
+        later = snapshot(clock, priority=4, case_id=f"00000000-{uuid.uuid4().hex[:4]}-0000")
+        urgent = snapshot(clock, priority=2, case_id=f"ffffffff-{uuid.uuid4().hex[:4]}-0000")
+        with statements_sent(resources.engine, reads_the_queue) as queue_reads:
+            await desk.send_case(later, urgent)
+        assert queue_reads == []
+        assert offered_case(await desk.log("dr-b")) == urgent["id"]
+
     async def test_an_arrival_reads_the_queue_when_a_broadcast_case_could_take_someone(
         self, desk: Desk, clock: ManualClock, resources: Resources
     ) -> None:

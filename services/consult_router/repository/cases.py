@@ -290,6 +290,12 @@ async def insert_offer_unless_held(
     return read_only_row(ConsultOffer, values)
 
 
+# The offer's values named apart from the consultant's columns in the statement that also
+# numbers their message: the counter's UPDATE would take a parameter named after one of
+# its table's columns (`id`, `created_at`) as a value to set.
+_OFFERED = "offered_"
+
+
 async def insert_offer_and_message_unless_held(
     session: AsyncSession,
     values: dict[str, object],
@@ -310,19 +316,13 @@ async def insert_offer_and_message_unless_held(
         consultant_id = str(values["consultant_id"])
         return await message_repo.append(session, consultant_id, type=kind, payload=payload, at=at)
     parameters = {f"{_OFFERED}{column}": value for column, value in values.items()}
-    told = await session.execute(
+    result = await session.execute(
         _offer_and_message_unless_held(),
         {**parameters, "for_consultant": values["consultant_id"], "kind": kind,
          "document": payload, "at": at},
     )  # fmt: skip
-    seq = told.scalar_one_or_none()
+    seq = result.scalar_one_or_none()
     return None if seq is None else int(seq)
-
-
-# The offer's values named apart from the consultant's columns in the statement that also
-# numbers their message: the counter's UPDATE would take a parameter named after one of
-# its table's columns (`id`, `created_at`) as a value to set.
-_OFFERED = "offered_"
 
 
 @functools.cache
@@ -366,8 +366,8 @@ async def close_open_offers_of_case(
 ) -> list[ConsultOffer]:
     """Close every offer of the case that is still open, in one statement; the offers
     closed, oldest first: this session's own objects, brought up to date, where it holds
-    them, else objects to read (an offer object from `insert_offer_unless_held` is not
-    the session's, and is left as it was)."""
+    them, else objects to read (an offer object routing built for its insert, or one from
+    `insert_offer_unless_held`, is not the session's, and is left as it was)."""
     # Named apart from the columns, which an UPDATE takes as values to set.
     parameters = {"of_case": case_id, "closed_as": state, "reason": reason, "at": at}
     rows = (await session.execute(_CLOSE_OPEN_OFFERS_OF_CASE, parameters)).mappings().all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Select, bindparam, delete, insert, select, update
+from sqlalchemy import CTE, Insert, Select, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.base import table_of
@@ -23,38 +23,12 @@ _NEXT_SEQ = (
 )
 _MESSAGES = table_of(ConsultMessage)
 _INSERT_MESSAGE = insert(_MESSAGES)
-# On PostgreSQL the counter's bump feeds the insert in one statement (an UPDATE in a WITH
-# is run once, and holds the consultant's row as the UPDATE alone does): a round trip
-# fewer for every message. SQLite has no UPDATE in a WITH.
-_NUMBERED = _NEXT_SEQ.cte("numbered")
-_APPEND_NUMBERED = (
-    insert(_MESSAGES)
-    .from_select(
-        ["consultant_id", "seq", "type", "payload", "created_at"],
-        select(
-            bindparam("for_consultant", type_=_MESSAGES.c.consultant_id.type),
-            _NUMBERED.c.message_seq,
-            bindparam("kind", type_=_MESSAGES.c.type.type),
-            bindparam("document", type_=_MESSAGES.c.payload.type),
-            bindparam("at", type_=_MESSAGES.c.created_at.type),
-        ),
-    )
-    .returning(_MESSAGES.c.seq)
-)
 
 
-def append_numbered_for(consultant: Select[Any]) -> Insert:
-    """The numbered append for the consultant `consultant` names, if it names one (none:
-    nothing is bumped or written, and nothing returned). PostgreSQL only: the statement
-    that makes an offer names its consultant this way, so that the offer and the message
-    that tells of it go in one statement, and the message only if the offer was made."""
-    numbered = (
-        update(_CONSULTANTS)
-        .where(_CONSULTANTS.c.id.in_(consultant))
-        .values(message_seq=_CONSULTANTS.c.message_seq + 1)
-        .returning(_CONSULTANTS.c.message_seq)
-        .cte("numbered")
-    )
+def _numbered_insert(numbered: CTE) -> Insert:
+    """The message inserted with the seq the counter's bump (`numbered`) returns; none if
+    it bumped no row. Its values are named apart from the consultant's columns, which the
+    bump would take as values to set."""
     return (
         insert(_MESSAGES)
         .from_select(
@@ -68,6 +42,27 @@ def append_numbered_for(consultant: Select[Any]) -> Insert:
             ),
         )
         .returning(_MESSAGES.c.seq)
+    )
+
+
+# On PostgreSQL the counter's bump feeds the insert in one statement (an UPDATE in a WITH
+# is run once, and holds the consultant's row as the UPDATE alone does): a round trip
+# fewer for every message. SQLite has no UPDATE in a WITH.
+_APPEND_NUMBERED = _numbered_insert(_NEXT_SEQ.cte("numbered"))
+
+
+def append_numbered_for(consultant_ids: Select[Any]) -> Insert:
+    """The numbered append for the consultant `consultant_ids` gives, if it gives one
+    (none: nothing is bumped or written, and nothing returned). PostgreSQL only: the
+    statement that makes an offer gives its consultant this way, so that the offer and the
+    message that tells of it go in one statement, and the message only if the offer was
+    made."""
+    return _numbered_insert(
+        update(_CONSULTANTS)
+        .where(_CONSULTANTS.c.id.in_(consultant_ids))
+        .values(message_seq=_CONSULTANTS.c.message_seq + 1)
+        .returning(_CONSULTANTS.c.message_seq)
+        .cte("numbered")
     )
 
 
