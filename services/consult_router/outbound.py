@@ -77,11 +77,14 @@ async def announce_status(
     consult: ConsultConsult | None = None,
     consultant: ConsultConsultant | None = None,
     actor: Principal | None = None,
+    counted: bool = False,
     **details: Any,
 ) -> None:
-    """A `consult.*` status for the crew's stream (with advice) and audit (without)."""
+    """A `consult.*` status for the crew's stream (with advice) and audit (without).
+    `counted`: the case's router version counts this status already (written with it)."""
     now = ctx.clock.now()
-    case.router_version += 1
+    if not counted:
+        case.router_version += 1
     status = ConsultStatus(
         router_version=case.router_version,
         at=now,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from services.consult_router import outbound
 from services.consult_router.cases import withdraw_offer
@@ -68,6 +69,8 @@ class RoutingView:
     ageing_step_seconds: float
     now: datetime
     made: list[str] = field(default_factory=list)
+    # The cases moved to offered by the statement that made their first offer.
+    moved: set[str] = field(default_factory=set)
     # Whether an open case besides the pass's new ones could move (read with who is on
     # call when the pass routes new cases; assumed so otherwise).
     others_may_move: bool = True
@@ -271,7 +274,9 @@ async def route_case(
             case.broadcast = True
     if case.broadcast:
         made = await _broadcast(session, ctx, view, case, open_offers, in_round, now=now)
-    await _settle_status(session, ctx, case, still_open=bool(open_offers) or made > 0, made=made)
+    await _settle_status(
+        session, ctx, view, case, still_open=bool(open_offers) or made > 0, made=made
+    )
 
 
 def _specialties_for(case: ConsultCase) -> set[str]:
@@ -361,17 +366,24 @@ async def _offer_each(
         # committed before the lock was granted (in the locking statement it would read
         # as of that statement's start, and miss an offer committed meanwhile). The
         # consultant's message about the offer goes with it.
-        seq = await case_repo.insert_offer_and_message_unless_held(
-            session, values, kind="offer", payload=offer_message, at=ctx.clock.now()
-        )
-        if seq is None:
+        # The case's move to offered goes with its first offer: no UPDATE of its own.
+        moving = case.status == "queued"
+        offered = await case_repo.insert_offer_and_message_unless_held(
+            session, values, kind="offer", payload=offer_message, at=ctx.clock.now(),
+            offered_as=case.router_version + 1 if moving else None,
+        )  # fmt: skip
+        if offered is None:
             view.offered.add(consultant_id)
             continue  # another process offered them something meanwhile
+        if offered.case_moved:  # written: the session's object takes it as it stands
+            set_committed_value(case, "status", "offered")
+            set_committed_value(case, "router_version", case.router_version + 1)
+            view.moved.add(case.id)
         view.take(consultant_id)
         made += 1
         outbound.count_offer(session, ctx, "made")
         await outbound.told_consultant(
-            session, ctx, consultant_id, LoggedMessage(seq, "offer", offer_message)
+            session, ctx, consultant_id, LoggedMessage(offered.seq, "offer", offer_message)
         )
         await outbound.announce_offer(session, ctx, offer, case, EventType.OFFER_MADE)
         _log_offer(session, offer.id, case.id, consultant_id)
@@ -386,11 +398,20 @@ def _log_offer(session: AsyncSession, offer_id: str, case_id: str, consultant_id
 
 
 async def _settle_status(
-    session: AsyncSession, ctx: RouterContext, case: ConsultCase, *, still_open: bool, made: int
+    session: AsyncSession,
+    ctx: RouterContext,
+    view: RoutingView,
+    case: ConsultCase,
+    *,
+    still_open: bool,
+    made: int,
 ) -> None:
     """The crew sees `offered` while someone is being asked and `queued` while nobody
     is free; only changes are announced."""
-    if made and case.status == "queued":
+    if made and case.id in view.moved:  # moved with its first offer (PostgreSQL)
+        await outbound.announce_status(session, ctx, case, EventType.CONSULT_OFFERED, counted=True)
+        await outbound.queue_changed(session, ctx)
+    elif made and case.status == "queued":
         case.status = "offered"
         await outbound.announce_status(session, ctx, case, EventType.CONSULT_OFFERED)
         await outbound.queue_changed(session, ctx)

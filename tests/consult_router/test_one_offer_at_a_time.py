@@ -150,10 +150,10 @@ class TestRouting:
         now = clock.now()
         async with unit_of_work(resources.sessionmaker) as session:
             await offer_made(session, first, now)
-            seq = await case_repo.insert_offer_and_message_unless_held(
+            made = await case_repo.insert_offer_and_message_unless_held(
                 session, open_offer(second, "dr-a", now), kind="offer", payload={}, at=now
             )
-            assert seq is None
+            assert made is None
         assert await open_offers_held(resources, "dr-a") == [first]
         assert await desk.log("dr-a") == []
         assert await message_count(resources, "dr-a") == 0
@@ -164,11 +164,11 @@ class TestRouting:
         first, _ = await two_cases_waiting(desk, clock)
         now = clock.now()
         async with unit_of_work(resources.sessionmaker) as session:
-            seq = await case_repo.insert_offer_and_message_unless_held(
+            made = await case_repo.insert_offer_and_message_unless_held(
                 session, open_offer(first, "dr-a", now), kind="offer",
                 payload={"case": {"id": first}}, at=now,
             )  # fmt: skip
-        assert seq == 1
+        assert made == case_repo.MadeOffer(seq=1, case_moved=False)
         assert await open_offers_held(resources, "dr-a") == [first]
         assert await desk.log("dr-a") == [("offer", {"case": {"id": first}})]
 

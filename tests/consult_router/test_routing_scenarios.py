@@ -19,7 +19,7 @@ from services.consult_router.engine import RoutingEngine
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import rota as rota_repo
 from services.shared.clock import ManualClock
-from services.shared.db.models import ConsultCase
+from services.shared.db.models import ConsultCase, ConsultOutbox
 from services.shared.db.session import RetryWithSavepoints, unit_of_work, without_savepoints
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
@@ -33,6 +33,31 @@ def kinds(log: list[tuple[str, dict[str, Any]]]) -> list[str]:
 def reads_the_queue(statement: str) -> bool:
     """The routing queue's read (the open cases, oldest first)."""
     return "FROM consult_case" in statement and "ORDER BY consult_case.created_at" in statement
+
+
+async def case_state(resources: Resources, case_id: str) -> tuple[str, int]:
+    async with unit_of_work(resources.sessionmaker) as session:
+        kept = await session.get(ConsultCase, case_id)
+        assert kept is not None
+        return kept.status, kept.router_version
+
+
+async def statuses_told(resources: Resources, case_id: str) -> list[tuple[str, int]]:
+    """The `consult.*` statuses the router has put in its outbox for the case's crew."""
+    async with unit_of_work(resources.sessionmaker) as session:
+        rows = await session.execute(
+            select(ConsultOutbox.payload)
+            .where(
+                ConsultOutbox.event_type.like("consult.%"),
+                ConsultOutbox.destination == "triage_api",
+            )
+            .order_by(ConsultOutbox.id)
+        )
+        return [
+            (told["type"], told["data"]["router_version"])
+            for told in rows.scalars()
+            if told["subject_id"] == case_id
+        ]
 
 
 def offered_case(log: list[tuple[str, dict[str, Any]]], index: int = -1) -> str:
@@ -470,6 +495,35 @@ class TestOfferedOnArrival:
         assert queue_reads == []
         assert offered_case(await desk.log("dr-b")) == second["id"]
         assert kinds(await desk.log("dr-a")) == ["offer"]
+
+    async def test_an_arrivals_move_to_offered_goes_with_its_first_offer(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """On PostgreSQL the statement that makes a case's first offer also moves it to
+        offered: no UPDATE of the case of its own. The crew is told `offered` once, at
+        router version 1, either way."""
+        await desk.consultant("dr-a", ["frailty"])
+        case = snapshot(clock)
+        with statements_sent(resources.engine, lambda sql: "UPDATE consult_case" in sql) as sent:
+            await desk.send_case(case)
+        [update] = sent
+        on_postgres = resources.engine.dialect.name == "postgresql"
+        assert ("INSERT INTO consult_offer" in update) is on_postgres
+        assert offered_case(await desk.log("dr-a")) == case["id"]
+        assert await case_state(resources, case["id"]) == ("offered", 1)
+        assert await statuses_told(resources, case["id"]) == [("consult.offered", 1)]
+
+    async def test_a_broadcast_case_moves_to_offered_once(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        for name in ("dr-f", "dr-g"):
+            await desk.consultant(name, ["emergency_medicine"])
+        case = snapshot(clock, specialty="stroke")  # nobody on call: the fallback, at once
+        await desk.send_case(case)
+        assert offered_case(await desk.log("dr-f")) == case["id"]
+        assert offered_case(await desk.log("dr-g")) == case["id"]
+        assert await case_state(resources, case["id"]) == ("offered", 1)
+        assert await statuses_told(resources, case["id"]) == [("consult.offered", 1)]
 
     async def test_arrivals_routed_without_the_queue_go_most_urgent_first(
         self, desk: Desk, clock: ManualClock, resources: Resources

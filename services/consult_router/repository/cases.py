@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -296,6 +297,15 @@ async def insert_offer_unless_held(
 _OFFERED = "offered_"
 
 
+@dataclass(frozen=True, slots=True)
+class MadeOffer:
+    """An offer made: the seq of the consultant's message about it, and whether the same
+    statement moved its case from queued to offered (`offered_as`)."""
+
+    seq: int
+    case_moved: bool
+
+
 async def insert_offer_and_message_unless_held(
     session: AsyncSession,
     values: dict[str, object],
@@ -303,33 +313,54 @@ async def insert_offer_and_message_unless_held(
     kind: str,
     payload: dict[str, Any],
     at: datetime,
-) -> int | None:
+    offered_as: int | None = None,
+) -> MadeOffer | None:
     """`insert_offer_unless_held`, and if the offer is made, the message that tells its
-    consultant of it appended to their log (`messages.append`): the message's seq, or
-    None, writing neither, if they hold an open offer already. On PostgreSQL one
-    statement, the offer's insert feeding the message's numbering: a round trip fewer on
-    the path of every offer. The caller holds the consultant's row locked, so the
-    numbering waits on nothing."""
+    consultant of it appended to their log (`messages.append`); None, writing nothing, if
+    they hold an open offer already. On PostgreSQL one statement, the offer's insert
+    feeding the message's numbering: a round trip fewer on the path of every offer; and
+    given `offered_as` (the router version the case takes as it becomes offered), the
+    same statement moves a queued case to offered, where the caller's object would have
+    been flushed as an UPDATE of its own. The caller holds the consultant's row and the
+    case's (or wrote the case in this transaction), so nothing here waits."""
     if dialect_name(session) != "postgresql":
         if await insert_offer_unless_held(session, values) is None:
             return None
         consultant_id = str(values["consultant_id"])
-        return await message_repo.append(session, consultant_id, type=kind, payload=payload, at=at)
+        seq = await message_repo.append(session, consultant_id, type=kind, payload=payload, at=at)
+        return MadeOffer(seq, case_moved=False)
     parameters = {f"{_OFFERED}{column}": value for column, value in values.items()}
     result = await session.execute(
-        _offer_and_message_unless_held(),
+        _offer_and_message_unless_held(moving_the_case=offered_as is not None),
         {**parameters, "for_consultant": values["consultant_id"], "kind": kind,
-         "document": payload, "at": at},
+         "document": payload, "at": at, "moved_to_version": offered_as},
     )  # fmt: skip
-    seq = result.scalar_one_or_none()
-    return None if seq is None else int(seq)
+    numbered = result.scalar_one_or_none()
+    return None if numbered is None else MadeOffer(int(numbered), case_moved=offered_as is not None)
 
 
 @functools.cache
-def _offer_and_message_unless_held() -> Any:
+def _offer_and_message_unless_held(*, moving_the_case: bool) -> Any:
     made = _offer_unless_held("postgresql", prefix=_OFFERED)
-    made = made.returning(_OFFER_TABLE.c.consultant_id).cte("made")
-    return message_repo.append_numbered_for(select(made.c.consultant_id))
+    made = made.returning(_OFFER_TABLE.c.consultant_id, _OFFER_TABLE.c.case_id).cte("made")
+    statement = message_repo.append_numbered_for(select(made.c.consultant_id))
+    if not moving_the_case:
+        return statement
+    # Run whether or not the statement reads it, as every data-modifying WITH is; it
+    # moves the case only if the offer was made, and only from queued.
+    moved = (
+        update(_CASE_TABLE)
+        .where(
+            _CASE_TABLE.c.id.in_(select(made.c.case_id)),
+            _CASE_TABLE.c.status == literal_column("'queued'"),
+        )
+        .values(
+            status=literal_column("'offered'"),
+            router_version=bindparam("moved_to_version", type_=_CASE_TABLE.c.router_version.type),
+        )
+        .cte("moved")
+    )
+    return statement.add_cte(moved)
 
 
 @functools.cache
