@@ -366,18 +366,18 @@ async def _offer_each(
         # committed before the lock was granted (in the locking statement it would read
         # as of that statement's start, and miss an offer committed meanwhile). The
         # consultant's message about the offer goes with it.
-        # The case's move to offered goes with its first offer: no UPDATE of its own.
-        moving = case.status == "queued"
+        # On PostgreSQL the case's move to offered goes with its first offer: no UPDATE
+        # of its own.
         offered = await case_repo.insert_offer_and_message_unless_held(
             session, values, kind="offer", payload=offer_message, at=ctx.clock.now(),
-            offered_as=case.router_version + 1 if moving else None,
+            moving_the_case=case.status == "queued",
         )  # fmt: skip
         if offered is None:
             view.offered.add(consultant_id)
             continue  # another process offered them something meanwhile
-        if offered.case_moved:  # written: the session's object takes it as it stands
+        if offered.moved_to_version is not None:  # the session's object takes it as written
             set_committed_value(case, "status", "offered")
-            set_committed_value(case, "router_version", case.router_version + 1)
+            set_committed_value(case, "router_version", offered.moved_to_version)
             view.moved.add(case.id)
         view.take(consultant_id)
         made += 1

@@ -19,7 +19,7 @@ from services.consult_router import routing
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import rota as rota_repo
 from services.shared.clock import ManualClock
-from services.shared.db.models import ConsultConsultant, ConsultOffer
+from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOffer
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
@@ -57,6 +57,18 @@ async def message_count(resources: Resources, consultant_id: str) -> int:
             select(ConsultConsultant.message_seq).where(ConsultConsultant.id == consultant_id)
         )
         return int(count or 0)
+
+
+async def row_state(resources: Resources, case_id: str) -> tuple[str, int]:
+    async with unit_of_work(resources.sessionmaker) as session:
+        row = (
+            await session.execute(
+                select(ConsultCase.status, ConsultCase.router_version).where(
+                    ConsultCase.id == case_id
+                )
+            )
+        ).one()
+        return str(row[0]), int(row[1])
 
 
 async def two_cases_waiting(desk: Desk, clock: ManualClock) -> tuple[str, str]:
@@ -158,6 +170,51 @@ class TestRouting:
         assert await desk.log("dr-a") == []
         assert await message_count(resources, "dr-a") == 0
 
+    async def test_an_offer_refused_moves_no_case(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        first, second = await two_cases_waiting(desk, clock)
+        now = clock.now()
+        async with unit_of_work(resources.sessionmaker) as session:
+            await offer_made(session, first, now)
+            refused = await case_repo.insert_offer_and_message_unless_held(
+                session, open_offer(second, "dr-a", now), kind="offer", payload={}, at=now,
+                moving_the_case=True,
+            )  # fmt: skip
+            assert refused is None
+        assert await row_state(resources, second) == ("queued", 0)
+        assert await desk.log("dr-a") == []
+
+    async def test_the_move_is_from_queued_alone_and_says_what_it_wrote(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """On PostgreSQL the offer's statement moves a queued case and returns the router
+        version it wrote; a case not queued it leaves as it is. (SQLite moves nothing: the
+        caller's flush does.)"""
+        first, second = await two_cases_waiting(desk, clock)
+        await desk.consultant("dr-b", ["frailty"])
+        async with unit_of_work(resources.sessionmaker) as session:
+            await session.execute(
+                update(ConsultCase).where(ConsultCase.id == second).values(status="offered")
+            )
+        now = clock.now()
+        on_postgres = resources.engine.dialect.name == "postgresql"
+        async with unit_of_work(resources.sessionmaker) as session:
+            queued = await case_repo.insert_offer_and_message_unless_held(
+                session, open_offer(first, "dr-a", now), kind="offer", payload={}, at=now,
+                moving_the_case=True,
+            )  # fmt: skip
+            not_queued = await case_repo.insert_offer_and_message_unless_held(
+                session, open_offer(second, "dr-b", now), kind="offer", payload={}, at=now,
+                moving_the_case=True,
+            )  # fmt: skip
+        assert queued == case_repo.MadeOffer(seq=1, moved_to_version=1 if on_postgres else None)
+        assert not_queued == case_repo.MadeOffer(seq=1, moved_to_version=None)
+        assert await row_state(resources, first) == (
+            ("offered", 1) if on_postgres else ("queued", 0)
+        )
+        assert await row_state(resources, second) == ("offered", 0)
+
     async def test_an_offer_made_and_its_message_are_numbered_in_the_log(
         self, desk: Desk, clock: ManualClock, resources: Resources
     ) -> None:
@@ -168,7 +225,7 @@ class TestRouting:
                 session, open_offer(first, "dr-a", now), kind="offer",
                 payload={"case": {"id": first}}, at=now,
             )  # fmt: skip
-        assert made == case_repo.MadeOffer(seq=1, case_moved=False)
+        assert made == case_repo.MadeOffer(seq=1)
         assert await open_offers_held(resources, "dr-a") == [first]
         assert await desk.log("dr-a") == [("offer", {"case": {"id": first}})]
 

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, select, text
 
-from services.consult_router import routing
+from services.consult_router import outbound, routing
 from services.consult_router.context import WORK_CHANNEL
 from services.consult_router.engine import RoutingEngine
 from services.consult_router.repository import cases as case_repo
@@ -599,6 +599,32 @@ class TestOfferedOnArrival:
         monkeypatch.undo()
         await engine.route_changes()
         assert offered_case(await desk.log("dr-a")) == case["id"]
+
+    async def test_a_failure_after_the_move_leaves_the_case_as_the_database_has_it(
+        self, desk: Desk, router_app: FastAPI, clock: ManualClock, resources: Resources,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:  # fmt: skip
+        """Routing on arrival fails after the case's first offer (which, on PostgreSQL,
+        moved it to offered): the savepoint undoes the offer and the move, and the
+        session's object reads queued again, as the row does, not what was undone."""
+        await desk.consultant("dr-a", ["frailty"])
+
+        async def broken(*_args: object, **_kwargs: object) -> None:
+            raise RuntimeError("a defect in announcing")
+
+        monkeypatch.setattr(outbound, "announce_status", broken)
+        case = snapshot(clock)
+        raw = {
+            "id": uuid.uuid4().hex, "type": "case.submitted", "source": "triage_api",
+            "occurred_at": clock.now().isoformat(), "subject_id": case["id"], "data": case,
+        }  # fmt: skip
+        async with unit_of_work(resources.sessionmaker) as session:
+            await router_app.state.local_receiver(session, [raw])  # with savepoints
+            held = await session.get(ConsultCase, case["id"])
+            assert held is not None
+            assert (held.status, held.router_version) == ("queued", 0)
+        assert await case_state(resources, case["id"]) == ("queued", 0)
+        assert await desk.log("dr-a") == []
 
     async def test_without_savepoints_a_routing_failure_asks_for_them(
         self, desk: Desk, router_app: FastAPI, clock: ManualClock, resources: Resources,

@@ -291,19 +291,20 @@ async def insert_offer_unless_held(
     return read_only_row(ConsultOffer, values)
 
 
-# The offer's values named apart from the consultant's columns in the statement that also
-# numbers their message: the counter's UPDATE would take a parameter named after one of
-# its table's columns (`id`, `created_at`) as a value to set.
+# The offer's values named apart from the consultant's and the case's columns in the
+# statement that also numbers their message and moves the case: an UPDATE takes a
+# parameter named after one of its table's columns (`id`, `created_at`) as a value to set.
 _OFFERED = "offered_"
 
 
 @dataclass(frozen=True, slots=True)
 class MadeOffer:
-    """An offer made: the seq of the consultant's message about it, and whether the same
-    statement moved its case from queued to offered (`offered_as`)."""
+    """An offer made: the seq of the consultant's message about it, and the router
+    version its case moved to from queued with it, as the database wrote it (None: the
+    case was not moved in the statement)."""
 
     seq: int
-    case_moved: bool
+    moved_to_version: int | None = None
 
 
 async def insert_offer_and_message_unless_held(
@@ -313,30 +314,33 @@ async def insert_offer_and_message_unless_held(
     kind: str,
     payload: dict[str, Any],
     at: datetime,
-    offered_as: int | None = None,
+    moving_the_case: bool = False,
 ) -> MadeOffer | None:
     """`insert_offer_unless_held`, and if the offer is made, the message that tells its
     consultant of it appended to their log (`messages.append`); None, writing nothing, if
     they hold an open offer already. On PostgreSQL one statement, the offer's insert
     feeding the message's numbering: a round trip fewer on the path of every offer; and
-    given `offered_as` (the router version the case takes as it becomes offered), the
-    same statement moves a queued case to offered, where the caller's object would have
-    been flushed as an UPDATE of its own. The caller holds the consultant's row and the
-    case's (or wrote the case in this transaction), so nothing here waits."""
+    `moving_the_case`, the same statement moves the case to offered if it is queued (its
+    router version counted), where the caller's object would have been flushed as an
+    UPDATE of its own. The caller holds the consultant's row and the case's (or wrote the
+    case in this transaction), so nothing here waits."""
     if dialect_name(session) != "postgresql":
         if await insert_offer_unless_held(session, values) is None:
             return None
         consultant_id = str(values["consultant_id"])
         seq = await message_repo.append(session, consultant_id, type=kind, payload=payload, at=at)
-        return MadeOffer(seq, case_moved=False)
+        return MadeOffer(seq)
     parameters = {f"{_OFFERED}{column}": value for column, value in values.items()}
     result = await session.execute(
-        _offer_and_message_unless_held(moving_the_case=offered_as is not None),
+        _offer_and_message_unless_held(moving_the_case=moving_the_case),
         {**parameters, "for_consultant": values["consultant_id"], "kind": kind,
-         "document": payload, "at": at, "moved_to_version": offered_as},
+         "document": payload, "at": at},
     )  # fmt: skip
-    numbered = result.scalar_one_or_none()
-    return None if numbered is None else MadeOffer(int(numbered), case_moved=offered_as is not None)
+    row = result.one_or_none()
+    if row is None:
+        return None
+    moved_to = row[1] if moving_the_case else None
+    return MadeOffer(int(row[0]), None if moved_to is None else int(moved_to))
 
 
 @functools.cache
@@ -347,20 +351,20 @@ def _offer_and_message_unless_held(*, moving_the_case: bool) -> Any:
     if not moving_the_case:
         return statement
     # Run whether or not the statement reads it, as every data-modifying WITH is; it
-    # moves the case only if the offer was made, and only from queued.
+    # moves the case only if the offer was made, and only from queued. What it wrote
+    # comes back beside the message's seq, so the caller's object takes the database's
+    # word, not its own guess.
     moved = (
         update(_CASE_TABLE)
         .where(
             _CASE_TABLE.c.id.in_(select(made.c.case_id)),
             _CASE_TABLE.c.status == literal_column("'queued'"),
         )
-        .values(
-            status=literal_column("'offered'"),
-            router_version=bindparam("moved_to_version", type_=_CASE_TABLE.c.router_version.type),
-        )
+        .values(status=literal_column("'offered'"), router_version=_CASE_TABLE.c.router_version + 1)
+        .returning(_CASE_TABLE.c.router_version)
         .cte("moved")
     )
-    return statement.add_cte(moved)
+    return statement.add_cte(moved).returning(select(moved.c.router_version).scalar_subquery())
 
 
 @functools.cache
