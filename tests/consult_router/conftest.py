@@ -18,7 +18,7 @@ from services.consult_router.engine import RoutingEngine
 from services.embedded import EmbeddedSettings
 from services.shared.clients.peers import PeerDirectory
 from services.shared.clock import ManualClock
-from services.shared.db.models import ConsultMessage
+from services.shared.db.models import ConsultCase, ConsultMessage, ConsultOutbox
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources, open_resources
 from tests.support import FakePeer, auth, service_auth
@@ -215,3 +215,46 @@ class Desk:
 @pytest.fixture
 def desk(http: httpx.AsyncClient, clock: ManualClock, resources: Resources) -> Desk:
     return Desk(http, clock, resources)
+
+
+# What routing tests read back: a consultant's log, a case's row, what the crew was told.
+
+
+def kinds(log: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [kind for kind, _ in log]
+
+
+def reads_the_queue(statement: str) -> bool:
+    """The routing queue's read (the open cases, oldest first)."""
+    return "FROM consult_case" in statement and "ORDER BY consult_case.created_at" in statement
+
+
+async def case_state(resources: Resources, case_id: str) -> tuple[str, int]:
+    async with unit_of_work(resources.sessionmaker) as session:
+        kept = await session.get(ConsultCase, case_id)
+        assert kept is not None
+        return kept.status, kept.router_version
+
+
+async def statuses_told(resources: Resources, case_id: str) -> list[tuple[str, int]]:
+    """The `consult.*` statuses the router has put in its outbox for the case's crew."""
+    async with unit_of_work(resources.sessionmaker) as session:
+        rows = await session.execute(
+            select(ConsultOutbox.payload)
+            .where(
+                ConsultOutbox.event_type.like("consult.%"),
+                ConsultOutbox.destination == "triage_api",
+            )
+            .order_by(ConsultOutbox.id)
+        )
+        return [
+            (told["type"], told["data"]["router_version"])
+            for told in rows.scalars()
+            if told["subject_id"] == case_id
+        ]
+
+
+def offered_case(log: list[tuple[str, dict[str, Any]]], index: int = -1) -> str:
+    offers = [payload for kind, payload in log if kind == "offer"]
+    case_id: str = offers[index]["case"]["id"]
+    return case_id

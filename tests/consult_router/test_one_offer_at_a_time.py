@@ -22,7 +22,7 @@ from services.shared.clock import ManualClock
 from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOffer
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
-from tests.consult_router.conftest import Desk, snapshot
+from tests.consult_router.conftest import Desk, case_state, snapshot
 from tests.support import statements_sent
 
 
@@ -57,18 +57,6 @@ async def message_count(resources: Resources, consultant_id: str) -> int:
             select(ConsultConsultant.message_seq).where(ConsultConsultant.id == consultant_id)
         )
         return int(count or 0)
-
-
-async def row_state(resources: Resources, case_id: str) -> tuple[str, int]:
-    async with unit_of_work(resources.sessionmaker) as session:
-        row = (
-            await session.execute(
-                select(ConsultCase.status, ConsultCase.router_version).where(
-                    ConsultCase.id == case_id
-                )
-            )
-        ).one()
-        return str(row[0]), int(row[1])
 
 
 async def two_cases_waiting(desk: Desk, clock: ManualClock) -> tuple[str, str]:
@@ -153,37 +141,25 @@ class TestRouting:
         [(kind, told)] = await desk.log("dr-a")
         assert (kind, told["case"]["id"]) == ("offer", case["id"])
 
-    async def test_an_offer_not_made_tells_its_consultant_nothing(
-        self, desk: Desk, clock: ManualClock, resources: Resources
+    @pytest.mark.parametrize("moving_the_case", [False, True], ids=["offer", "and move"])
+    async def test_an_offer_not_made_tells_its_consultant_nothing_and_moves_no_case(
+        self, desk: Desk, clock: ManualClock, resources: Resources, moving_the_case: bool
     ) -> None:
-        """Refused because the consultant holds an open offer, the offer writes no message
-        and leaves their message count as it was."""
+        """Refused because the consultant holds an open offer, the offer writes no message,
+        leaves their message count as it was, and moves no case."""
         first, second = await two_cases_waiting(desk, clock)
         now = clock.now()
         async with unit_of_work(resources.sessionmaker) as session:
             await offer_made(session, first, now)
             made = await case_repo.insert_offer_and_message_unless_held(
-                session, open_offer(second, "dr-a", now), kind="offer", payload={}, at=now
-            )
+                session, open_offer(second, "dr-a", now), kind="offer", payload={}, at=now,
+                moving_the_case=moving_the_case,
+            )  # fmt: skip
             assert made is None
         assert await open_offers_held(resources, "dr-a") == [first]
         assert await desk.log("dr-a") == []
         assert await message_count(resources, "dr-a") == 0
-
-    async def test_an_offer_refused_moves_no_case(
-        self, desk: Desk, clock: ManualClock, resources: Resources
-    ) -> None:
-        first, second = await two_cases_waiting(desk, clock)
-        now = clock.now()
-        async with unit_of_work(resources.sessionmaker) as session:
-            await offer_made(session, first, now)
-            refused = await case_repo.insert_offer_and_message_unless_held(
-                session, open_offer(second, "dr-a", now), kind="offer", payload={}, at=now,
-                moving_the_case=True,
-            )  # fmt: skip
-            assert refused is None
-        assert await row_state(resources, second) == ("queued", 0)
-        assert await desk.log("dr-a") == []
+        assert await case_state(resources, second) == ("queued", 0)
 
     async def test_the_move_is_from_queued_alone_and_says_what_it_wrote(
         self, desk: Desk, clock: ManualClock, resources: Resources
@@ -210,10 +186,10 @@ class TestRouting:
             )  # fmt: skip
         assert queued == case_repo.MadeOffer(seq=1, moved_to_version=1 if on_postgres else None)
         assert not_queued == case_repo.MadeOffer(seq=1, moved_to_version=None)
-        assert await row_state(resources, first) == (
+        assert await case_state(resources, first) == (
             ("offered", 1) if on_postgres else ("queued", 0)
         )
-        assert await row_state(resources, second) == ("offered", 0)
+        assert await case_state(resources, second) == ("offered", 0)
 
     async def test_an_offer_made_and_its_message_are_numbered_in_the_log(
         self, desk: Desk, clock: ManualClock, resources: Resources
