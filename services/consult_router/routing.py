@@ -209,8 +209,8 @@ async def route_arrivals(
     the statement that reads who is on call says a case besides the new ones could move
     (each round trip here is time the crew waits through). That statement is Core, which
     flushes nothing: what the batch changed is flushed before routing (`apply_snapshots`).
-    Under a savepoint: if it
-    fails, the cases stay recorded and the routing loop is woken to route them.
+    Under a savepoint: if it fails, the cases stay recorded and the routing loop is woken
+    to route them.
     `arrivals` are the cases this transaction wrote, as this session holds them.
     """
     now = ctx.clock.now()
@@ -365,9 +365,8 @@ async def _offer_each(
         # A statement of its own, after the lock: on PostgreSQL its check reads what
         # committed before the lock was granted (in the locking statement it would read
         # as of that statement's start, and miss an offer committed meanwhile). The
-        # consultant's message about the offer goes with it.
-        # On PostgreSQL the case's move to offered goes with its first offer: no UPDATE
-        # of its own.
+        # consultant's message about the offer goes with it, and on PostgreSQL the
+        # case's move to offered with its first offer: no UPDATE of its own.
         offered = await case_repo.insert_offer_and_message_unless_held(
             session, values, kind="offer", payload=offer_message, at=ctx.clock.now(),
             moving_the_case=case.status == "queued",

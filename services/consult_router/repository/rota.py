@@ -5,9 +5,10 @@ The queries of a routing pass are built once (see `repository.cases` for why).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -204,12 +205,13 @@ async def on_call_to_route_at(
     they hold (accepted, not yet advised, case not ended) and whether they hold an open
     offer; one entry a shift."""
     parameters = {"specialties": list(specialties), "at": at}
-    return [
-        OnCallToRoute(specialty, consultant_id, status, assigned, int(active), bool(offered))
-        for specialty, consultant_id, status, assigned, active, offered in await session.execute(
-            _ON_CALL_TO_ROUTE_AT, parameters
-        )
-    ]
+    return [_to_route(row) for row in await session.execute(_ON_CALL_TO_ROUTE_AT, parameters)]
+
+
+def _to_route(row: Sequence[Any]) -> OnCallToRoute:
+    """An entry of `_ON_CALL_TO_ROUTE_AT`'s columns (those after them are the caller's)."""
+    specialty, consultant_id, status, assigned, active, offered = row[:6]
+    return OnCallToRoute(specialty, consultant_id, status, assigned, int(active), bool(offered))
 
 
 async def on_call_to_route_beside(
@@ -220,21 +222,9 @@ async def on_call_to_route_beside(
     if none can, a pass routing the arrivals needs no read of the queue. True when nobody
     is on call (no row to say; nobody free either)."""
     parameters = {"specialties": list(specialties), "at": at, "arrivals": sorted(arrivals)}
-    on_call, others_may_move = [], True
-    for (
-        specialty,
-        consultant_id,
-        status,
-        assigned,
-        active,
-        offered,
-        may_move,
-    ) in await session.execute(_ON_CALL_TO_ROUTE_BESIDE, parameters):
-        on_call.append(
-            OnCallToRoute(specialty, consultant_id, status, assigned, int(active), bool(offered))
-        )
-        others_may_move = bool(may_move)
-    return on_call, others_may_move
+    rows = list(await session.execute(_ON_CALL_TO_ROUTE_BESIDE, parameters))
+    others_may_move = bool(rows[0][-1]) if rows else True
+    return [_to_route(row) for row in rows], others_may_move
 
 
 async def active_consult_counts(
