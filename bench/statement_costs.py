@@ -37,7 +37,13 @@ apart, the step's own cost shows.
   arrays were the dearer, and were not kept;
 - a routing look (PostgreSQL only): the routing loop's read of the queue, woken by a
   change, in a transaction of its own (before) / alone, in no transaction (`reads_alone`,
-  now); it opens its own session, as the loop does, and counts the BEGIN and COMMIT.
+  now); it opens its own session, as the loop does, and counts the BEGIN and COMMIT;
+- a posting pass (PostgreSQL only): what an outbox delivery to peers over HTTP writes
+  around its posts (split services), for a commit's eight rows to two peers: the claim
+  read, its lease written and committed, then each peer's delivery recorded in a
+  transaction (before) / the claim leasing as it takes, and each record, one statement
+  alone, in no transaction (`write_alone`, now); its own sessions, BEGIN and COMMIT
+  counted.
 
     python -m bench.statement_costs [--steps 400] [--rounds 3]
 """
@@ -57,6 +63,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Text, bindparam, insert, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -78,6 +85,7 @@ from services.consult_router.cases import new_case_row
 from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.routing import open_cases_to_route
+from services.shared.clients.peers import PeerClient
 from services.shared.clock import ManualClock
 from services.shared.db.arrays import array_parameters, rows_from_arrays
 from services.shared.db.base import table_of
@@ -99,17 +107,22 @@ from services.shared.db.session import (
     notify_at_commit,
     reads_alone,
     unit_of_work,
+    write_alone,
     write_pending,
 )
 from services.shared.domain.reference import new_case_reference
+from services.shared.notify import LocalNotifier
+from services.shared.outbox import Outbox, OutboxDelivery
+from services.shared.outbox.delivery import OutboxMetrics, _Sorted
 from services.shared.schemas.cases import CaseSnapshot
+from services.shared.settings import OutboxSettings
 from services.triage_api import repository as triage_repo
 from tests.consult_router.conftest import snapshot
 
 DATABASE = "[database]"  # a result's label for the database server's CPU
 # Steps that open a session of their own: the database's CPU is read from the step's
 # session's backend, which does not serve them, so none is read for them.
-OWN_SESSION = {"a routing look"}
+OWN_SESSION = {"a routing look", "a posting pass"}
 Step = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 # The offer as it was written before the unique index: a plain insert.
 _PLAIN_OFFER_INSERT = insert(table_of(ConsultOffer))
@@ -177,6 +190,7 @@ class Steps:
         self.triage_cases: list[str] = []
         self.event_seq = 1
         self.maker = maker
+        self.delivery = _posting_delivery(maker, self.clock)
 
     def new_case(self, _n: int) -> dict[str, Any]:
         return new_case_row(self.ctx, CaseSnapshot.model_validate(snapshot(self.clock)))
@@ -330,6 +344,38 @@ class Steps:
         async with reads_alone(self.maker) as session:
             await open_cases_to_route(session)
 
+    def posting_rows(self, _n: int) -> dict[str, Any]:
+        """A commit's outbox rows to two peers over HTTP: four events, each to both."""
+        now = self.clock.now()
+        documents = [{"id": str(uuid.uuid4()), "type": "case.submitted"} for _ in range(4)]
+        return {"rows": [
+            {"event_id": document["id"], "event_type": "case.submitted",
+             "destination": destination, "payload": document, "created_at": now,
+             "next_attempt_at": now, "attempts": 0}
+            for document in documents for destination in ("consult_router", "audit")
+        ]}  # fmt: skip
+
+    async def posting_rows_written(self, _session: AsyncSession, row: dict[str, Any]) -> None:
+        async with unit_of_work(self.maker) as session:
+            await session.execute(_TRIAGE_OUTBOX_INSERT, row["rows"])
+
+    async def posting_pass_in_transactions(self, _s: AsyncSession, _row: dict[str, Any]) -> None:
+        delivery = self.delivery
+        async with unit_of_work(self.maker) as session:
+            claimed = await delivery._claim(session)
+            await delivery._lease(session, [row.id for row in claimed])
+        for rows in _by_destination(claimed):
+            async with unit_of_work(self.maker) as session:
+                await delivery._record(session, rows[0].destination, _delivered(rows), marked=False)
+
+    async def posting_pass_alone(self, _session: AsyncSession, _row: dict[str, Any]) -> None:
+        delivery = self.delivery
+        async with write_alone(self.maker) as session:
+            claimed = await delivery._claim(session, leasing=True)
+        for rows in _by_destination(claimed):
+            async with write_alone(self.maker) as session:
+                await delivery._record(session, rows[0].destination, _delivered(rows), marked=False)
+
     async def seed(self, session: AsyncSession) -> None:
         now = self.clock.now()
         session.add(ConsultConsultant(
@@ -348,6 +394,28 @@ class Steps:
                 for n, case_id in enumerate(self.triage_cases)
             ],
         )
+
+
+def _posting_delivery(maker: SessionMaker, clock: ManualClock) -> OutboxDelivery:
+    """triage-api's outbox delivery as split services run it: every peer over HTTP (no
+    post is made here: the steps call its claim and its record)."""
+    notifier = LocalNotifier()
+    outbox = Outbox(service="triage_api", model=TriageOutbox, notifier=notifier, clock=clock)
+    return OutboxDelivery(
+        outbox=outbox, sessionmaker=maker, peers=cast(PeerClient, None), notifier=notifier,
+        clock=clock, settings=OutboxSettings(), metrics=OutboxMetrics(CollectorRegistry()),
+    )  # fmt: skip
+
+
+def _by_destination(claimed: list[Any]) -> list[list[Any]]:
+    grouped: dict[str, list[Any]] = {}
+    for row in claimed:
+        grouped.setdefault(row.destination, []).append(row)
+    return list(grouped.values())
+
+
+def _delivered(rows: list[Any]) -> Any:
+    return _Sorted(delivered=rows, rejected=[], unanswered=[])
 
 
 async def _backend_pid(session: AsyncSession, url: str) -> int | None:
@@ -410,6 +478,10 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
             ways.triage_cases_batch, None, ways.cases_as_arrays, ways.cases_as_values
         )  # fmt: skip
         pairs["a routing look"] = (ways.offer, None, ways.look_in_a_transaction, ways.look_alone)
+        pairs["a posting pass"] = (
+            ways.posting_rows, ways.posting_rows_written, ways.posting_pass_in_transactions,
+            ways.posting_pass_alone,
+        )  # fmt: skip
     results: dict[str, list[float]] = {}
     try:
         async with unit_of_work(maker) as session:

@@ -295,6 +295,32 @@ def statements_sent(engine: AsyncEngine, matching: Callable[[str], bool]) -> Ite
         orm_event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
+@contextlib.contextmanager
+def transaction_commands_sent(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The BEGIN, COMMIT and ROLLBACK commands asyncpg sends to PostgreSQL for `engine`
+    while the block runs, on connections checked out during it (SQLAlchemy's own `begin`
+    event fires in autocommit too, so only the driver can say whether one was sent)."""
+    sent: list[str] = []
+
+    def log(record: Any) -> None:
+        sent.append(record.query.split()[0].rstrip(";").upper())
+
+    def checked_out(dbapi_connection: Any, *_rest: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(log)
+
+    def checked_in(dbapi_connection: Any, *_rest: Any) -> None:
+        if dbapi_connection is not None:
+            dbapi_connection.driver_connection.remove_query_logger(log)
+
+    orm_event.listen(engine.sync_engine, "checkout", checked_out)
+    orm_event.listen(engine.sync_engine, "checkin", checked_in)
+    try:
+        yield sent
+    finally:
+        orm_event.remove(engine.sync_engine, "checkout", checked_out)
+        orm_event.remove(engine.sync_engine, "checkin", checked_in)
+
+
 def service_auth(service: str = "consult_router") -> dict[str, str]:
     """Headers of a peer service calling an internal endpoint."""
     signer = ServiceTokenSigner(INTERNAL_SECRET, service=service, clock=SystemClock())

@@ -4,6 +4,7 @@ rolled-back savepoint took with it."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 
 import pytest
@@ -22,9 +23,10 @@ from services.shared.db.session import (
     undoable,
     unit_of_work,
     without_savepoints,
+    write_alone,
     write_pending,
 )
-from tests.support import statements_sent
+from tests.support import statements_sent, transaction_commands_sent
 
 
 class Refused(Exception):
@@ -245,5 +247,43 @@ async def test_a_look_alone_holds_no_transaction_and_leaves_its_connection_as_fo
         with pytest.raises(Refused):
             await failed_look()
         assert await in_one_transaction() == (True, looked_on)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_write_alone_commits_as_a_transaction_of_its_own(database_url: str) -> None:
+    """On PostgreSQL a write alone sends no BEGIN nor COMMIT (the statement commits as it
+    runs, so a failure after it undoes nothing), and the pooled connection it used begins
+    transactions again afterwards. On SQLite it is an ordinary unit of work."""
+    engine = create_engine(database_url, pool_size=1)
+    maker = create_sessionmaker(engine)
+    inbox = insert(table_of(AuditInbox))
+    at = datetime(2026, 12, 4, tzinfo=UTC)
+    on_postgres = engine.dialect.name == "postgresql"
+
+    async def kept() -> set[str]:
+        async with unit_of_work(maker) as session:
+            return set((await session.execute(select(AuditInbox.event_id))).scalars())
+
+    async def written(name: str, *, then_fail: bool = False) -> None:
+        async with write_alone(maker) as session:
+            row = {"event_id": name, "source": "test", "event_type": "t", "received_at": at}
+            await session.execute(inbox, [row])
+            if then_fail:
+                raise Refused
+
+    try:
+        watching: AbstractContextManager[list[str]] = (
+            transaction_commands_sent(engine) if on_postgres else nullcontext([])
+        )
+        with watching as commands:
+            await written("alone")
+            with pytest.raises(Refused):
+                await written("then refused", then_fail=True)
+            alone_sent = list(commands)
+            assert await kept() == ({"alone", "then refused"} if on_postgres else {"alone"})
+        if on_postgres:
+            assert alone_sent == []
+            assert commands[-2:] == ["BEGIN", "COMMIT"]  # the same connection, as it was
     finally:
         await engine.dispose()

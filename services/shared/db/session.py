@@ -305,9 +305,36 @@ async def reads_alone(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
     transaction, its reads together, ended by a rollback. The connection goes back to
     the pool as it came (SQLAlchemy restores its isolation level at check-in)."""
     async with maker() as session:
-        if session.bind is not None and session.bind.dialect.name == "postgresql":
-            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        if _on_postgres(session):
+            await _autocommit(session)
         yield session
+
+
+@asynccontextmanager
+async def write_alone(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """A session for one write that needs no other beside it: send it one statement.
+
+    A single statement is atomic by itself, so on PostgreSQL it runs in autocommit, a
+    transaction of its own, without the BEGIN and COMMIT round trips around it (an outbox
+    claim that leases its rows for posting, or the record of their delivery). A second
+    statement through this session would commit apart from the first. On SQLite the write
+    is an ordinary unit of work: there are no round trips to spare, and its transaction
+    takes the write lock first (`BEGIN IMMEDIATE`)."""
+    async with maker() as session:
+        if _on_postgres(session):
+            await _autocommit(session)
+            yield session
+        else:
+            async with session.begin():
+                yield session
+
+
+def _on_postgres(session: AsyncSession) -> bool:
+    return session.bind is not None and session.bind.dialect.name == "postgresql"
+
+
+async def _autocommit(session: AsyncSession) -> None:
+    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 async def in_transaction(

@@ -8,7 +8,9 @@ of a pass is in this process, its claim marks the rows delivered as it takes the
 statement instead of two, and unmarks any the peer refuses or leaves unanswered). Events
 for a peer over HTTP are leased instead (`claimed_until`) and posted after the claim
 commits, so no database connection is held while posting, and a replica that dies
-mid-delivery leaves rows that another picks up once the lease lapses. A peer that fails
+mid-delivery leaves rows that another picks up once the lease lapses (when every
+destination of a pass is over HTTP, as between split services, the claim leases its rows
+as it takes them, one statement that is a transaction by itself). A peer that fails
 is paused with exponential back-off (and its rows keep their place); a receiver that
 rejects an event as invalid marks that row dead, which is counted and alerted on, and
 never retried.
@@ -56,6 +58,7 @@ from services.shared.db.session import (
     SessionMaker,
     unit_of_work,
     without_savepoints,
+    write_alone,
     write_pending,
 )
 from services.shared.notify import Notifier, Subscription
@@ -182,7 +185,22 @@ def due_rows(
 
 @functools.cache
 def _claim_delivered(table: Table, paused: bool, only: bool) -> Update:
-    """The due rows (as `_due_select` finds and locks them) marked delivered, returned
+    """The due rows marked delivered as they are claimed, for a pass whose hand-overs
+    share the claiming transaction (`_claiming`)."""
+    return _claiming(table, paused, only).values(
+        delivered_at=bindparam("now"), claimed_until=None, attempts=table.c.attempts + 1
+    )
+
+
+@functools.cache
+def _claim_leased(table: Table, paused: bool, only: bool) -> Update:
+    """The due rows leased (until `until`) as they are claimed, for a pass that posts
+    them all to peers over HTTP once the claim has committed (`_claiming`)."""
+    return _claiming(table, paused, only).values(claimed_until=bindparam("until"))
+
+
+def _claiming(table: Table, paused: bool, only: bool) -> Update:
+    """An update of the due rows (as `_due_select` finds and locks them), returning them
     as a claim reads them. The due rows are a materialised CTE: on PostgreSQL, a `LIMIT`
     with `SKIP LOCKED` in a plain subquery can be run more than once by the plan, and take
     more rows than the limit."""
@@ -195,8 +213,6 @@ def _claim_delivered(table: Table, paused: bool, only: bool) -> Update:
     return (
         update(table)
         .where(table.c.id.in_(select(due.c.id)))
-        .values(delivered_at=bindparam("now"), claimed_until=None,
-                attempts=table.c.attempts + 1)
         .returning(table.c.id, table.c.event_id, table.c.destination, table.c.payload,
                    table.c.attempts)
     )  # fmt: skip
@@ -399,6 +415,8 @@ class OutboxDelivery:
             return await self._pass(deferred=deferred, savepoints=True)
 
     async def _pass(self, *, deferred: bool, savepoints: bool) -> bool:
+        if self._all_away(deferred=deferred):
+            return await self._posting_pass(deferred=deferred)
         handed: list[tuple[str, _Sorted]] = []
         away: dict[str, list[_Claimed]] = defaultdict(list)
         async with unit_of_work(self._maker) as session:
@@ -421,6 +439,18 @@ class OutboxDelivery:
             await asyncio.gather(*(self._post(dest, rows) for dest, rows in away.items()))
         return len(claimed) >= self._settings.outbox_batch_size
 
+    async def _posting_pass(self, *, deferred: bool) -> bool:
+        """A pass whose destinations are all peers over HTTP (split services): its rows
+        are claimed and leased in one statement, a transaction by itself (on PostgreSQL,
+        no BEGIN nor COMMIT round trips), then posted with no connection held."""
+        async with write_alone(self._maker) as session:
+            claimed = await self._claim(session, deferred=deferred, leasing=True)
+        away: dict[str, list[_Claimed]] = defaultdict(list)
+        for row in claimed:
+            away[row.destination].append(row)
+        await asyncio.gather(*(self._post(dest, rows) for dest, rows in away.items()))
+        return len(claimed) >= self._settings.outbox_batch_size
+
     async def refresh_metrics(self, session: AsyncSession) -> None:
         model = self._model
         count, oldest = (
@@ -440,12 +470,23 @@ class OutboxDelivery:
         lane = self._deferred if deferred else self._not_deferred
         return lane <= self._local_peers.keys()
 
+    def _all_away(self, *, deferred: bool) -> bool:
+        """Whether no destination of the lane is a peer in this process."""
+        lane = self._deferred if deferred else self._not_deferred
+        return lane.isdisjoint(self._local_peers.keys())
+
     async def _claim(
-        self, session: AsyncSession, *, deferred: bool = False, marking_delivered: bool = False
+        self,
+        session: AsyncSession,
+        *,
+        deferred: bool = False,
+        marking_delivered: bool = False,
+        leasing: bool = False,
     ) -> list[_Claimed]:
         """The lane's due rows, locked until `session` ends (`FOR UPDATE SKIP LOCKED`),
         oldest first; `marking_delivered`: marked delivered in the same statement, for a
-        pass whose hand-overs share the transaction (a failure undoes the mark with them)."""
+        pass whose hand-overs share the transaction (a failure undoes the mark with them);
+        `leasing`: leased in the same statement, for a pass that posts them all."""
         now = self._clock.now()
         paused = [dest for dest, until in self._paused_until.items() if until > now]
         only: list[str] | None = None
@@ -461,9 +502,14 @@ class OutboxDelivery:
             paused = [*paused, *self._deferred]
         limit = self._settings.outbox_batch_size
         due, params = due_query(self._model, now=now, limit=limit, paused=paused, only=only)
-        if not marking_delivered:
+        table, shape = table_of(self._model), (bool(paused), only is not None)
+        if marking_delivered:
+            claim = _claim_delivered(table, *shape)
+        elif leasing:
+            claim = _claim_leased(table, *shape)
+            params["until"] = self._lease_until()
+        else:
             return [_Claimed(*row) for row in await session.execute(due, params)]
-        claim = _claim_delivered(table_of(self._model), bool(paused), only is not None)
         # RETURNING gives no order: the events go to their receivers in the order written.
         return sorted(
             (_Claimed(*row) for row in await session.execute(claim, params)),
@@ -473,8 +519,10 @@ class OutboxDelivery:
     async def _lease(self, session: AsyncSession, ids: list[int]) -> None:
         """Rows posted after the claim commits stay ours for a lease, which another
         deliverer honours and which lapses if this process dies while posting."""
-        lease = self._clock.now() + timedelta(seconds=self._settings.outbox_lease_seconds)
-        await session.execute(self._writes.lease, {"ids": ids, "until": lease})
+        await session.execute(self._writes.lease, {"ids": ids, "until": self._lease_until()})
+
+    def _lease_until(self) -> datetime:
+        return self._clock.now() + timedelta(seconds=self._settings.outbox_lease_seconds)
 
     async def _hand_over(
         self, session: AsyncSession, destination: str, rows: list[_Claimed], *, marked: bool
@@ -503,7 +551,9 @@ class OutboxDelivery:
                 await self._hold_back(session, destination, rows, str(exc))
             return
         sorted_out = _Sorted.of(rows, result)
-        async with unit_of_work(self._maker) as session:
+        # Every row delivered (as almost always) is one statement, a transaction by itself.
+        alone = not sorted_out.rejected and not sorted_out.unanswered
+        async with (write_alone if alone else unit_of_work)(self._maker) as session:
             await self._record(session, destination, sorted_out, marked=False)
         self._after_delivery(destination, sorted_out)
 

@@ -16,7 +16,7 @@ from services.embedded import EmbeddedSettings
 from services.shared.auth import ServiceTokenSigner
 from services.shared.clients.peers import Peer, PeerClient
 from services.shared.db.models import AuditDisposition, AuditInbox, ConsultInbox, TriageOutbox
-from services.shared.db.session import unit_of_work
+from services.shared.db.session import unit_of_work, write_alone
 from services.shared.errors import Unprocessable
 from services.shared.outbox import LocalReceiver, Outbox, OutboxDelivery, receive_events
 from services.shared.resources import Resources
@@ -93,10 +93,8 @@ async def undelivered_destinations(resources: Resources) -> list[str]:
 
 async def claim_for_posting(resources: Resources, delivery: OutboxDelivery) -> list[Any]:
     """What a pass commits before posting to a peer over HTTP: the due rows, leased."""
-    async with unit_of_work(resources.sessionmaker) as session:
-        claimed = await delivery._claim(session)
-        await delivery._lease(session, [row.id for row in claimed])
-    return claimed
+    async with write_alone(resources.sessionmaker) as session:
+        return await delivery._claim(session, leasing=True)
 
 
 async def transactions_of_one_pass(resources: Resources, delivery: OutboxDelivery) -> int:

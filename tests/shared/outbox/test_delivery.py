@@ -4,6 +4,7 @@ several deliverers at once. On SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 
 import pytest
@@ -25,7 +26,7 @@ from tests.shared.outbox.support import (
     running,
     write_events,
 )
-from tests.support import FakePeer, eventually, statements_sent
+from tests.support import FakePeer, eventually, statements_sent, transaction_commands_sent
 
 
 class TestWriting:
@@ -48,6 +49,31 @@ class TestWriting:
         await delivery.deliver_due()
         audit = [e["id"] for e in fake_peers.received if e["peer"] == "/internal/audit/events"]
         assert audit == ids  # in the order they were given
+
+    async def test_a_pass_to_peers_over_http_claims_and_leases_in_one_statement(
+        self, resources: Resources, outbox: Outbox, delivery: OutboxDelivery, fake_peers: FakePeer
+    ) -> None:
+        """Between split services: the claim leases the rows it takes, and each peer's
+        delivery is recorded in one statement; on PostgreSQL each is a transaction by
+        itself, with no BEGIN nor COMMIT sent around it."""
+        ids = await write_events(resources, outbox, 3, to=(Peer.AUDIT, Peer.CONSULT_ROUTER))
+        on_postgres = resources.engine.dialect.name == "postgresql"
+        watching: AbstractContextManager[list[str]] = (
+            transaction_commands_sent(resources.engine) if on_postgres else nullcontext([])
+        )
+        with (
+            statements_sent(resources.engine, lambda sql: "triage_outbox" in sql) as sent,
+            watching as commands,
+        ):
+            await delivery.deliver_due()
+        assert sorted(fake_peers.posted_ids) == sorted(ids + ids)
+        assert await pending_rows(resources) == 0
+        claim, *records = sent
+        assert "claimed_until" in claim
+        assert "RETURNING" in claim
+        assert len(records) == 2  # one a peer
+        assert all("delivered_at" in record for record in records)
+        assert commands == []
 
     async def test_a_rolled_back_change_sends_nothing(
         self, resources: Resources, outbox: Outbox, delivery: OutboxDelivery, fake_peers: FakePeer
