@@ -338,16 +338,14 @@ async def _offer_each(
     now: datetime,
     enough: int | None = None,
 ) -> int:
-    """Offer the case to each consultant in turn who is still free once locked, until
-    `enough` offers are made (all, if None); the offers made."""
+    """Offer the case to each consultant in turn who is still free as the offer's
+    statement locks them, until `enough` offers are made (all, if None); the offers
+    made."""
     made = 0
     deadline = now + timedelta(seconds=ctx.settings.offer_timeout_seconds)
     for consultant_id in consultant_ids:
         if made == enough:
             break
-        consultant = await rota_repo.lock_consultant_if_free(session, consultant_id)
-        if consultant is None or consultant.status != ConsultantStatus.AVAILABLE:
-            continue
         values: dict[str, object] = {
             "id": str(uuid.uuid4()),
             "case_id": case.id,
@@ -362,18 +360,18 @@ async def _offer_each(
         }
         offer = read_only_row(ConsultOffer, values)
         offer_message = offer_read(offer, case).model_dump(mode="json")
-        # A statement of its own, after the lock: on PostgreSQL its check reads what
-        # committed before the lock was granted (in the locking statement it would read
-        # as of that statement's start, and miss an offer committed meanwhile). The
-        # consultant's message about the offer goes with it, and on PostgreSQL the
-        # case's move to offered with its first offer: no UPDATE of its own.
+        # One statement locks the consultant if they are still free and makes the offer
+        # unless they hold one; on PostgreSQL the consultant's message about it goes with
+        # it, and the case's move to offered with its first offer: no UPDATE of its own.
         offered = await case_repo.insert_offer_and_message_unless_held(
             session, values, kind="offer", payload=offer_message, at=ctx.clock.now(),
             moving_the_case=case.status == "queued",
         )  # fmt: skip
         if offered is None:
+            # Gone away, being asked by another process, or offered something meanwhile:
+            # not free for the rest of this pass.
             view.offered.add(consultant_id)
-            continue  # another process offered them something meanwhile
+            continue
         if offered.moved_to_version is not None:  # the session's object takes it as written
             set_committed_value(case, "status", "offered")
             set_committed_value(case, "router_version", offered.moved_to_version)

@@ -247,7 +247,7 @@ class TestRouting:
         await desk.status("dr-b", "available")
         now = clock.now()
         async with unit_of_work(resources.sessionmaker) as other_pass:
-            assert await rota_repo.lock_consultant_if_free(other_pass, "dr-a") is not None
+            assert await rota_repo.get_consultant(other_pass, "dr-a", for_update=True) is not None
             async with unit_of_work(resources.sessionmaker) as routing_it:
                 view = await routing.RoutingView.load(routing_it, ctx, now=now)
                 assert view.best_first(view.free_in("frailty")) == ["dr-a", "dr-b"]
@@ -278,7 +278,6 @@ class TestRouting:
                 update(ConsultOffer).where(ConsultOffer.id == made.id).values(state="withdrawn")
             )
             async with unit_of_work(resources.sessionmaker) as routing_it:
-                assert await rota_repo.lock_consultant_if_free(routing_it, "dr-a") is not None
                 values = open_offer(second, "dr-a", now)
                 offering = (
                     case_repo.insert_offer_and_message_unless_held(

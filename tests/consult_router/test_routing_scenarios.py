@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 
 from services.consult_router import routing
 from services.consult_router.engine import RoutingEngine
 from services.consult_router.repository import cases as case_repo
-from services.consult_router.repository import rota as rota_repo
 from services.shared.clock import ManualClock
+from services.shared.db.models import ConsultConsultant
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, kinds, offered_case, snapshot
@@ -415,22 +415,36 @@ class TestWakeUpPasses:
             await routing.route_case(session, ctx, view, case_id=case["id"], now=clock.now())
         assert await desk.log("dr-a") == []
 
-    async def test_a_consultant_locked_for_an_offer_is_read_afresh(
-        self, desk: Desk, resources: Resources
+    async def test_the_offer_holds_its_consultants_row_until_the_pass_commits(
+        self, desk: Desk, router_app: FastAPI, clock: ManualClock, resources: Resources
     ) -> None:
-        """Even when the session holds the consultant already, the lock reads their row
-        as it is now, not as the session last saw it."""
+        """The statement that makes the offer locks the consultant's row: no other
+        transaction takes them (to change their status, or to ask them about another
+        case) until the pass has committed."""
         if resources.engine.dialect.name == "sqlite":
             pytest.skip("SQLite has one writer: nobody changes the rota while a pass runs")
-        await desk.consultant("dr-a", ["frailty"])
+        ctx = router_app.state.router
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        case = snapshot(clock)
+        await desk.send_case(case)  # nobody free: it waits
+        await desk.status("dr-a", "available")
+
+        async def others_can_take_them() -> bool:
+            async with unit_of_work(resources.sessionmaker) as other:
+                taken = await other.execute(
+                    select(ConsultConsultant.id)
+                    .where(ConsultConsultant.id == "dr-a")
+                    .with_for_update(skip_locked=True)
+                )
+                return taken.first() is not None
+
         async with unit_of_work(resources.sessionmaker) as session:
-            seen = await rota_repo.get_consultant(session, "dr-a")
-            assert seen is not None
-            assert seen.status == "available"
-            await desk.status("dr-a", "away")  # committed meanwhile, on another connection
-            locked = await rota_repo.lock_consultant_if_free(session, "dr-a")
-            assert locked is seen
-            assert locked.status == "away"
+            view = await routing.RoutingView.load(session, ctx, now=clock.now())
+            assert await others_can_take_them()  # reading the rota locked nobody
+            await routing.route_case(session, ctx, view, case_id=case["id"], now=clock.now())
+            assert not await others_can_take_them()
+        assert await others_can_take_them()
+        assert [kind for kind, _ in await desk.log("dr-a")] == ["offer"]
 
     async def test_the_case_routed_with_the_view_is_read_afresh_under_its_lock(
         self, desk: Desk, clock: ManualClock, resources: Resources

@@ -21,7 +21,7 @@ from sqlalchemy.orm.util import identity_key
 
 from services.consult_router.repository import messages as message_repo
 from services.shared.db.base import adopt_written_row, read_only_row, table_of
-from services.shared.db.models import ConsultCase, ConsultConsult, ConsultOffer
+from services.shared.db.models import ConsultCase, ConsultConsult, ConsultConsultant, ConsultOffer
 from services.shared.db.statements import (
     dialect_name,
     insert_ignoring_conflicts,
@@ -84,6 +84,7 @@ _OPEN_OFFERS_FOR_CONSULTANT = (
     .order_by(ConsultOffer.created_at)
 )
 _OFFER_TABLE = table_of(ConsultOffer)
+_CONSULTANT_TABLE = table_of(ConsultConsultant)
 # Core (see `table_of`): the caller holds the offer's object and it is brought up to
 # date here, rather than by the ORM searching the session for it.
 _CLOSE_OPEN_OFFER = (
@@ -276,14 +277,17 @@ async def insert_offer_unless_held(
 ) -> ConsultOffer | None:
     """Write a new open offer at once (Core: no flush of the whole session to make one
     row) and return it as an object to read, or None, writing nothing, if its consultant
-    holds an open offer already. One statement: the insert carries the check.
+    is not free (not available, or their row held by another transaction) or holds an
+    open offer already. One statement: the insert carries the checks, and locks the
+    consultant's row if they are free, until the transaction ends.
 
-    The check reads as of the statement's start, like the read it replaced, so it never
-    waits: an offer being closed by another transaction still counts as open. (Left to
-    the unique index alone, the insert would wait for that transaction; and one closing
-    an offer goes on to lock its consultant for their message, whom the caller holds
-    locked: a deadlock.) The index stays behind it, so a second open offer to one
-    consultant is refused whatever writes it."""
+    The check of their offers reads as of the statement's start, like the read it
+    replaced, so it never waits: an offer being closed by another transaction still
+    counts as open. (Left to the unique index alone, the insert would wait for that
+    transaction; and one closing an offer goes on to lock its consultant for their
+    message, whom this statement has locked: a deadlock.) The index stays behind it, so a
+    second open offer to one consultant is refused whatever writes it, also one committed
+    between the statement's start and its lock."""
     statement = _offer_unless_held(dialect_name(session))
     result = await session.execute(statement, values)
     if getattr(result, "rowcount", 0) != 1:
@@ -322,8 +326,9 @@ async def insert_offer_and_message_unless_held(
     feeding the message's numbering: a round trip fewer on the path of every offer; and
     `moving_the_case`, the same statement moves the case to offered if it is queued (its
     router version counted), where the caller's object would have been flushed as an
-    UPDATE of its own. The caller holds the consultant's row and the case's (or wrote the
-    case in this transaction), so nothing here waits."""
+    UPDATE of its own. The caller holds the case's row (or wrote the case in this
+    transaction), and the consultant's is taken only if no one holds it, so nothing here
+    waits."""
     if dialect_name(session) != "postgresql":
         if await insert_offer_unless_held(session, values) is None:
             return None
@@ -373,12 +378,27 @@ def _offer_unless_held(dialect: str, *, prefix: str = "") -> Any:
     row = select(
         *(bindparam(f"{prefix}{name}", type_=_OFFER_TABLE.c[name].type) for name in columns)
     )
+    consultant_id = bindparam(f"{prefix}consultant_id", type_=_OFFER_TABLE.c.consultant_id.type)
     # 'open' written into the SQL, so the planner can match the open offers' indexes.
     held = exists().where(
-        _OFFER_TABLE.c.consultant_id == bindparam(f"{prefix}consultant_id"),
+        _OFFER_TABLE.c.consultant_id == consultant_id,
         _OFFER_TABLE.c.state == literal_column("'open'"),
     )
-    return insert_ignoring_conflicts(dialect, _OFFER_TABLE).from_select(columns, row.where(~held))
+    # The consultant's row, locked if they are free: available as the row is now (a lock
+    # reads the latest version), and not held by another transaction (skipped, never
+    # waited for: that one is asking them about something else). SQLite has one writer,
+    # whose transaction holds the whole database: there it is the check alone.
+    free = exists(
+        select(_CONSULTANT_TABLE.c.id)
+        .where(
+            _CONSULTANT_TABLE.c.id == consultant_id,
+            _CONSULTANT_TABLE.c.status == literal_column("'available'"),
+        )
+        .with_for_update(skip_locked=True)
+    )
+    return insert_ignoring_conflicts(dialect, _OFFER_TABLE).from_select(
+        columns, row.where(~held, free)
+    )
 
 
 async def close_offer(

@@ -25,11 +25,6 @@ from services.shared.db.models import (
 
 _CONSULTANT = select(ConsultConsultant).where(ConsultConsultant.id == bindparam("consultant_id"))
 _CONSULTANT_LOCKED = _CONSULTANT.with_for_update()
-# Read afresh once locked, even if the session holds the consultant already: their status
-# may have changed since, and it is the row as locked that decides an offer.
-_CONSULTANT_IF_FREE = _CONSULTANT.with_for_update(skip_locked=True).execution_options(
-    populate_existing=True
-)
 _SHIFTS_ON_AT = (
     select(ConsultShift, ConsultConsultant)
     .join(ConsultConsultant, ConsultConsultant.id == ConsultShift.consultant_id)
@@ -134,14 +129,6 @@ async def lock_consultants(
     return {
         consultant.id: consultant for consultant in (await session.execute(statement)).scalars()
     }
-
-
-async def lock_consultant_if_free(
-    session: AsyncSession, consultant_id: str
-) -> ConsultConsultant | None:
-    """The consultant's row, locked; None if another process holds it right now."""
-    rows = await session.execute(_CONSULTANT_IF_FREE, {"consultant_id": consultant_id})
-    return rows.scalar_one_or_none()
 
 
 async def list_consultants(session: AsyncSession) -> list[ConsultConsultant]:
