@@ -93,12 +93,13 @@ async def append_event(
     type: str,
     at: datetime,
     data: dict[str, Any],
-) -> TriageCaseEvent:
-    """The next event on the case's stream. The caller holds the case's row lock."""
+) -> None:
+    """The next event on the case's stream, written at the commit (on PostgreSQL riding
+    with the change's outbox rows and its stream's wake-up, as a new case's first event
+    does: a round trip fewer for every change). The caller holds the case's row lock."""
     case.event_seq += 1
-    event = TriageCaseEvent(case_id=case.id, seq=case.event_seq, type=type, at=at, data=data)
-    session.add(event)
-    return event
+    row = {"case_id": case.id, "seq": case.event_seq, "type": type, "at": at, "data": data}
+    await insert_at_commit(session, _INSERT_EVENTS, [row])
 
 
 async def newest_event_seqs(session: AsyncSession, case_ids: list[str]) -> dict[str, int]:

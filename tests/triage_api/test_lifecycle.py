@@ -13,7 +13,7 @@ import pytest
 from services.shared.clock import ManualClock
 from services.shared.resources import Resources
 from tests.factories import NORMAL_OBSERVATIONS, case_body, idempotency_key
-from tests.support import auth, service_auth
+from tests.support import auth, service_auth, statements_sent
 from tests.triage_api.test_cases import outbox_payloads
 
 CREW = auth("paramedic", "crew-ne23")
@@ -112,6 +112,28 @@ class TestCancel:
         cancelled = [e for e in await outbox_payloads(resources) if e["type"] == "case.cancelled"]
         assert [e["destination"] for e in cancelled] == ["consult_router", "audit"]
         assert "patient declined" not in str(cancelled[1])
+
+    async def test_the_cancellation_s_stream_event_rides_with_its_wake_up(
+        self, http: httpx.AsyncClient, resources: Resources
+    ) -> None:
+        """A change's event on the crew's stream is written at the commit: on PostgreSQL
+        in the statement that writes the change's outbox rows and wakes the stream, on
+        SQLite by an insert of its own. Either way it reads back next in the stream."""
+        case = await new_case(http)
+        with statements_sent(
+            resources.engine, lambda sql: "INSERT INTO triage_case_event" in sql
+        ) as writes:
+            response = await http.post(
+                f"/v1/cases/{case['id']}/cancel", json={"reason": "no longer needed"}, headers=CREW
+            )
+        assert response.status_code == 200
+        [written] = writes
+        riding = "pg_notify" in written and "INSERT INTO triage_outbox" in written
+        assert riding == (resources.engine.dialect.name == "postgresql")
+        page = (await http.get(f"/v1/cases/{case['id']}/events", headers=CREW)).json()
+        assert [(event["seq"], event["type"]) for event in page["items"]] == [
+            (1, "queued"), (2, "cancelled")
+        ]  # fmt: skip
 
     async def test_cancelling_twice_changes_nothing_more(self, http: httpx.AsyncClient) -> None:
         case = await new_case(http)
