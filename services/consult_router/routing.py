@@ -368,8 +368,9 @@ async def _offer_each(
             moving_the_case=case.status == "queued",
         )  # fmt: skip
         if offered is None:
-            # Gone away, being asked by another process, or offered something meanwhile:
-            # not free for the rest of this pass.
+            # Gone away, their row held by another transaction, or offered something
+            # meanwhile: not free for the rest of this pass (whatever frees them again
+            # wakes routing).
             view.offered.add(consultant_id)
             continue
         if offered.moved_to_version is not None:  # the session's object takes it as written

@@ -96,7 +96,9 @@ async def append_event(
 ) -> None:
     """The next event on the case's stream, written at the commit (on PostgreSQL riding
     with the change's outbox rows and its stream's wake-up, as a new case's first event
-    does: a round trip fewer for every change). The caller holds the case's row lock."""
+    does: a round trip fewer for every change). The caller holds the case's row lock, and
+    the case is written already: the event goes in before the session's last flush, so a
+    case only added to the session would not be there yet."""
     case.event_seq += 1
     row = {"case_id": case.id, "seq": case.event_seq, "type": type, "at": at, "data": data}
     await insert_at_commit(session, _INSERT_EVENTS, [row])

@@ -6,17 +6,19 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import insert, select, update
+from sqlalchemy import String, bindparam, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.consult_router import routing
 from services.consult_router.repository import cases as case_repo
+from services.consult_router.repository import messages as message_repo
 from services.consult_router.repository import rota as rota_repo
 from services.shared.clock import ManualClock
 from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOffer
@@ -291,3 +293,51 @@ class TestRouting:
                 assert again is None
         assert await open_offers_held(resources, "dr-a") == []
         assert await message_count(resources, "dr-a") == 0
+
+    @pytest.mark.parametrize(
+        ("meanwhile", "still_free"),
+        [("a message counted", False), ("gone away", False), ("a change counting none", True)],
+    )
+    async def test_a_consultant_changed_after_the_offers_statement_began_is_not_locked(
+        self, desk: Desk, clock: ManualClock, resources: Resources, meanwhile: str,
+        still_free: bool,
+    ) -> None:  # fmt: skip
+        """The offer's statement reads the consultant's offers as of its start and takes
+        their lock later. An offer committed in between (every offer counts a message on
+        its consultant's row) would be missed by that read and met in the index, where the
+        insert waits for whoever is closing it: the lock refuses a row whose count, or
+        status, changed since. Here the lock's check is held up (`pg_sleep`) while another
+        transaction changes the consultant."""
+        if resources.engine.dialect.name == "sqlite":
+            pytest.skip("SQLite has one writer: two transactions never overlap")
+        await desk.consultant("dr-a", ["frailty"])
+        held_up = select(
+            exists(
+                case_repo.consultant_if_free(bindparam("consultant_id", type_=String()))
+                .where(func.pg_sleep(0.5).is_not(None))
+            )
+        )  # fmt: skip
+        changes: dict[str, Callable[[AsyncSession], Awaitable[Any]]] = {
+            "a message counted": lambda s: message_repo.append(
+                s, "dr-a", type="withdrawn", payload={}, at=clock.now()
+            ),
+            "gone away": lambda s: s.execute(
+                update(ConsultConsultant).where(ConsultConsultant.id == "dr-a")
+                .values(status="away")
+            ),
+            "a change counting none": lambda s: s.execute(
+                update(ConsultConsultant).where(ConsultConsultant.id == "dr-a")
+                .values(updated_at=clock.now())
+            ),
+        }  # fmt: skip
+
+        async def change_meanwhile() -> None:
+            await asyncio.sleep(0.2)  # the statement has begun, and is held up
+            async with unit_of_work(resources.sessionmaker) as other:
+                await changes[meanwhile](other)
+
+        changing = asyncio.create_task(change_meanwhile())
+        async with unit_of_work(resources.sessionmaker) as offering:
+            free = (await offering.execute(held_up, {"consultant_id": "dr-a"})).scalar_one()
+        await changing
+        assert free is still_free

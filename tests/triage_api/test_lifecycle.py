@@ -113,7 +113,7 @@ class TestCancel:
         assert [e["destination"] for e in cancelled] == ["consult_router", "audit"]
         assert "patient declined" not in str(cancelled[1])
 
-    async def test_the_cancellation_s_stream_event_rides_with_its_wake_up(
+    async def test_a_cancellations_stream_event_rides_with_its_wake_up(
         self, http: httpx.AsyncClient, resources: Resources
     ) -> None:
         """A change's event on the crew's stream is written at the commit: on PostgreSQL

@@ -13,7 +13,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, insert, literal_column, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    Select,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -285,9 +296,11 @@ async def insert_offer_unless_held(
     replaced, so it never waits: an offer being closed by another transaction still
     counts as open. (Left to the unique index alone, the insert would wait for that
     transaction; and one closing an offer goes on to lock its consultant for their
-    message, whom this statement has locked: a deadlock.) The index stays behind it, so a
-    second open offer to one consultant is refused whatever writes it, also one committed
-    between the statement's start and its lock."""
+    message, whom this statement has locked: a deadlock.) An offer committed after the
+    statement's start is caught by the lock (`consultant_if_free`): on PostgreSQL offers
+    are made with their message (`insert_offer_and_message_unless_held`), which counts it
+    on the consultant's row. The index stays behind it all, so a second open offer to one
+    consultant is refused whatever writes it."""
     statement = _offer_unless_held(dialect_name(session))
     result = await session.execute(statement, values)
     if getattr(result, "rowcount", 0) != 1:
@@ -322,13 +335,13 @@ async def insert_offer_and_message_unless_held(
 ) -> MadeOffer | None:
     """`insert_offer_unless_held`, and if the offer is made, the message that tells its
     consultant of it appended to their log (`messages.append`); None, writing nothing, if
-    they hold an open offer already. On PostgreSQL one statement, the offer's insert
-    feeding the message's numbering: a round trip fewer on the path of every offer; and
-    `moving_the_case`, the same statement moves the case to offered if it is queued (its
-    router version counted), where the caller's object would have been flushed as an
-    UPDATE of its own. The caller holds the case's row (or wrote the case in this
-    transaction), and the consultant's is taken only if no one holds it, so nothing here
-    waits."""
+    they are not free or hold an open offer already. On PostgreSQL one statement, the
+    offer's insert feeding the message's numbering: a round trip fewer on the path of
+    every offer; and `moving_the_case`, the same statement moves the case to offered if
+    it is queued (its router version counted), where the caller's object would have been
+    flushed as an UPDATE of its own. The caller holds the case's row (or wrote the case in
+    this transaction), and the consultant's is taken only if no one holds it, so nothing
+    here waits."""
     if dialect_name(session) != "postgresql":
         if await insert_offer_unless_held(session, values) is None:
             return None
@@ -384,20 +397,36 @@ def _offer_unless_held(dialect: str, *, prefix: str = "") -> Any:
         _OFFER_TABLE.c.consultant_id == consultant_id,
         _OFFER_TABLE.c.state == literal_column("'open'"),
     )
-    # The consultant's row, locked if they are free: available as the row is now (a lock
-    # reads the latest version), and not held by another transaction (skipped, never
-    # waited for: that one is asking them about something else). SQLite has one writer,
-    # whose transaction holds the whole database: there it is the check alone.
-    free = exists(
-        select(_CONSULTANT_TABLE.c.id)
-        .where(
-            _CONSULTANT_TABLE.c.id == consultant_id,
-            _CONSULTANT_TABLE.c.status == literal_column("'available'"),
-        )
-        .with_for_update(skip_locked=True)
-    )
+    free = exists(consultant_if_free(consultant_id))
     return insert_ignoring_conflicts(dialect, _OFFER_TABLE).from_select(
         columns, row.where(~held, free)
+    )
+
+
+def consultant_if_free(consultant_id: BindParameter[str]) -> Select[tuple[str]]:
+    """The consultant's row, locked if they are free: available, and not held by another
+    transaction (skipped, never waited for: that one is changing them).
+
+    The offer's statement reads their offers as of its start, and takes this lock later,
+    on the row as it is then. An offer to them committed in between would be missed by
+    that read, and the insert would meet it in the unique index, where it waits for any
+    transaction closing it, which goes on to lock this consultant for their message:
+    a deadlock. Every offer counts a message on its consultant's row, in the statement
+    that makes it, so the lock's check of the row as it is now (its status, and its
+    message count as the statement's start read it) refuses one changed since: their
+    offers as read are still all there are. SQLite has one writer, whose transaction holds
+    the whole database: there the check is all there is."""
+    consultants, as_read = _CONSULTANT_TABLE.c, _CONSULTANT_TABLE.alias("as_read").c
+    # Not correlated: read once, as of the statement's start, and kept for the check.
+    count_at_start = select(as_read.message_seq).where(as_read.id == consultant_id).correlate(None)
+    return (
+        select(consultants.id)
+        .where(
+            consultants.id == consultant_id,
+            consultants.status == literal_column("'available'"),
+            consultants.message_seq == count_at_start.scalar_subquery(),
+        )
+        .with_for_update(skip_locked=True)
     )
 
 

@@ -391,7 +391,8 @@ class OutboxDelivery:
         Rows for a peer in this process are handed to its inbox and marked in the claiming
         transaction itself: its row locks are the claim, so no lease is written, and a
         pass costs one transaction however many local peers it serves. Rows for a peer
-        over HTTP are leased in that transaction and posted after it commits, holding no
+        over HTTP are leased in that transaction (or, when the lane has no local peer, by
+        the claim itself, one statement alone) and posted after it commits, holding no
         connection while they wait for the peer.
         """
         # A local peer that fails undoes the whole pass; it is paused, and the pass runs
@@ -483,7 +484,8 @@ class OutboxDelivery:
         marking_delivered: bool = False,
         leasing: bool = False,
     ) -> list[_Claimed]:
-        """The lane's due rows, locked until `session` ends (`FOR UPDATE SKIP LOCKED`),
+        """The lane's due rows, locked until `session`'s transaction ends (`FOR UPDATE
+        SKIP LOCKED`; for a claim alone, `write_alone`, its statement's end),
         oldest first; `marking_delivered`: marked delivered in the same statement, for a
         pass whose hand-overs share the transaction (a failure undoes the mark with them);
         `leasing`: leased in the same statement, for a pass that posts them all."""

@@ -71,7 +71,7 @@ class TestWriting:
         claim, *records = sent
         assert "claimed_until" in claim
         assert "RETURNING" in claim
-        assert len(records) == 2  # one a peer
+        assert len(records) == 2  # one per peer
         assert all("delivered_at" in record for record in records)
         assert commands == []
 
