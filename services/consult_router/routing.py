@@ -368,9 +368,9 @@ async def _offer_each(
             moving_the_case=case.status == "queued",
         )  # fmt: skip
         if offered is None:
-            # Gone away, their row held by another transaction, or offered something
-            # meanwhile: not free for the rest of this pass (whatever frees them again
-            # wakes routing).
+            # Gone away, their row held or changed by another transaction, or offered
+            # something meanwhile: not free for the rest of this pass; a later pass (a
+            # wake-up, or the poll at the latest) asks them again.
             view.offered.add(consultant_id)
             continue
         if offered.moved_to_version is not None:  # the session's object takes it as written

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import String, bindparam, exists, func, insert, select, update
+from sqlalchemy import String, bindparam, exists, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,7 +25,7 @@ from services.shared.db.models import ConsultCase, ConsultConsultant, ConsultOff
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, case_state, snapshot
-from tests.support import statements_sent
+from tests.support import eventually, statements_sent
 
 
 def open_offer(case_id: str, consultant_id: str, now: datetime) -> dict[str, Any]:
@@ -304,17 +304,20 @@ class TestRouting:
     ) -> None:  # fmt: skip
         """The offer's statement reads the consultant's offers as of its start and takes
         their lock later. An offer committed in between (every offer counts a message on
-        its consultant's row) would be missed by that read and met in the index, where the
-        insert waits for whoever is closing it: the lock refuses a row whose count, or
-        status, changed since. Here the lock's check is held up (`pg_sleep`) while another
-        transaction changes the consultant."""
+        its consultant's row, on PostgreSQL in the statement that makes it) would be missed
+        by that read and met in the index, where the insert waits for whoever is closing
+        it: the lock refuses a row whose count, or status, changed since. Here the lock's
+        check (`consultant_if_free`, which the offer's statement carries) is held up by an
+        advisory lock once the statement has begun, while another transaction changes the
+        consultant and commits."""
         if resources.engine.dialect.name == "sqlite":
             pytest.skip("SQLite has one writer: two transactions never overlap")
         await desk.consultant("dr-a", ["frailty"])
+        gate = 8_2026
         held_up = select(
             exists(
                 case_repo.consultant_if_free(bindparam("consultant_id", type_=String()))
-                .where(func.pg_sleep(0.5).is_not(None))
+                .where(func.pg_advisory_xact_lock_shared(gate).is_not(None))
             )
         )  # fmt: skip
         changes: dict[str, Callable[[AsyncSession], Awaitable[Any]]] = {
@@ -330,14 +333,23 @@ class TestRouting:
                 .values(updated_at=clock.now())
             ),
         }  # fmt: skip
+        waiting_at_the_gate = text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
 
-        async def change_meanwhile() -> None:
-            await asyncio.sleep(0.2)  # the statement has begun, and is held up
+        async def offering() -> bool:
+            async with unit_of_work(resources.sessionmaker) as session:
+                found = await session.execute(held_up, {"consultant_id": "dr-a"})
+                return bool(found.scalar_one())
+
+        async def statement_held_up() -> bool:
+            async with unit_of_work(resources.sessionmaker) as look:
+                return bool((await look.execute(waiting_at_the_gate)).scalar_one())
+
+        async with unit_of_work(resources.sessionmaker) as gatekeeper:
+            await gatekeeper.execute(select(func.pg_advisory_xact_lock(gate)))
+            checking = asyncio.create_task(offering())
+            await eventually(statement_held_up)  # begun, its snapshot taken, not yet locked
             async with unit_of_work(resources.sessionmaker) as other:
                 await changes[meanwhile](other)
-
-        changing = asyncio.create_task(change_meanwhile())
-        async with unit_of_work(resources.sessionmaker) as offering:
-            free = (await offering.execute(held_up, {"consultant_id": "dr-a"})).scalar_one()
-        await changing
-        assert free is still_free
+        assert await asyncio.wait_for(checking, timeout=10) is still_free

@@ -288,9 +288,12 @@ async def insert_offer_unless_held(
 ) -> ConsultOffer | None:
     """Write a new open offer at once (Core: no flush of the whole session to make one
     row) and return it as an object to read, or None, writing nothing, if its consultant
-    is not free (not available, or their row held by another transaction) or holds an
-    open offer already. One statement: the insert carries the checks, and locks the
-    consultant's row if they are free, until the transaction ends.
+    is not free (not available, their row held by another transaction, or changed since
+    the statement began) or holds an open offer already. One statement: the insert
+    carries the checks, and locks the consultant's row if they are free, until the
+    transaction ends. Routing on PostgreSQL makes its offers with their message instead
+    (`insert_offer_and_message_unless_held`): the lock's check relies on every offer there
+    counting one on its consultant's row, which an offer made here alone does not.
 
     The check of their offers reads as of the statement's start, like the read it
     replaced, so it never waits: an offer being closed by another transaction still
@@ -411,8 +414,8 @@ def consultant_if_free(consultant_id: BindParameter[str]) -> Select[tuple[str]]:
     on the row as it is then. An offer to them committed in between would be missed by
     that read, and the insert would meet it in the unique index, where it waits for any
     transaction closing it, which goes on to lock this consultant for their message:
-    a deadlock. Every offer counts a message on its consultant's row, in the statement
-    that makes it, so the lock's check of the row as it is now (its status, and its
+    a deadlock. On PostgreSQL every offer counts a message on its consultant's row, in
+    the statement that makes it, so the lock's check of the row as it is now (its status, and its
     message count as the statement's start read it) refuses one changed since: their
     offers as read are still all there are. SQLite has one writer, whose transaction holds
     the whole database: there the check is all there is."""

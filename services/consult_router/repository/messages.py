@@ -56,7 +56,8 @@ def append_numbered_for(consultant_ids: Select[Any]) -> Insert:
     (none: nothing is bumped or written, and nothing returned). PostgreSQL only: the
     statement that makes an offer gives its consultant this way, so that the offer and the
     message that tells of it go in one statement, and the message only if the offer was
-    made."""
+    made; the count it adds is what tells a later offer's lock that one was made
+    (`cases.consultant_if_free`)."""
     return _numbered_insert(
         update(_CONSULTANTS)
         .where(_CONSULTANTS.c.id.in_(consultant_ids))
