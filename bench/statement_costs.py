@@ -113,7 +113,7 @@ from services.shared.db.session import (
 from services.shared.domain.reference import new_case_reference
 from services.shared.notify import LocalNotifier
 from services.shared.outbox import Outbox, OutboxDelivery
-from services.shared.outbox.delivery import OutboxMetrics, _Sorted
+from services.shared.outbox.delivery import OutboxMetrics, _Sorted, by_destination
 from services.shared.schemas.cases import CaseSnapshot
 from services.shared.settings import OutboxSettings
 from services.triage_api import repository as triage_repo
@@ -364,7 +364,7 @@ class Steps:
         async with unit_of_work(self.maker) as session:
             claimed = await delivery._claim(session)
             await delivery._lease(session, [row.id for row in claimed])
-        for rows in _by_destination(claimed):
+        for rows in by_destination(claimed).values():
             async with unit_of_work(self.maker) as session:
                 await delivery._record(session, rows[0].destination, _delivered(rows), marked=False)
 
@@ -372,7 +372,7 @@ class Steps:
         delivery = self.delivery
         async with write_alone(self.maker) as session:
             claimed = await delivery._claim(session, leasing=True)
-        for rows in _by_destination(claimed):
+        for rows in by_destination(claimed).values():
             async with write_alone(self.maker) as session:
                 await delivery._record(session, rows[0].destination, _delivered(rows), marked=False)
 
@@ -405,13 +405,6 @@ def _posting_delivery(maker: SessionMaker, clock: ManualClock) -> OutboxDelivery
         outbox=outbox, sessionmaker=maker, peers=cast(PeerClient, None), notifier=notifier,
         clock=clock, settings=OutboxSettings(), metrics=OutboxMetrics(CollectorRegistry()),
     )  # fmt: skip
-
-
-def _by_destination(claimed: list[Any]) -> list[list[Any]]:
-    grouped: dict[str, list[Any]] = {}
-    for row in claimed:
-        grouped.setdefault(row.destination, []).append(row)
-    return list(grouped.values())
 
 
 def _delivered(rows: list[Any]) -> Any:

@@ -298,12 +298,10 @@ async def insert_offer_unless_held(
     The check of their offers reads as of the statement's start, like the read it
     replaced, so it never waits: an offer being closed by another transaction still
     counts as open. (Left to the unique index alone, the insert would wait for that
-    transaction; and one closing an offer goes on to lock its consultant for their
-    message, whom this statement has locked: a deadlock.) An offer committed after the
-    statement's start is caught by the lock (`consultant_if_free`): on PostgreSQL offers
-    are made with their message (`insert_offer_and_message_unless_held`), which counts it
-    on the consultant's row. The index stays behind it all, so a second open offer to one
-    consultant is refused whatever writes it."""
+    transaction, which goes on to lock this consultant: a deadlock; so would an offer
+    committed after the statement's start, which the lock refuses: `consultant_if_free`.)
+    The index stays behind it all, so a second open offer to one consultant is refused
+    whatever writes it."""
     statement = _offer_unless_held(dialect_name(session))
     result = await session.execute(statement, values)
     if getattr(result, "rowcount", 0) != 1:
@@ -415,10 +413,10 @@ def consultant_if_free(consultant_id: BindParameter[str]) -> Select[tuple[str]]:
     that read, and the insert would meet it in the unique index, where it waits for any
     transaction closing it, which goes on to lock this consultant for their message:
     a deadlock. On PostgreSQL every offer counts a message on its consultant's row, in
-    the statement that makes it, so the lock's check of the row as it is now (its status, and its
-    message count as the statement's start read it) refuses one changed since: their
-    offers as read are still all there are. SQLite has one writer, whose transaction holds
-    the whole database: there the check is all there is."""
+    the statement that makes it, so the lock's check of the row as it is now (its status,
+    and its message count as the statement's start read it) refuses one changed since:
+    their offers as read are still all there are. SQLite has one writer, whose
+    transaction holds the whole database: there the check is all there is."""
     consultants, as_read = _CONSULTANT_TABLE.c, _CONSULTANT_TABLE.alias("as_read").c
     # Not correlated: read once, as of the statement's start, and kept for the check.
     count_at_start = select(as_read.message_seq).where(as_read.id == consultant_id).correlate(None)

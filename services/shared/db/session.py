@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
 from services.shared.db.arrays import array_parameters, can_go_as_arrays, rows_from_arrays
+from services.shared.db.statements import dialect_name
 
 logger = logging.getLogger("reach.db")
 
@@ -305,7 +306,7 @@ async def reads_alone(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
     transaction, its reads together, ended by a rollback. The connection goes back to
     the pool as it came (SQLAlchemy restores its isolation level at check-in)."""
     async with maker() as session:
-        if _on_postgres(session):
+        if dialect_name(session) == "postgresql":
             await _autocommit(session)
         yield session
 
@@ -321,16 +322,12 @@ async def write_alone(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
     is an ordinary unit of work: there are no round trips to spare, and its transaction
     takes the write lock first (`BEGIN IMMEDIATE`)."""
     async with maker() as session:
-        if _on_postgres(session):
+        if dialect_name(session) == "postgresql":
             await _autocommit(session)
             yield session
         else:
             async with session.begin():
                 yield session
-
-
-def _on_postgres(session: AsyncSession) -> bool:
-    return session.bind is not None and session.bind.dialect.name == "postgresql"
 
 
 async def _autocommit(session: AsyncSession) -> None:

@@ -260,6 +260,14 @@ def _held_back(table: Table, *, marked: bool) -> Update:
     return update(table).where(table.c.id.in_(bindparam("ids", expanding=True))).values(values)
 
 
+def by_destination(rows: list[_Claimed]) -> dict[str, list[_Claimed]]:
+    """Claimed rows by destination, each destination's in the order claimed."""
+    grouped: dict[str, list[_Claimed]] = defaultdict(list)
+    for row in rows:
+        grouped[row.destination].append(row)
+    return grouped
+
+
 class _HandOverFailed(Exception):
     """A peer in this process failed to take its events (not a refusal: an error)."""
 
@@ -395,6 +403,8 @@ class OutboxDelivery:
         the claim itself, one statement alone) and posted after it commits, holding no
         connection while they wait for the peer.
         """
+        if self._all_away(deferred=deferred):
+            return await self._posting_pass(deferred=deferred)
         # A local peer that fails undoes the whole pass; it is paused, and the pass runs
         # again without it, so one peer failing holds back no other. Each failure pauses
         # one more peer, so this ends.
@@ -416,8 +426,6 @@ class OutboxDelivery:
             return await self._pass(deferred=deferred, savepoints=True)
 
     async def _pass(self, *, deferred: bool, savepoints: bool) -> bool:
-        if self._all_away(deferred=deferred):
-            return await self._posting_pass(deferred=deferred)
         handed: list[tuple[str, _Sorted]] = []
         away: dict[str, list[_Claimed]] = defaultdict(list)
         async with unit_of_work(self._maker) as session:
@@ -446,9 +454,7 @@ class OutboxDelivery:
         no BEGIN nor COMMIT round trips), then posted with no connection held."""
         async with write_alone(self._maker) as session:
             claimed = await self._claim(session, deferred=deferred, leasing=True)
-        away: dict[str, list[_Claimed]] = defaultdict(list)
-        for row in claimed:
-            away[row.destination].append(row)
+        away = by_destination(claimed)
         await asyncio.gather(*(self._post(dest, rows) for dest, rows in away.items()))
         return len(claimed) >= self._settings.outbox_batch_size
 
