@@ -31,6 +31,21 @@ def _insert_ignoring_conflicts_returning(dialect: str, table: Table, column: str
     return insert_ignoring_conflicts(dialect, table).returning(table.c[column])
 
 
+@functools.cache
+def insert_or_lock(dialect: str, table: Table, touch: str) -> Any:
+    """The dialect's `INSERT ... ON CONFLICT (primary key) DO UPDATE`, setting only the
+    `touch` column of a row that exists, `RETURNING` every column: each row of the values
+    comes back, made or locked by this statement, whatever it was before.
+
+    Unlike a read of the keys (`IN (...)`), the conflict is found in the primary key's
+    index whatever plan PostgreSQL keeps for the statement."""
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    (key,) = table.primary_key.columns
+    return insert.on_conflict_do_update(
+        index_elements=[key], set_={touch: insert.excluded[touch]}
+    ).returning(*table.c)
+
+
 async def insert_if_absent(session: AsyncSession, model: Any, values: dict[str, Any]) -> bool:
     """Insert a row unless one of its unique keys exists; True if this call inserted it.
 

@@ -1,0 +1,76 @@
+"""How a batch of events fills in the outcome records: the records are made or found,
+locked and read in one statement through the primary key's index, then written back in
+one; a record stays locked until its batch commits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+
+from services.audit import dispositions
+from services.shared.db.models import AuditDisposition
+from services.shared.db.session import unit_of_work
+from services.shared.resources import Resources
+from services.shared.schemas.events import Event
+from tests.audit.conftest import event
+from tests.support import statements_sent
+
+AT = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+def submitted(case_id: str) -> Event:
+    return Event.model_validate(
+        event("case.submitted", case_id, AT, reference=f"R-{case_id}", specialty="frailty",
+              call_category="C3", created_at=AT.isoformat())
+    )  # fmt: skip
+
+
+def cancelled(case_id: str) -> Event:
+    return Event.model_validate(event("case.cancelled", case_id, AT))
+
+
+def _of_dispositions(statement: str) -> bool:
+    return "audit_disposition" in statement
+
+
+async def test_a_batch_finds_its_records_and_writes_them_back_in_two_statements(
+    resources: Resources,
+) -> None:
+    async with unit_of_work(resources.sessionmaker) as session:
+        await dispositions.record_many(session, [submitted("a")], now=AT)
+    with statements_sent(resources.engine, _of_dispositions) as sent:
+        async with unit_of_work(resources.sessionmaker) as session:
+            # "a" has a record already, "b" and "c" do not.
+            batch = [cancelled("a"), submitted("b"), submitted("c"), cancelled("c")]
+            await dispositions.record_many(session, batch, now=AT)
+    assert len(sent) == 2, sent
+    made_or_locked, written_back = (" ".join(statement.split()) for statement in sent)
+    assert made_or_locked.startswith("INSERT INTO audit_disposition")
+    assert "ON CONFLICT (case_id) DO UPDATE" in made_or_locked
+    assert "RETURNING" in made_or_locked
+    assert written_back.startswith("UPDATE audit_disposition")
+    async with unit_of_work(resources.sessionmaker) as session:
+        rows = await session.execute(select(AuditDisposition).order_by(AuditDisposition.case_id))
+        records = {row.case_id: row for row in rows.scalars()}
+    assert set(records) == {"a", "b", "c"}
+    # What the earlier batch wrote was read back and kept; this batch's facts were added.
+    assert [records[case_id].reference for case_id in "abc"] == ["R-a", "R-b", "R-c"]
+    assert [records[case_id].cancelled_at is not None for case_id in "abc"] == [True, False, True]
+
+
+async def test_a_record_stays_locked_until_its_batch_commits(resources: Resources) -> None:
+    if resources.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has one writer: its transactions never wait on each other")
+    async with unit_of_work(resources.sessionmaker) as session:
+        await dispositions.record_many(session, [submitted("a")], now=AT)
+    lock_now = text("SELECT case_id FROM audit_disposition WHERE case_id = 'a' FOR UPDATE NOWAIT")
+    async with unit_of_work(resources.sessionmaker) as batch:
+        await dispositions.record_many(batch, [cancelled("a")], now=AT)
+        async with resources.engine.connect() as other:
+            with pytest.raises(DBAPIError, match="could not obtain lock"):
+                await other.execute(lock_now)
+    async with resources.engine.connect() as other:
+        assert (await other.execute(lock_now)).scalar_one() == "a"
