@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.consult_router.repository.cases import ANOTHER_CASE_MAY_MOVE
+from services.consult_router.repository.cases import ANOTHER_CASE_MAY_MOVE, OPEN
 from services.shared.db.base import table_of
 from services.shared.db.models import (
     ConsultConnection,
@@ -87,7 +87,7 @@ _ON_CALL_TO_ROUTE_AT = _ON_CALL_AT.add_columns(
     .scalar_subquery(),
     exists().where(
         _OFFER_TABLE.c.consultant_id == _CONSULTANT_TABLE.c.id,
-        _OFFER_TABLE.c.state == "open",
+        _OFFER_TABLE.c.state == OPEN,
     ),
 )
 
