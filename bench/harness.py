@@ -202,6 +202,13 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def pool_for(concurrency: int) -> dict[str, str]:
+    """The database pool setting every app under test gets (reach reads it, and so does
+    the baseline): a connection for each request the load keeps in flight, reach's
+    default of 10 at the least, so that none waits for one or opens one mid-run."""
+    return {"REACH_DATABASE_POOL_SIZE": str(max(10, concurrency))}
+
+
 @dataclass
 class WrkResult:
     requests_per_second: float

@@ -54,6 +54,7 @@ from bench.harness import (
     machine_report,
     migrate,
     pinned,
+    pool_for,
 )
 from services.shared.auth import mint_token
 from services.shared.clock import SystemClock
@@ -209,7 +210,11 @@ def run_child(app_name: str, url: str, args: argparse.Namespace) -> dict[str, fl
                "--requests", str(args.requests), "--warm-up", str(args.warm_up),
                "--concurrency", str(args.concurrency)]  # fmt: skip
     done = subprocess.run(
-        pinned(command, SERVER_CPU), env=base_env(), cwd=ROOT, capture_output=True, text=True
+        pinned(command, SERVER_CPU),
+        env=base_env(**pool_for(args.concurrency)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         fail(f"{app_name} could not be measured:\n{done.stderr[-2000:]}")

@@ -44,6 +44,7 @@ from bench.harness import (
     fresh_sqlite,
     machine_report,
     migrate,
+    pool_for,
     run_wrk,
     serve,
 )
@@ -133,11 +134,12 @@ def measure(
 ) -> tuple[WrkResult, Usage]:
     """One app under wrk; `peers_url` is the database of triage-api's peers (split only)."""
     port = free_port()
+    pool = pool_for(connections)
     with contextlib.ExitStack() as stack:
         if app == "baseline":
             command = [PYTHON, "-m", "uvicorn", "--factory", "bench.baseline_app:create_app",
                        "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
-            env = base_env(REACH_DATABASE_URL=url)
+            env = base_env(REACH_DATABASE_URL=url, **pool)
         else:
             migrate(url)
             service = "triage-api" if app == "reach-split" else None
@@ -146,7 +148,7 @@ def measure(
             if service is not None and peers_url is not None:
                 migrate(peers_url)
                 peers = stack.enter_context(peers_of_triage(peers_url))
-            env = base_env(**peers)
+            env = base_env(**peers, **pool)
         server = stack.enter_context(serve(command, env=env, port=port, name=app))
         target = f"{server.base_url}/v1/cases"
         run_wrk(target, wrk_script(), connections=connections, seconds=WARM_UP_SECONDS)
