@@ -33,9 +33,11 @@ def _insert_ignoring_conflicts_returning(dialect: str, table: Table, column: str
 
 @functools.cache
 def insert_or_lock(dialect: str, table: Table, touch: str) -> Any:
-    """The dialect's `INSERT ... ON CONFLICT (primary key) DO UPDATE`, setting only the
-    `touch` column of a row that exists, `RETURNING` every column: each row of the values
-    comes back, made or locked by this statement, whatever it was before.
+    """The dialect's `INSERT ... ON CONFLICT (primary key) DO UPDATE ... RETURNING` every
+    column: a row of the values whose key is new is made, and a row whose key exists is
+    locked and has its `touch` column set (nothing else), so each comes back as it now
+    is. The keys of one run must be distinct (PostgreSQL refuses to update a row twice in
+    one statement).
 
     Unlike a read of the keys (`IN (...)`), the conflict is found in the primary key's
     index whatever plan PostgreSQL keeps for the statement."""
