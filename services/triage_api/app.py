@@ -15,7 +15,7 @@ from services.shared.clients.peers import EVENTS_PATH, Peer, PeerClient
 from services.shared.db.engine import is_sqlite
 from services.shared.db.group_commit import GroupCommit
 from services.shared.db.models import TriageInbox, TriageOutbox
-from services.shared.db.session import unit_of_work
+from services.shared.db.session import unit_of_work, written_at_commit
 from services.shared.outbox import EventHandler, Outbox, OutboxDelivery, install_inbox
 from services.shared.outbox.writer import outbox_channel
 from services.shared.pages import mount_page
@@ -79,6 +79,7 @@ def create_app(
                 # triage-api's core busiest under the submission benchmark (two and
                 # four did less well: bench/RESULTS.md).
                 writers=1 if is_sqlite(res.database_url) else 3,
+                opened=written_at_commit,
             )
             app.state.event_handlers = router_event_handlers(ctx)
             delivery = OutboxDelivery(

@@ -19,6 +19,7 @@ _CASE = select(TriageCase).where(TriageCase.id == bindparam("case_id"))
 # Every change to a case takes its row lock first, so stream seqs never collide.
 _CASE_LOCKED = _CASE.with_for_update()
 # New cases' first rows: plain inserts on the tables (Core: see `table_of`).
+_INSERT_CASES = insert(table_of(TriageCase))
 _INSERT_OBSERVATIONS = insert(table_of(TriageObservation))
 _INSERT_EVENTS = insert(table_of(TriageCaseEvent))
 
@@ -71,6 +72,14 @@ async def insert_cases_if_new(session: AsyncSession, rows: list[dict[str, Any]])
     """Insert the cases whose idempotency key and reference are free, in one statement;
     the ids of those inserted."""
     return await insert_many_if_absent(session, TriageCase, rows, returning="id")
+
+
+async def insert_cases_at_commit(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """New cases, written at the commit with their first rows and their outbox rows (on
+    PostgreSQL all in the one statement that wakes the delivery lanes). A case whose
+    idempotency key or reference is taken fails that statement, and the commit with it:
+    for callers who go alone on that (`GroupCommit`)."""
+    await insert_at_commit(session, _INSERT_CASES, rows)
 
 
 async def insert_first_rows(

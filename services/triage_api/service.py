@@ -24,6 +24,7 @@ from services.shared.auth import Principal
 from services.shared.db.base import read_only_row
 from services.shared.db.models import TriageCase, TriageCaseEvent
 from services.shared.db.session import after_commit
+from services.shared.db.statements import dialect_name
 from services.shared.domain.news2 import (
     News2Result,
     Observations,
@@ -198,12 +199,23 @@ async def create_case(
 async def create_cases_together(
     session: AsyncSession, batch: Sequence[NewCase], *, ctx: TriageContext
 ) -> list[bool]:
-    """Store a batch of new cases in one transaction, one statement per table (see
-    `GroupCommit`). A case whose key or reference is taken is not stored (False): its
-    request goes the way of `create_case`, which replays or draws again."""
+    """Store a batch of new cases in one transaction (see `GroupCommit`). A case whose key
+    or reference is taken is not stored (False): its request goes the way of
+    `create_case`, which replays or draws again.
+
+    On PostgreSQL every row is written at the commit, the cases with the rest, in one
+    statement that the session (`written_at_commit`) sends as a transaction by itself. A
+    key or reference taken then fails the whole statement, and every case of the batch
+    goes the ordinary way: a replay costs its batch a statement, where the first free
+    case cost a round trip each. SQLite inserts the cases first, one statement for all,
+    each one whose key is free."""
     # In the order of their idempotency keys: two batches written at once (PostgreSQL)
     # that share keys then wait for each other in one order, never in a deadlock.
     rows = sorted((new.values for new in batch), key=_idempotency_order)
+    if dialect_name(session) == "postgresql":
+        await repository.insert_cases_at_commit(session, rows)
+        await _store_the_rest(session, ctx, list(batch))
+        return [True] * len(batch)
     stored_ids = await repository.insert_cases_if_new(session, rows)
     stored = [new.values["id"] in stored_ids for new in batch]
     await _store_the_rest(session, ctx, [new for new, ok in zip(batch, stored, strict=True) if ok])

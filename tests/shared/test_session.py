@@ -13,18 +13,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.base import table_of
 from services.shared.db.engine import create_engine
-from services.shared.db.models import AuditInbox
+from services.shared.db.models import AuditEntry, AuditInbox
 from services.shared.db.session import (
+    NotOneStatement,
     RetryWithSavepoints,
     after_commit,
     create_sessionmaker,
     insert_at_commit,
+    notify_at_commit,
     reads_alone,
     undoable,
     unit_of_work,
     without_savepoints,
     write_alone,
     write_pending,
+    written_at_commit,
 )
 from tests.support import statements_sent, transaction_commands_sent
 
@@ -287,3 +290,74 @@ async def test_a_write_alone_commits_as_a_transaction_of_its_own(database_url: s
             assert commands[-2:] == ["BEGIN", "COMMIT"]  # the same connection, as it was
     finally:
         await engine.dispose()
+
+
+async def test_writes_at_commit_alone_are_one_statement_or_none(database_url: str) -> None:
+    """On PostgreSQL a unit of work written at its commit sends its rows and notifications
+    as one statement, with no BEGIN or COMMIT, and runs its after-commit callbacks once it
+    has returned; rows that would need a second statement, or be written before the
+    commit, are refused, and none is written. On SQLite it is an ordinary unit of work,
+    which writes them all."""
+    engine = create_engine(database_url, pool_size=1)
+    maker = create_sessionmaker(engine)
+    inbox, audit = insert(table_of(AuditInbox)), insert(table_of(AuditEntry))
+    at = datetime(2026, 12, 4, tzinfo=UTC)
+    on_postgres = engine.dialect.name == "postgresql"
+    ran: list[str] = []
+
+    def inbox_row(name: str) -> dict[str, object]:
+        return {"event_id": name, "source": "test", "event_type": "t", "received_at": at}
+
+    async def kept() -> set[str]:
+        async with unit_of_work(maker) as session:
+            return set((await session.execute(select(AuditInbox.event_id))).scalars())
+
+    try:
+        watching: AbstractContextManager[list[str]] = (
+            transaction_commands_sent(engine) if on_postgres else nullcontext([])
+        )
+        with watching as commands, statements_sent(engine, lambda _: True) as sent:
+            async with written_at_commit(maker) as session:
+                await insert_at_commit(session, inbox, [inbox_row("a"), inbox_row("b")])
+                if on_postgres:
+                    notify_at_commit(session.sync_session, "reach_test", "k")
+                after_commit(session, lambda: ran.append("committed"))
+                assert sent == []  # nothing before the commit
+            assert ran == ["committed"]
+            if on_postgres:
+                [statement] = sent
+                assert "INSERT INTO audit_inbox" in statement
+                assert "pg_notify" in statement
+                # (asyncpg's look at new types on a fresh connection is all else it sent.)
+                assert [c for c in commands if c in {"BEGIN", "COMMIT", "ROLLBACK"}] == []
+        assert await kept() == {"a", "b"}
+
+        async def two_statements() -> None:
+            # An insert with nothing to ride in (no notification), and a second.
+            async with written_at_commit(maker) as session:
+                await insert_at_commit(session, inbox, [inbox_row("c")])
+                await insert_at_commit(session, audit, [audit_row(1, at)])
+                after_commit(session, lambda: ran.append("refused"))
+
+        async def written_early() -> None:
+            async with written_at_commit(maker) as session:
+                await insert_at_commit(session, inbox, [inbox_row("d")])
+                await write_pending(session)
+
+        if on_postgres:
+            with pytest.raises(NotOneStatement):
+                await two_statements()
+            with pytest.raises(NotOneStatement):
+                await written_early()
+            assert await kept() == {"a", "b"}
+            assert ran == ["committed"]
+    finally:
+        await engine.dispose()
+
+
+def audit_row(seq: int, at: datetime) -> dict[str, object]:
+    return {
+        "seq": seq, "event_id": f"e{seq}", "event_type": "t", "source": "test",
+        "subject_id": "s", "actor_sub": None, "actor_role": None, "occurred_at": at,
+        "recorded_at": at, "details": {}, "prev_hash": "0" * 64, "hash": "1" * 64,
+    }  # fmt: skip

@@ -145,6 +145,10 @@ class TestSubmit:
         assert resources.registry.get_sample_value("reach_cases_submitted_total", labels) == 2
 
 
+def _writes_a_case(statement: str) -> bool:
+    return "INSERT INTO triage_case " in statement
+
+
 def _writes_first_rows(statement: str) -> bool:
     return (
         "INSERT INTO triage_observation" in statement
@@ -236,6 +240,40 @@ class TestSubmittedTogether:
                                     "news2": case["news2"]})
             for case_id, case in cases.items()
         )  # fmt: skip
+
+    async def test_a_batch_is_one_statement_and_a_transaction_by_itself_on_postgresql(
+        self, http: httpx.AsyncClient, resources: Resources
+    ) -> None:
+        """The cases, their first rows, their outbox rows and the delivery's wake-up go in
+        one statement, which leaves no transaction open on its connection (no BEGIN was
+        sent before it, and no COMMIT is to follow): PostgreSQL commits it by itself."""
+        if resources.engine.dialect.name == "sqlite":
+            pytest.skip("SQLite's batch is an ordinary transaction: it has no round trips")
+        writes: list[tuple[str, bool]] = []
+
+        def record(connection: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            if _writes_a_case(statement):
+                driver = connection.connection.driver_connection
+                writes.append((statement, driver.is_in_transaction()))
+
+        event.listen(resources.engine.sync_engine, "after_cursor_execute", record)
+        try:
+            response = await submit(http)
+        finally:
+            event.remove(resources.engine.sync_engine, "after_cursor_execute", record)
+        assert response.status_code == 201
+        [(statement, in_a_transaction)] = writes
+        for part in (
+            "INSERT INTO triage_case ",
+            "INSERT INTO triage_case_event ",
+            "INSERT INTO triage_observation ",
+            "INSERT INTO triage_outbox ",
+            "pg_notify",
+        ):
+            assert part in statement, part  # fmt: skip
+        assert not in_a_transaction
+        assert await count(resources, TriageCase) == 1
+        assert await count(resources, TriageOutbox) == 2
 
     async def test_a_burst_mixing_new_cases_and_a_reused_key(
         self, http: httpx.AsyncClient, resources: Resources
@@ -387,6 +425,12 @@ class TestCommitComesBeforeTheAnswer:
     async def test_a_case_that_fails_to_commit_is_never_reported_created(
         self, http: httpx.AsyncClient, resources: Resources, triage_app: FastAPI
     ) -> None:
+        if resources.engine.dialect.name == "postgresql":
+            pytest.skip(
+                "a new case's batch is one statement there, a transaction by itself: "
+                "it commits as it is written (the failure to write it is below)"
+            )
+
         def refuse(_connection: Any) -> None:
             raise RuntimeError("disk full")
 
@@ -395,6 +439,27 @@ class TestCommitComesBeforeTheAnswer:
             response = await submit(http)
         finally:
             event.remove(resources.engine.sync_engine, "commit", refuse)
+        assert response.status_code == 500
+        assert response.json()["error"] == "internal_error"
+        assert "disk full" not in response.text
+        assert await count(resources, TriageCase) == 0
+
+    async def test_a_case_that_fails_to_be_written_is_never_reported_created(
+        self, http: httpx.AsyncClient, resources: Resources, triage_app: FastAPI
+    ) -> None:
+        # Whichever way it goes: in its batch's one statement (PostgreSQL), then alone.
+        def refuse(_connection: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            if (
+                statement.startswith("INSERT INTO triage_case ")
+                or "(INSERT INTO triage_case " in statement
+            ):
+                raise RuntimeError("disk full")
+
+        event.listen(resources.engine.sync_engine, "before_cursor_execute", refuse)
+        try:
+            response = await submit(http)
+        finally:
+            event.remove(resources.engine.sync_engine, "before_cursor_execute", refuse)
         assert response.status_code == 500
         assert response.json()["error"] == "internal_error"
         assert "disk full" not in response.text

@@ -16,8 +16,11 @@ second writer would only wait its turn.
 
 A batch is an optimisation, never the authority. The writer says, item by item, whether
 it stored it; an item it did not store (a unique key already taken, say) — or every item,
-if the batch failed — goes back to its caller, who does it alone on the ordinary path and
-gets that path's precise answer.
+if the batch failed, a key taken by one of them included — goes back to its caller, who
+does it alone on the ordinary path and gets that path's precise answer.
+
+A batch is written in `unit_of_work`, or in another unit of work the owner chooses
+(`opened`): triage-api's new cases go in `written_at_commit`, one statement on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.engine import database_unreachable
-from services.shared.db.session import SessionMaker, in_transaction
+from services.shared.db.session import SessionMaker, in_transaction, unit_of_work
 from services.shared.observability import log_failure
 
 logger = logging.getLogger("reach.db.group_commit")
@@ -51,6 +56,7 @@ class GroupCommit(Generic[T]):
         max_batch: int,
         name: str,
         writers: int = 1,
+        opened: Callable[[SessionMaker], AbstractAsyncContextManager[AsyncSession]] = unit_of_work,
     ) -> None:
         if max_batch < 1:
             raise ValueError("a batch holds at least one item")
@@ -64,6 +70,7 @@ class GroupCommit(Generic[T]):
         self._max_writers = writers
         self._writers: set[asyncio.Task[None]] = set()
         self._writing = 0  # writers with a batch at the database
+        self._opened = opened
 
     async def submit(self, item: T) -> bool:
         """True once `item` is committed; False if the batch left it to the caller."""
@@ -114,9 +121,15 @@ class GroupCommit(Generic[T]):
 
     async def _write_batch(self, items: list[T]) -> Sequence[bool]:
         try:
-            stored = await in_transaction(self._maker, lambda session: self._write(session, items))
+            stored = await in_transaction(
+                self._maker, lambda session: self._write(session, items), opened=self._opened
+            )
         except Exception as exc:  # each caller retries alone and gets its own answer
-            if database_unreachable(exc):  # an outage: each request says so itself (503)
+            if isinstance(exc, IntegrityError):
+                # A unique key taken, which a writer may leave the database to find: each
+                # item's own path finds whose, and answers for it.
+                logger.info("%s: a key of the batch was taken; %d go alone", self._name, len(items))
+            elif database_unreachable(exc):  # an outage: each request says so itself (503)
                 logger.warning("%s: database unreachable; %d go alone", self._name, len(items))
             else:
                 log_failure(logger, f"{self._name}: a batch of {len(items)} failed", exc)

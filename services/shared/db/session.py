@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
@@ -50,6 +50,7 @@ _AT_COMMIT = "insert_at_commit"
 _NOTIFICATIONS = "pg_notify"
 _SAVEPOINT_MARKS = "savepoint_marks"
 _WITHOUT_SAVEPOINTS = "without_savepoints"
+_ONE_STATEMENT = "one_statement"
 
 SessionMaker = async_sessionmaker[AsyncSession]
 T = TypeVar("T")
@@ -97,7 +98,12 @@ def _write_at_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return
     state = transaction_state(session)
-    _write(session, state.pop(_AT_COMMIT, []), state.pop(_NOTIFICATIONS, {}))
+    _write(
+        session,
+        state.pop(_AT_COMMIT, []),
+        state.pop(_NOTIFICATIONS, {}),
+        one_statement=state.get(_ONE_STATEMENT, False),
+    )
 
 
 # The notifications of a transaction, in one statement however many: the (channel, key)
@@ -112,16 +118,24 @@ _PAIRS = (
 _NOTIFY_ALL = select(func.pg_notify(_PAIRS.c.channel, _PAIRS.c.key))
 
 
+class NotOneStatement(Exception):
+    """The writes at a commit that must be one statement (`written_at_commit`) would take
+    more: nothing was written."""
+
+
 def _write(
     session: Session,
     pending: list[tuple[Insert, list[dict[str, Any]]]],
     notifications: dict[tuple[str, str], None],
+    *,
+    one_statement: bool = False,
 ) -> None:
     """Each statement's rows in one multi-row insert, in the order they were given; then
     the notifications. On PostgreSQL, with notifications to send, the inserts ride in the
     notifying statement as data-modifying `WITH` clauses (which PostgreSQL runs whether or
     not the query reads them), each column's values as one array: one round trip for all,
-    and one statement, built and prepared once, whatever the rows."""
+    and one statement, built and prepared once, whatever the rows. With `one_statement`,
+    writes that would take more than one are refused before any is sent."""
     together: dict[Insert, list[dict[str, Any]]] = {}
     for statement, rows in pending:
         together.setdefault(statement, []).extend(rows)
@@ -133,6 +147,10 @@ def _write(
                 parameters.update(array_parameters(rows, tuple(rows[0]), prefix=f"w{number}_"))
             session.execute(riding, parameters)
             return
+    if one_statement and len(together) + bool(notifications) > 1:
+        raise NotOneStatement(
+            f"{len(together)} inserts and {len(notifications)} notifications cannot ride together"
+        )
     for statement, rows in together.items():
         session.execute(statement, rows)
     if notifications:
@@ -247,6 +265,8 @@ async def write_pending(session: AsyncSession) -> None:
     if sync.in_nested_transaction():
         return
     state = transaction_state(sync)
+    if state.get(_ONE_STATEMENT):  # written now, they would commit apart from the rest
+        raise NotOneStatement("a unit of work written at its commit writes nothing before")
     pending = state.pop(_AT_COMMIT, [])
     if pending:  # with no rows, the notifications wait for the commit's one statement
         await session.run_sync(_write, pending, state.pop(_NOTIFICATIONS, {}))
@@ -330,6 +350,34 @@ async def write_alone(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
                 yield session
 
 
+@asynccontextmanager
+async def written_at_commit(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """A unit of work whose writes are all made at its commit (`insert_at_commit` and the
+    notifications), and that sends no statement before.
+
+    On PostgreSQL those writes ride in the one notifying statement, so its connection runs
+    in autocommit: that statement is a transaction by itself, without the BEGIN and
+    COMMIT round trips around it (a submission's batch of new cases: one round trip where
+    it was four). If the writes would take more than one statement (rows that cannot
+    ride, or no notification to ride in), the commit raises `NotOneStatement` and writes
+    nothing, since they would not commit together. A statement the work sent itself would
+    also commit on its own, apart from the rest: the work must only defer. After-commit
+    callbacks run once the statement has returned. On SQLite an ordinary unit of work."""
+    async with maker() as session:
+        if dialect_name(session) != "postgresql":
+            async with session.begin():
+                yield session
+            return
+        await _autocommit(session)
+        transaction_state(session.sync_session)[_ONE_STATEMENT] = True
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        await session.commit()
+
+
 async def _autocommit(session: AsyncSession) -> None:
     await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
@@ -339,9 +387,11 @@ async def in_transaction(
     work: Callable[[AsyncSession], Awaitable[T]],
     *,
     ended: Callable[[], None] | None = None,
+    opened: Callable[[SessionMaker], AbstractAsyncContextManager[AsyncSession]] = unit_of_work,
 ) -> T:
-    """Run `work` in its own unit of work, shielded from the caller's cancellation;
-    `ended`, if given, is called when the transaction has ended, however it ended.
+    """Run `work` in its own unit of work (`opened`: `unit_of_work`, or another of its
+    kind such as `written_at_commit`), shielded from the caller's cancellation; `ended`,
+    if given, is called when the transaction has ended, however it ended.
 
     A socket's tasks are cancelled the moment the socket closes. Cancelled half-way
     through a transaction, a task would abandon its pooled connection mid-statement, and
@@ -351,7 +401,7 @@ async def in_transaction(
     """
 
     async def attempt() -> T:
-        async with unit_of_work(maker) as session:
+        async with opened(maker) as session:
             return await work(session)
 
     def finished(transaction: asyncio.Future[T]) -> None:
