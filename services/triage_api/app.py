@@ -80,6 +80,7 @@ def create_app(
                 # four did less well: bench/RESULTS.md).
                 writers=1 if is_sqlite(res.database_url) else 3,
                 opened=written_at_commit,
+                keys_apart=partial(service.create_cases_keys_apart, ctx=ctx),
             )
             app.state.event_handlers = router_event_handlers(ctx)
             delivery = OutboxDelivery(

@@ -78,7 +78,7 @@ async def insert_cases_at_commit(session: AsyncSession, rows: list[dict[str, Any
     """New cases, written at the commit with their first rows and their outbox rows (on
     PostgreSQL all in the one statement that wakes the delivery lanes). A case whose
     idempotency key or reference is taken fails that statement, and the commit with it:
-    for callers who go alone on that (`GroupCommit`)."""
+    for callers who then write them with their keys told apart (`GroupCommit`)."""
     await insert_at_commit(session, _INSERT_CASES, rows)
 
 

@@ -205,21 +205,31 @@ async def create_cases_together(
 
     On PostgreSQL every row is written at the commit, the cases with the rest, in one
     statement that the session (`written_at_commit`) sends as a transaction by itself. A
-    key or reference taken then fails the whole statement, and every case of the batch
-    goes the ordinary way: a replay costs its batch a statement, where the first free
-    case cost a round trip each. SQLite inserts the cases first, one statement for all,
-    each one whose key is free."""
-    # In the order of their idempotency keys: two batches written at once (PostgreSQL)
-    # that share keys then wait for each other in one order, never in a deadlock.
-    rows = sorted((new.values for new in batch), key=_idempotency_order)
-    if dialect_name(session) == "postgresql":
-        await repository.insert_cases_at_commit(session, rows)
-        await _store_the_rest(session, ctx, list(batch))
-        return [True] * len(batch)
-    stored_ids = await repository.insert_cases_if_new(session, rows)
+    key or reference taken then fails the whole statement, and the batch is written again
+    by `create_cases_keys_apart`. SQLite's batch is that from the start."""
+    if dialect_name(session) != "postgresql":
+        return await create_cases_keys_apart(session, batch, ctx=ctx)
+    await repository.insert_cases_at_commit(session, _in_idempotency_order(batch))
+    await _store_the_rest(session, ctx, list(batch))
+    return [True] * len(batch)
+
+
+async def create_cases_keys_apart(
+    session: AsyncSession, batch: Sequence[NewCase], *, ctx: TriageContext
+) -> list[bool]:
+    """`create_cases_together`, the cases inserted first, one statement for all, each one
+    whose key and reference are free; the rest for those alone."""
+    stored_ids = await repository.insert_cases_if_new(session, _in_idempotency_order(batch))
     stored = [new.values["id"] in stored_ids for new in batch]
     await _store_the_rest(session, ctx, [new for new, ok in zip(batch, stored, strict=True) if ok])
     return stored
+
+
+def _in_idempotency_order(batch: Sequence[NewCase]) -> list[dict[str, Any]]:
+    """The batch's case rows in the order of their idempotency keys: two batches written
+    at once (PostgreSQL) that share keys then wait for each other in one order, never in
+    a deadlock."""
+    return sorted((new.values for new in batch), key=_idempotency_order)
 
 
 def _idempotency_order(values: dict[str, Any]) -> tuple[str, str]:

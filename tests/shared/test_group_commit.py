@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
+from services.shared.db.base import table_of
 from services.shared.db.group_commit import GroupCommit, WriteBatch
 from services.shared.db.models import TriageInbox
 from services.shared.db.session import unit_of_work
@@ -256,3 +257,57 @@ async def test_with_one_writer_the_next_batch_waits_for_the_one_being_written(
 def test_a_group_commit_needs_a_writer(resources: Resources, clock: ManualClock) -> None:
     with pytest.raises(ValueError, match="needs a writer"):
         group_commit(resources, InboxWriter(clock), writers=0)
+
+
+class PlainInboxWriter(InboxWriter):
+    """Writes the batch as one plain insert, leaving it to the database to find an id taken
+    (which fails the whole batch), as a writer in one statement does."""
+
+    async def __call__(self, session: AsyncSession, items: Sequence[str]) -> list[bool]:
+        self.batches.append(len(items))
+        rows = [
+            {"event_id": item, "source": "test", "event_type": "t", "received_at": self.clock.now()}
+            for item in items
+        ]
+        await session.execute(insert(table_of(TriageInbox)), rows)
+        return [True] * len(items)
+
+
+async def test_a_batch_failed_by_a_key_taken_is_written_again_with_its_keys_told_apart(
+    resources: Resources, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain, apart = PlainInboxWriter(clock), InboxWriter(clock)
+    intake = GroupCommit[str](
+        resources.sessionmaker, plain, max_batch=64, name="test", keys_apart=apart
+    )
+    assert await intake.submit("taken") is True
+    with caplog.at_level(logging.INFO, logger="reach.db.group_commit"):
+        answers = await asyncio.gather(*(intake.submit(item) for item in ["a", "taken", "b"]))
+    # Only the item whose key was taken goes back to its caller.
+    assert answers == [True, False, True]
+    assert plain.batches == [1, 3]
+    assert apart.batches == [3]
+    assert await stored_ids(resources) == ["a", "b", "taken"]
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+
+
+async def test_a_batch_failed_by_another_integrity_error_is_not_written_again(
+    resources: Resources, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    apart = InboxWriter(clock)
+
+    async def a_null_where_none_may_be(session: AsyncSession, items: Sequence[str]) -> list[bool]:
+        row = {"event_id": None, "source": "test", "event_type": "t", "received_at": clock.now()}
+        await session.execute(insert(table_of(TriageInbox)), [row])
+        return [True] * len(items)
+
+    intake = GroupCommit[str](
+        resources.sessionmaker, a_null_where_none_may_be, max_batch=64, name="test",
+        keys_apart=apart,
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="reach.db.group_commit"):
+        answers = await asyncio.gather(*(intake.submit(item) for item in ["a", "b"]))
+    assert answers == [False, False]
+    assert apart.batches == []
+    assert await stored_ids(resources) == []
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]

@@ -295,12 +295,10 @@ async def test_a_write_alone_commits_as_a_transaction_of_its_own(database_url: s
 async def test_writes_at_commit_alone_are_one_statement_or_none(database_url: str) -> None:
     """On PostgreSQL a unit of work written at its commit sends its rows and notifications
     as one statement, with no BEGIN or COMMIT, and runs its after-commit callbacks once it
-    has returned; rows that would need a second statement, or be written before the
-    commit, are refused, and none is written. On SQLite it is an ordinary unit of work,
-    which writes them all."""
+    has returned. On SQLite it is an ordinary unit of work, which writes them all."""
     engine = create_engine(database_url, pool_size=1)
     maker = create_sessionmaker(engine)
-    inbox, audit = insert(table_of(AuditInbox)), insert(table_of(AuditEntry))
+    inbox = insert(table_of(AuditInbox))
     at = datetime(2026, 12, 4, tzinfo=UTC)
     on_postgres = engine.dialect.name == "postgresql"
     ran: list[str] = []
@@ -331,26 +329,58 @@ async def test_writes_at_commit_alone_are_one_statement_or_none(database_url: st
                 # (asyncpg's look at new types on a fresh connection is all else it sent.)
                 assert [c for c in commands if c in {"BEGIN", "COMMIT", "ROLLBACK"}] == []
         assert await kept() == {"a", "b"}
+    finally:
+        await engine.dispose()
 
-        async def two_statements() -> None:
-            # An insert with nothing to ride in (no notification), and a second.
-            async with written_at_commit(maker) as session:
-                await insert_at_commit(session, inbox, [inbox_row("c")])
-                await insert_at_commit(session, audit, [audit_row(1, at)])
-                after_commit(session, lambda: ran.append("refused"))
 
-        async def written_early() -> None:
-            async with written_at_commit(maker) as session:
-                await insert_at_commit(session, inbox, [inbox_row("d")])
-                await write_pending(session)
+async def test_written_at_commit_refuses_what_would_be_a_second_statement(
+    database_url: str,
+) -> None:
+    """On PostgreSQL, rows that would need a second statement, rows written before the
+    commit, a statement sent before it, and objects to flush at it are refused, and
+    nothing of the unit of work is written."""
+    engine = create_engine(database_url, pool_size=1)
+    if engine.dialect.name != "postgresql":
+        await engine.dispose()
+        pytest.skip("on SQLite it is an ordinary unit of work: all of it is written")
+    maker = create_sessionmaker(engine)
+    inbox, audit = insert(table_of(AuditInbox)), insert(table_of(AuditEntry))
+    at = datetime(2026, 12, 4, tzinfo=UTC)
+    ran: list[str] = []
 
-        if on_postgres:
+    def inbox_row(name: str) -> dict[str, object]:
+        return {"event_id": name, "source": "test", "event_type": "t", "received_at": at}
+
+    async def two_statements() -> None:
+        # An insert with nothing to ride in (no notification), and a second.
+        async with written_at_commit(maker) as session:
+            await insert_at_commit(session, inbox, [inbox_row("c")])
+            await insert_at_commit(session, audit, [audit_row(1, at)])
+            after_commit(session, lambda: ran.append("refused"))
+
+    async def written_early() -> None:
+        async with written_at_commit(maker) as session:
+            await insert_at_commit(session, inbox, [inbox_row("d")])
+            await write_pending(session)
+
+    async def sent_early() -> None:
+        async with written_at_commit(maker) as session:
+            await insert_at_commit(session, inbox, [inbox_row("e")])
+            await session.execute(inbox, [inbox_row("f")])
+
+    async def flushed_at_the_commit() -> None:
+        async with written_at_commit(maker) as session:
+            session.add(AuditInbox(**inbox_row("g")))
+            await insert_at_commit(session, inbox, [inbox_row("h")])
+            notify_at_commit(session.sync_session, "reach_test", "k")
+
+    try:
+        for refused in (two_statements, written_early, sent_early, flushed_at_the_commit):
             with pytest.raises(NotOneStatement):
-                await two_statements()
-            with pytest.raises(NotOneStatement):
-                await written_early()
-            assert await kept() == {"a", "b"}
-            assert ran == ["committed"]
+                await refused()
+        async with unit_of_work(maker) as session:
+            assert (await session.execute(select(AuditInbox.event_id))).first() is None
+        assert ran == []
     finally:
         await engine.dispose()
 

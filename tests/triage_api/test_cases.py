@@ -425,24 +425,54 @@ class TestCommitComesBeforeTheAnswer:
     async def test_a_case_that_fails_to_commit_is_never_reported_created(
         self, http: httpx.AsyncClient, resources: Resources, triage_app: FastAPI
     ) -> None:
-        if resources.engine.dialect.name == "postgresql":
-            pytest.skip(
-                "a new case's batch is one statement there, a transaction by itself: "
-                "it commits as it is written (the failure to write it is below)"
-            )
+        """On SQLite a batch is a transaction, whose COMMIT fails here. On PostgreSQL a
+        batch is one statement that commits by itself: that statement fails here, and so
+        does the COMMIT of the ordinary path the case then takes."""
 
-        def refuse(_connection: Any) -> None:
+        def refuse_commit(_connection: Any) -> None:
             raise RuntimeError("disk full")
 
-        event.listen(resources.engine.sync_engine, "commit", refuse)
+        def refuse_the_batch(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if statement.lstrip().startswith("WITH") and "INSERT INTO triage_case " in statement:
+                raise RuntimeError("disk full")
+
+        engine = resources.engine.sync_engine
+        event.listen(engine, "commit", refuse_commit)
+        event.listen(engine, "before_cursor_execute", refuse_the_batch)
         try:
             response = await submit(http)
         finally:
-            event.remove(resources.engine.sync_engine, "commit", refuse)
+            event.remove(engine, "commit", refuse_commit)
+            event.remove(engine, "before_cursor_execute", refuse_the_batch)
         assert response.status_code == 500
         assert response.json()["error"] == "internal_error"
         assert "disk full" not in response.text
         assert await count(resources, TriageCase) == 0
+
+    async def test_a_batch_that_fails_once_written_is_answered_from_what_it_wrote(
+        self, http: httpx.AsyncClient, resources: Resources, triage_app: FastAPI
+    ) -> None:
+        """A batch's statement that committed (PostgreSQL: it commits by itself) but whose
+        answer was lost sends its case down the ordinary path, which finds it written and
+        answers with it: one case, its outbox rows once."""
+        if resources.engine.dialect.name == "sqlite":
+            pytest.skip("SQLite's batch commits only at its COMMIT (above)")
+
+        def lose_the_answer(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            if statement.lstrip().startswith("WITH") and "INSERT INTO triage_case " in statement:
+                raise RuntimeError("connection reset")
+
+        engine = resources.engine.sync_engine
+        event.listen(engine, "after_cursor_execute", lose_the_answer)
+        try:
+            response = await submit(http)
+        finally:
+            event.remove(engine, "after_cursor_execute", lose_the_answer)
+        assert response.status_code == 200  # a replay of what the batch wrote
+        assert await count(resources, TriageCase) == 1
+        assert await count(resources, TriageOutbox) == 2
+        stream = (await http.get(f"/v1/cases/{response.json()['id']}/events", headers=CREW)).json()
+        assert [(e["seq"], e["type"]) for e in stream["items"]] == [(1, "queued")]
 
     async def test_a_case_that_fails_to_be_written_is_never_reported_created(
         self, http: httpx.AsyncClient, resources: Resources, triage_app: FastAPI

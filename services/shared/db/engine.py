@@ -152,5 +152,19 @@ def database_unreachable(exc: BaseException) -> bool:
     return False
 
 
+_UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
+
+
+def key_taken(exc: BaseException) -> bool:
+    """Whether `exc` is an insert refused because a row holds one of its unique keys
+    already (not any other integrity error: a foreign key, a null, a check)."""
+    if not isinstance(exc, sqlalchemy_errors.IntegrityError):
+        return False
+    driver_error = exc.orig
+    if isinstance(driver_error, sqlite3.IntegrityError):
+        return str(driver_error).startswith("UNIQUE constraint failed")
+    return getattr(driver_error, "sqlstate", None) == _UNIQUE_VIOLATION
+
+
 def _sqlite_busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)

@@ -20,7 +20,10 @@ if the batch failed, a key taken by one of them included — goes back to its ca
 does it alone on the ordinary path and gets that path's precise answer.
 
 A batch is written in `unit_of_work`, or in another unit of work the owner chooses
-(`opened`): triage-api's new cases go in `written_at_commit`, one statement on PostgreSQL.
+(`opened`): triage-api's new cases go in `written_at_commit`, one statement on PostgreSQL,
+which a unique key already taken fails whole. Such a batch is written once more, in a
+unit of work, by the owner's writer that tells its items apart (`keys_apart`), so one
+taken key sends only its own item down the ordinary path.
 """
 
 from __future__ import annotations
@@ -32,10 +35,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.shared.db.engine import database_unreachable
+from services.shared.db.engine import database_unreachable, key_taken
 from services.shared.db.session import SessionMaker, in_transaction, unit_of_work
 from services.shared.observability import log_failure
 
@@ -57,6 +59,7 @@ class GroupCommit(Generic[T]):
         name: str,
         writers: int = 1,
         opened: Callable[[SessionMaker], AbstractAsyncContextManager[AsyncSession]] = unit_of_work,
+        keys_apart: WriteBatch[T] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("a batch holds at least one item")
@@ -71,6 +74,7 @@ class GroupCommit(Generic[T]):
         self._writers: set[asyncio.Task[None]] = set()
         self._writing = 0  # writers with a batch at the database
         self._opened = opened
+        self._keys_apart = keys_apart
 
     async def submit(self, item: T) -> bool:
         """True once `item` is committed; False if the batch left it to the caller."""
@@ -121,15 +125,20 @@ class GroupCommit(Generic[T]):
 
     async def _write_batch(self, items: list[T]) -> Sequence[bool]:
         try:
-            stored = await in_transaction(
-                self._maker, lambda session: self._write(session, items), opened=self._opened
-            )
+            try:
+                stored = await in_transaction(
+                    self._maker, lambda session: self._write(session, items), opened=self._opened
+                )
+            except Exception as exc:
+                if self._keys_apart is None or not key_taken(exc):
+                    raise
+                # The writer left it to the database to find a key taken, which failed
+                # the whole batch: once more, each item's key told apart.
+                logger.info("%s: a key of a batch of %d was taken", self._name, len(items))
+                keys_apart = self._keys_apart
+                stored = await in_transaction(self._maker, lambda s: keys_apart(s, items))
         except Exception as exc:  # each caller retries alone and gets its own answer
-            if isinstance(exc, IntegrityError):
-                # A unique key taken, which a writer may leave the database to find: each
-                # item's own path finds whose, and answers for it.
-                logger.info("%s: a key of the batch was taken; %d go alone", self._name, len(items))
-            elif database_unreachable(exc):  # an outage: each request says so itself (503)
+            if database_unreachable(exc):  # an outage: each request says so itself (503)
                 logger.warning("%s: database unreachable; %d go alone", self._name, len(items))
             else:
                 log_failure(logger, f"{self._name}: a batch of {len(items)} failed", exc)

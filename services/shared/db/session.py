@@ -36,7 +36,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import Executable, Insert, Text, bindparam, event, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from services.shared.db.arrays import array_parameters, can_go_as_arrays, rows_from_arrays
 from services.shared.db.statements import dialect_name
@@ -98,12 +98,23 @@ def _write_at_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return
     state = transaction_state(session)
+    one_statement = state.pop(_ONE_STATEMENT, False)
+    if one_statement and (session.new or session.dirty or session.deleted):
+        raise NotOneStatement("objects to flush at a commit that is one statement")
     _write(
         session,
         state.pop(_AT_COMMIT, []),
         state.pop(_NOTIFICATIONS, {}),
-        one_statement=state.get(_ONE_STATEMENT, False),
+        one_statement=one_statement,
     )
+
+
+@event.listens_for(ReachSession, "do_orm_execute")
+def _nothing_before_the_one_statement(orm_execute_state: ORMExecuteState) -> None:
+    """A statement sent through a session written at its commit (`written_at_commit`)
+    before the commit would commit by itself, apart from the rest: refused."""
+    if transaction_state(orm_execute_state.session).get(_ONE_STATEMENT):
+        raise NotOneStatement("a unit of work written at its commit sends nothing before it")
 
 
 # The notifications of a transaction, in one statement however many: the (channel, key)
