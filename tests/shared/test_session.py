@@ -31,6 +31,8 @@ from services.shared.db.session import (
 )
 from tests.support import statements_sent, transaction_commands_sent
 
+AT = datetime(2026, 12, 4, tzinfo=UTC)
+
 
 class Refused(Exception):
     pass
@@ -299,12 +301,8 @@ async def test_writes_at_commit_alone_are_one_statement_or_none(database_url: st
     engine = create_engine(database_url, pool_size=1)
     maker = create_sessionmaker(engine)
     inbox = insert(table_of(AuditInbox))
-    at = datetime(2026, 12, 4, tzinfo=UTC)
     on_postgres = engine.dialect.name == "postgresql"
     ran: list[str] = []
-
-    def inbox_row(name: str) -> dict[str, object]:
-        return {"event_id": name, "source": "test", "event_type": "t", "received_at": at}
 
     async def kept() -> set[str]:
         async with unit_of_work(maker) as session:
@@ -345,17 +343,13 @@ async def test_written_at_commit_refuses_what_would_be_a_second_statement(
         pytest.skip("on SQLite it is an ordinary unit of work: all of it is written")
     maker = create_sessionmaker(engine)
     inbox, audit = insert(table_of(AuditInbox)), insert(table_of(AuditEntry))
-    at = datetime(2026, 12, 4, tzinfo=UTC)
     ran: list[str] = []
-
-    def inbox_row(name: str) -> dict[str, object]:
-        return {"event_id": name, "source": "test", "event_type": "t", "received_at": at}
 
     async def two_statements() -> None:
         # An insert with nothing to ride in (no notification), and a second.
         async with written_at_commit(maker) as session:
             await insert_at_commit(session, inbox, [inbox_row("c")])
-            await insert_at_commit(session, audit, [audit_row(1, at)])
+            await insert_at_commit(session, audit, [audit_row(1)])
             after_commit(session, lambda: ran.append("refused"))
 
     async def written_early() -> None:
@@ -385,9 +379,13 @@ async def test_written_at_commit_refuses_what_would_be_a_second_statement(
         await engine.dispose()
 
 
-def audit_row(seq: int, at: datetime) -> dict[str, object]:
+def inbox_row(name: str) -> dict[str, object]:
+    return {"event_id": name, "source": "test", "event_type": "t", "received_at": AT}
+
+
+def audit_row(seq: int) -> dict[str, object]:
     return {
         "seq": seq, "event_id": f"e{seq}", "event_type": "t", "source": "test",
-        "subject_id": "s", "actor_sub": None, "actor_role": None, "occurred_at": at,
-        "recorded_at": at, "details": {}, "prev_hash": "0" * 64, "hash": "1" * 64,
+        "subject_id": "s", "actor_sub": None, "actor_role": None, "occurred_at": AT,
+        "recorded_at": AT, "details": {}, "prev_hash": "0" * 64, "hash": "1" * 64,
     }  # fmt: skip

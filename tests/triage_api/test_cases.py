@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -145,6 +147,25 @@ class TestSubmit:
         assert resources.registry.get_sample_value("reach_cases_submitted_total", labels) == 2
 
 
+@contextlib.contextmanager
+def listening(resources: Resources, **hooks: Callable[..., None]) -> Iterator[None]:
+    """The engine's events (`commit`, `before_cursor_execute`...) hooked while the block
+    runs."""
+    engine = resources.engine.sync_engine
+    for name, hook in hooks.items():
+        event.listen(engine, name, hook)
+    try:
+        yield
+    finally:
+        for name, hook in hooks.items():
+            event.remove(engine, name, hook)
+
+
+def _is_the_batch(statement: str) -> bool:
+    """A PostgreSQL batch's one statement, the new cases riding in it."""
+    return statement.lstrip().startswith("WITH") and "INSERT INTO triage_case " in statement
+
+
 def _writes_a_case(statement: str) -> bool:
     return "INSERT INTO triage_case " in statement
 
@@ -256,11 +277,8 @@ class TestSubmittedTogether:
                 driver = connection.connection.driver_connection
                 writes.append((statement, driver.is_in_transaction()))
 
-        event.listen(resources.engine.sync_engine, "after_cursor_execute", record)
-        try:
+        with listening(resources, after_cursor_execute=record):
             response = await submit(http)
-        finally:
-            event.remove(resources.engine.sync_engine, "after_cursor_execute", record)
         assert response.status_code == 201
         [(statement, in_a_transaction)] = writes
         for part in (
@@ -433,17 +451,11 @@ class TestCommitComesBeforeTheAnswer:
             raise RuntimeError("disk full")
 
         def refuse_the_batch(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            if statement.lstrip().startswith("WITH") and "INSERT INTO triage_case " in statement:
+            if _is_the_batch(statement):
                 raise RuntimeError("disk full")
 
-        engine = resources.engine.sync_engine
-        event.listen(engine, "commit", refuse_commit)
-        event.listen(engine, "before_cursor_execute", refuse_the_batch)
-        try:
+        with listening(resources, commit=refuse_commit, before_cursor_execute=refuse_the_batch):
             response = await submit(http)
-        finally:
-            event.remove(engine, "commit", refuse_commit)
-            event.remove(engine, "before_cursor_execute", refuse_the_batch)
         assert response.status_code == 500
         assert response.json()["error"] == "internal_error"
         assert "disk full" not in response.text
@@ -459,15 +471,11 @@ class TestCommitComesBeforeTheAnswer:
             pytest.skip("SQLite's batch commits only at its COMMIT (above)")
 
         def lose_the_answer(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            if statement.lstrip().startswith("WITH") and "INSERT INTO triage_case " in statement:
+            if _is_the_batch(statement):
                 raise RuntimeError("connection reset")
 
-        engine = resources.engine.sync_engine
-        event.listen(engine, "after_cursor_execute", lose_the_answer)
-        try:
+        with listening(resources, after_cursor_execute=lose_the_answer):
             response = await submit(http)
-        finally:
-            event.remove(engine, "after_cursor_execute", lose_the_answer)
         assert response.status_code == 200  # a replay of what the batch wrote
         assert await count(resources, TriageCase) == 1
         assert await count(resources, TriageOutbox) == 2
@@ -485,11 +493,8 @@ class TestCommitComesBeforeTheAnswer:
             ):
                 raise RuntimeError("disk full")
 
-        event.listen(resources.engine.sync_engine, "before_cursor_execute", refuse)
-        try:
+        with listening(resources, before_cursor_execute=refuse):
             response = await submit(http)
-        finally:
-            event.remove(resources.engine.sync_engine, "before_cursor_execute", refuse)
         assert response.status_code == 500
         assert response.json()["error"] == "internal_error"
         assert "disk full" not in response.text
