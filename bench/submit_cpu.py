@@ -58,6 +58,7 @@ from bench.harness import (
 )
 from services.shared.auth import mint_token
 from services.shared.clock import SystemClock
+from services.shared.heap import freeze_startup_objects
 from services.shared.jsoncodec import json_bytes, load_json
 from services.shared.resources import open_resources
 from services.triage_api.app import create_app
@@ -202,6 +203,9 @@ async def _started(app_name: str, url: str, peers: StandInPeers) -> AsyncIterato
     async with open_resources(settings, peer_transport=transport) as resources:
         app = create_app(settings, resources=resources)
         async with app.router.lifespan_context(app):
+            # As `reach serve` does once start-up is done (`FreezeAfterStartup`); the
+            # baseline, served by plain uvicorn, does not.
+            freeze_startup_objects()
             yield app
 
 
