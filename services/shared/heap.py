@@ -20,11 +20,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-# How many objects the young generation takes before it is collected: with CPython's 700
-# the collector ran once every 20-30 requests under the submission benchmark, walking the
-# objects of the requests still in flight, 26-40 us a request. At
-# 7,000 most of them are gone before a pass: 2-3 us a request, in 4 passes of about 2.5 ms
-# in 3,500 requests (bench/RESULTS.md). The older generations keep CPython's settings.
+# How many objects the young generation takes before it is collected. With CPython's 700,
+# triage-api taking 16 submissions at a time ran the collector once every 20-25 requests,
+# walking the objects of the requests still in flight: 38-55 us a request in the young and
+# middle generations. At 7,000 most of them are gone before a pass: 4 passes in 3,500
+# requests, 2.3-2.8 us a request, the longest no longer than before (2.2-3.7 ms against
+# 1.9-3.9). See bench/RESULTS.md. The older generations keep CPython's settings.
 YOUNG_GENERATION_THRESHOLD = 7_000
 
 

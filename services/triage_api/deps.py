@@ -23,7 +23,7 @@ async def get_context(request: Request) -> TriageContext:
 ContextDep = Annotated[TriageContext, Depends(get_context)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Intake:
     """All that a submission takes from the app, as one dependency: FastAPI spends about
     20 us solving each dependency of a route, on every request, and this is the route

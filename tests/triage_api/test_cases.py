@@ -406,6 +406,18 @@ class TestReading:
         consultant_submits = await submit(http, headers=auth("consultant", "c1"))
         assert consultant_submits.status_code == 403
 
+    async def test_a_submission_without_a_token_is_401_before_its_body_is_read(
+        self, http: httpx.AsyncClient, resources: Resources
+    ) -> None:
+        # An unknown caller learns nothing of what a case must hold.
+        bad_body = {**case_body(), "patient": {"age_years": -4}}
+        response = await http.post(
+            "/v1/cases", json=bad_body, headers={"Idempotency-Key": idempotency_key()}
+        )
+        assert response.status_code == 401
+        assert response.json()["error"] == "unauthorized"
+        assert await count(resources, TriageCase) == 0
+
 
 class TestListing:
     async def test_newest_first_in_pages_of_the_callers_cases_only(

@@ -444,16 +444,6 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-async def get_sessionmaker(request: Request) -> SessionMaker:
-    """For a route that seldom needs a session and opens its own when it does (opening and
-    closing one it does not use costs ~50 us a request)."""
-    maker: SessionMaker = request.app.state.resources.sessionmaker
-    return maker
-
-
-SessionMakerDep = Annotated[SessionMaker, Depends(get_sessionmaker)]
-
-
 class TransactionalRoute(APIRoute):
     """Commits the request's session once the endpoint has returned a response."""
 
