@@ -203,9 +203,8 @@ async def _started(app_name: str, url: str, peers: StandInPeers) -> AsyncIterato
     async with open_resources(settings, peer_transport=transport) as resources:
         app = create_app(settings, resources=resources)
         async with app.router.lifespan_context(app):
-            # As `reach serve` does once start-up is done (`FreezeAfterStartup`): start-up's
-            # objects frozen, the collector's young generation let grow. The baseline,
-            # served by plain uvicorn as in `submit_throughput`, keeps CPython's defaults.
+            # As `reach serve` does once start-up is done (`FreezeAfterStartup`). The
+            # baseline, served by plain uvicorn as in `submit_throughput`, does not.
             freeze_startup_objects()
             yield app
 

@@ -12,17 +12,14 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from services.shared.heap import YOUNG_GENERATION_THRESHOLD, FreezeAfterStartup
+from services.shared.heap import FreezeAfterStartup
 
 
 @pytest.fixture(autouse=True)
 def _unfrozen_after() -> Iterator[None]:
-    # The test process must not keep what a test froze (its later garbage would leak), nor
-    # the thresholds a test set.
-    thresholds = gc.get_threshold()
+    # The test process must not keep what a test froze: its later garbage would leak.
     yield
     gc.unfreeze()
-    gc.set_threshold(*thresholds)
 
 
 def is_frozen(thing: object) -> bool:
@@ -69,15 +66,6 @@ async def test_start_up_is_frozen_before_the_server_hears_it_finished() -> None:
     heard = await run_lifespan(FreezeAfterStartup(app), app)
 
     assert heard == [("lifespan.startup.complete", True), ("lifespan.shutdown.complete", True)]
-
-
-async def test_after_start_up_the_young_generation_grows_and_the_older_ones_do_not() -> None:
-    app = app_building_a_table()
-    gc.set_threshold(700, 11, 12)
-
-    await run_lifespan(FreezeAfterStartup(app), app)
-
-    assert gc.get_threshold() == (YOUNG_GENERATION_THRESHOLD, 11, 12)
 
 
 async def test_without_it_start_up_stays_with_the_collector() -> None:
