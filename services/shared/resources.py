@@ -24,6 +24,7 @@ from services.shared.clock import Clock, SystemClock
 from services.shared.db.engine import create_engine, is_postgres
 from services.shared.db.session import SessionMaker, create_sessionmaker
 from services.shared.db.socket_reads import SocketReads, transactions_at_once
+from services.shared.heap import process_gc_pauses, register_pause_metrics
 from services.shared.notify import LocalNotifier, Notifier, PostgresNotifier
 from services.shared.observability import HttpMetrics
 from services.shared.outbox.delivery import OutboxMetrics
@@ -176,6 +177,7 @@ async def open_resources(
         "Websockets waiting their turn for a database transaction (a reconnection storm).",
         registry=registry,
     ).set_function(lambda: resources.socket_reads.waiting)
+    register_pause_metrics(registry, process_gc_pauses())
     await notifier.start()
     try:
         yield resources

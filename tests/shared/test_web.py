@@ -4,6 +4,7 @@ that tells the truth about the database, per-route metrics with templates as lab
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sqlite3
 import threading
@@ -15,6 +16,7 @@ import httpx
 import pytest
 import sqlalchemy.exc as sqlalchemy_errors
 from fastapi import FastAPI, WebSocket
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -125,6 +127,25 @@ class TestUnexpectedErrors:
         text = (await client.get("/metrics")).text
         assert 'route="/v1/things/{thing_id}"' in text
         assert "t-1" not in text
+
+    async def test_metrics_count_the_collectors_full_passes(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        async def full_passes() -> float:
+            text = (await client.get("/metrics")).text
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "reach_gc_pause_seconds_count" and sample.labels == {
+                        "generation": "2"
+                    }:
+                        return sample.value
+            raise AssertionError("no count of full passes in /metrics")
+
+        before = await full_passes()
+        gc.collect()
+        gc.collect()
+
+        assert await full_passes() >= before + 2
 
 
 class TestReadiness:
