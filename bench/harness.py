@@ -27,6 +27,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,6 +208,55 @@ def pool_for(concurrency: int) -> dict[str, str]:
     the baseline): a connection for each request the load keeps in flight, reach's
     default of 10 at the least, so that none waits for one or opens one mid-run."""
     return {"REACH_DATABASE_POOL_SIZE": str(max(10, concurrency))}
+
+
+@dataclass(frozen=True)
+class FullPasses:
+    """A reach server's full garbage collections so far: how many, their seconds in all,
+    and how many took at most each of the histogram's bounds."""
+
+    count: int = 0
+    seconds: float = 0.0
+    up_to: tuple[tuple[float, int], ...] = ()
+
+    def __sub__(self, other: FullPasses) -> FullPasses:
+        earlier = dict(other.up_to)
+        return FullPasses(
+            self.count - other.count,
+            self.seconds - other.seconds,
+            tuple((bound, n - earlier.get(bound, 0)) for bound, n in self.up_to),
+        )
+
+    def longest_at_most(self) -> float | None:
+        """The smallest bound the longest pass stayed within (None: no pass, or longer
+        than every bound)."""
+        return next((bound for bound, n in sorted(self.up_to) if n >= self.count > 0), None)
+
+    def describe(self) -> str:
+        if self.count == 0:
+            return "none"
+        longest = self.longest_at_most()
+        within = f"the longest at most {longest:g} s" if longest is not None else "one past 2.5 s"
+        return f"{self.count}, {self.seconds * 1e3:.0f} ms in all, {within}"
+
+
+async def full_passes(http: httpx.AsyncClient) -> FullPasses:
+    """A reach server's full collections so far, from `reach_gc_pause_seconds` at its
+    `/metrics` (generation 2)."""
+    response = await http.get("/metrics")
+    response.raise_for_status()
+    count, seconds, up_to = 0, 0.0, []
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.labels.get("generation") != "2":
+                continue
+            if sample.name == "reach_gc_pause_seconds_count":
+                count = int(sample.value)
+            elif sample.name == "reach_gc_pause_seconds_sum":
+                seconds = sample.value
+            elif sample.name == "reach_gc_pause_seconds_bucket" and sample.labels["le"] != "+Inf":
+                up_to.append((float(sample.labels["le"]), int(sample.value)))
+    return FullPasses(count, seconds, tuple(up_to))
 
 
 @dataclass

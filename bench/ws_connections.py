@@ -38,6 +38,7 @@ from bench.harness import (
     cpu_seconds,
     free_port,
     fresh_sqlite,
+    full_passes,
     machine_report,
     migrate,
     pin_load_generator,
@@ -202,6 +203,7 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
         response.raise_for_status()
         case_id = response.json()["id"]
         await asyncio.sleep(2.0)
+        passes_at_start = await full_passes(http)
         before = resident_kib(pid)
         cpu_at_start = cpu_seconds(pid)
         connected_at = time.perf_counter()
@@ -219,6 +221,7 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
         storm_over.set()
         await submitter
         after = resident_kib(pid)
+        passes_before_changes = await full_passes(http)
         changed_at: dict[str, float] = {}
         for number in range(changes):
             headers = {**crew, "Idempotency-Key": f"conn-change-{number}-{time.time_ns()}"}
@@ -229,11 +232,13 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
             changed_at[response.json()["id"]] = sent
             await asyncio.sleep(CHANGE_SPACING_SECONDS)
         await asyncio.sleep(5.0)  # the last change's broadcast
+        passes_after_changes = await full_passes(http)
         # What holding the sockets costs while nothing happens: the clients' pings and the
         # server's safety-net looks at the database.
         quiet_from = cpu_seconds(pid)
         await asyncio.sleep(QUIET_SECONDS)
         quiet_share = (cpu_seconds(pid) - quiet_from) / QUIET_SECONDS
+        passes_at_end = await full_passes(http)
         for task in holders:  # first, so that our own closing is not counted as the server's
             task.cancel()
         for held in everyone:
@@ -243,6 +248,12 @@ async def run(server_url: str, pid: int, consultants: int, crews: int, changes: 
           f"server CPU until then {burst_cpu:.1f} s")  # fmt: skip
     print(f"held for {QUIET_SECONDS:.0f} s with nothing happening: server CPU {quiet_share:.1%} "
           "of a core")  # fmt: skip
+    # A full pass walks every open socket's objects and stops the process while it does.
+    print(
+        f"the collector's full passes while the sockets were open:"
+        f" {(passes_at_end - passes_at_start).describe()};"
+        f" during the changes: {(passes_after_changes - passes_before_changes).describe()}"
+    )
     waits = sorted(submissions.seconds)
     if waits:
         print(

@@ -49,19 +49,20 @@ import json
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.harness import (
     BENCH_SECRET,
     PYTHON,
+    FullPasses,
     base_env,
     free_port,
     fresh_sqlite,
+    full_passes,
     machine_report,
     migrate,
     pin_load_generator,
@@ -89,17 +90,6 @@ class Received:
     sample: str = ""
 
 
-@dataclass(frozen=True)
-class FullPasses:
-    """The server's full collections so far: how many, and their seconds in all."""
-
-    count: int = 0
-    seconds: float = 0.0
-
-    def __sub__(self, other: FullPasses) -> FullPasses:
-        return FullPasses(self.count - other.count, self.seconds - other.seconds)
-
-
 async def no_full_passes() -> FullPasses:
     """For a server that does not report its collector (the baseline)."""
     return FullPasses()
@@ -113,8 +103,8 @@ class Windows:
     quiet: float
     busy: float
     received: Received
-    quiet_passes: FullPasses = FullPasses()
-    busy_passes: FullPasses = FullPasses()
+    quiet_passes: FullPasses = field(default_factory=FullPasses)
+    busy_passes: FullPasses = field(default_factory=FullPasses)
 
 
 async def measure_windows(
@@ -122,16 +112,16 @@ async def measure_windows(
     received: Received,
     changes: int,
     change: Callable[[int], Awaitable[None]],
-    full_passes: Callable[[], Awaitable[FullPasses]] = no_full_passes,
+    read_passes: Callable[[], Awaitable[FullPasses]] = no_full_passes,
 ) -> Windows:
     """The quiet window, then the busy one, each `WINDOW_SECONDS` long. The collector is
     read before each window's CPU and after it, so reading it is not measured."""
     loop = asyncio.get_running_loop()
-    passes_before = await full_passes()
+    passes_before = await read_passes()
     before = cpu()
     await asyncio.sleep(WINDOW_SECONDS)
     quiet = cpu() - before
-    passes_between = await full_passes()
+    passes_between = await read_passes()
     received.messages = received.total_bytes = 0
     started, before = loop.time(), cpu()
     for number in range(changes):
@@ -139,27 +129,9 @@ async def measure_windows(
         await asyncio.sleep(CHANGE_INTERVAL_SECONDS)
     await asyncio.sleep(max(0.0, started + WINDOW_SECONDS - loop.time()))
     busy = cpu() - before
-    passes_after = await full_passes()
+    passes_after = await read_passes()
     return Windows(
         quiet, busy, received, passes_between - passes_before, passes_after - passes_between
-    )
-
-
-async def reach_full_passes(http: httpx.AsyncClient) -> FullPasses:
-    """reach's full collections so far, from its `/metrics`."""
-    response = await http.get("/metrics")
-    response.raise_for_status()
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            if sample.labels.get("generation") == "2" and sample.name in (
-                "reach_gc_pause_seconds_count",
-                "reach_gc_pause_seconds_sum",
-            ):
-                found[sample.name] = sample.value
-    return FullPasses(
-        int(found.get("reach_gc_pause_seconds_count", 0)),
-        found.get("reach_gc_pause_seconds_sum", 0.0),
     )
 
 
@@ -216,7 +188,7 @@ async def reach_run(clients: int, changes: int, *, connect_them: bool) -> Window
                 response.raise_for_status()
 
             windows = await measure_windows(
-                server.cpu, received, changes, submit, partial(reach_full_passes, http)
+                server.cpu, received, changes, submit, partial(full_passes, http)
             )
             for task in listeners:
                 task.cancel()
