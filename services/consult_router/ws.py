@@ -312,9 +312,11 @@ async def _listen(line: _Line, resources: Resources, ctx: RouterContext) -> None
     settings = ctx.settings
     while True:
         try:
-            message = await asyncio.wait_for(
-                line.inbox.next(), timeout=settings.websocket_idle_timeout_seconds
-            )
+            # Not `wait_for`: it reads in a task of its own, which keeps the socket's last
+            # error, whose traceback keeps that task's frames: a cycle, and the closed
+            # socket's objects would wait for the garbage collector.
+            async with asyncio.timeout(settings.websocket_idle_timeout_seconds):
+                message = await line.inbox.next()
         except TimeoutError:
             raise CloseConnection(CLOSE_GOING_AWAY, "idle: send ping to stay connected") from None
         except WebSocketDisconnect:

@@ -134,12 +134,22 @@ class Inbox:
 
     async def next(self) -> dict[str, Any]:
         item = await self._queue.get()
-        if isinstance(item, (MessageTooLarge, ValueError)):
-            raise item
-        if isinstance(item, Exception):
+        if not isinstance(item, Exception):
+            return item
+        if not isinstance(item, (MessageTooLarge, ValueError)):
             self._queue.put_nowait(item)  # the end stays the end for every later call
+        try:
             raise item
-        return item
+        finally:
+            del item  # this frame, now in the error's traceback, must not hold the error
+
+    def forget(self) -> None:
+        """Drop what is left unread, the socket's end among it. That error's traceback
+        holds the frames of the tasks that read and raised it, and those hold this inbox:
+        kept here, the socket's objects could only be freed by the garbage collector's
+        passes, not as soon as the socket is done."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
 
 @contextlib.asynccontextmanager
@@ -153,6 +163,7 @@ async def reading(websocket: WebSocket, *, max_bytes: int) -> AsyncIterator[Inbo
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        inbox.forget()
 
 
 async def authenticate(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +26,7 @@ from services.shared.db.engine import create_engine
 from services.shared.db.session import create_sessionmaker, unit_of_work
 from services.shared.notify import PostgresNotifier
 from services.shared.resources import Resources
+from services.shared.ws import Inbox
 from tests.consult_router.conftest import Desk, snapshot
 from tests.support import (
     SocketStorm,
@@ -499,3 +502,25 @@ class TestWhatTheLogIsReadFor:
 
 def _reads_the_log(statement: str) -> bool:
     return statement.lstrip().upper().startswith("SELECT") and "FROM consult_message" in statement
+
+
+class TestTeardown:
+    async def test_a_closed_dashboard_is_freed_without_the_garbage_collector(
+        self, server: str, live_desk: Desk
+    ) -> None:
+        # A socket's objects left in reference cycles wait for the collector's passes, and
+        # every open socket makes those passes longer (see `services.shared.heap`).
+        await live_desk.consultant("dr-a", ["frailty"])
+        gc.collect()  # earlier tests' leftovers: what is found below is this socket's
+        socket, _ = await hello(server, "dr-a")
+        inboxes = [weakref.ref(thing) for thing in gc.get_objects() if isinstance(thing, Inbox)]
+        assert inboxes, "the server's side of the socket was not found"
+        gc.disable()
+        try:
+            await socket.close()
+            await eventually(
+                lambda: all(inbox() is None for inbox in inboxes),
+                message="the closed socket's inbox is held in a cycle",
+            )
+        finally:
+            gc.enable()
