@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import os
 import shutil
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -27,6 +29,7 @@ from services.shared.clock import Clock, SystemClock
 from services.shared.db import migrate
 from services.shared.db.models import Base
 from services.shared.db.socket_reads import SocketReads
+from services.shared.ws import Inbox
 
 JWT_SECRET = "test-secret-for-people-tokens-0123456789"
 INTERNAL_SECRET = "test-secret-for-service-tokens-0123456789"
@@ -325,3 +328,36 @@ def service_auth(service: str = "consult_router") -> dict[str, str]:
     """Headers of a peer service calling an internal endpoint."""
     signer = ServiceTokenSigner(INTERNAL_SECRET, service=service, clock=SystemClock())
     return {"Authorization": f"Bearer {signer.token()}"}
+
+
+def _inboxes() -> list[Inbox]:
+    return [thing for thing in gc.get_objects() if isinstance(thing, Inbox)]
+
+
+Socket = TypeVar("Socket")
+
+
+async def freed_without_the_collector(
+    opened: Callable[[], Awaitable[Socket]], ended: Callable[[Socket], Awaitable[None]]
+) -> None:
+    """Opens a socket, ends it, and checks that the server's side of it (its `Inbox`) is
+    freed by reference counting alone: with the garbage collector off meanwhile, anything
+    left in a reference cycle stays. A socket's objects in cycles wait for the collector's
+    passes, and every open socket makes those passes longer (see `services.shared.heap`)."""
+    gc.collect()  # earlier tests' leftovers: what is found below is this socket's
+    before = weakref.WeakSet(_inboxes())
+    socket = await opened()
+    mine = [weakref.ref(inbox) for inbox in _inboxes() if inbox not in before]
+    assert mine, "the server's side of the socket was not found"
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        await ended(socket)
+        await eventually(
+            lambda: all(inbox() is None for inbox in mine),
+            timeout=10,
+            message="the ended socket's inbox is held in a reference cycle",
+        )
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -15,7 +15,6 @@ short transaction. Messages are limited in size and rate; a socket that says not
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -53,6 +52,7 @@ from services.shared.ws import (
     parse_after,
     reading,
     run_until_first_ends,
+    within,
 )
 
 logger = logging.getLogger("reach.router.stream")
@@ -312,13 +312,7 @@ async def _listen(line: _Line, resources: Resources, ctx: RouterContext) -> None
     settings = ctx.settings
     while True:
         try:
-            # Not `wait_for`: it reads in a task of its own, which keeps the socket's last
-            # error, whose traceback keeps that task's frames: a cycle, and the closed
-            # socket's objects would wait for the garbage collector.
-            async with asyncio.timeout(settings.websocket_idle_timeout_seconds):
-                message = await line.inbox.next()
-        except TimeoutError:
-            raise CloseConnection(CLOSE_GOING_AWAY, "idle: send ping to stay connected") from None
+            message = await within(settings.websocket_idle_timeout_seconds, line.inbox.next())
         except WebSocketDisconnect:
             return
         except MessageTooLarge:
@@ -332,6 +326,8 @@ async def _listen(line: _Line, resources: Resources, ctx: RouterContext) -> None
                 "error", error="malformed_message", detail="send JSON objects with a 'type'"
             )
             continue
+        if message is None:
+            raise CloseConnection(CLOSE_GOING_AWAY, "idle: send ping to stay connected")
         if not _within_rate(line, settings.websocket_messages_per_second):
             line.dropped += 1
             if line.dropped > _DROPPED_BEFORE_CLOSING:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any
 
 from starlette.types import Send
@@ -152,6 +152,22 @@ class Inbox:
             self._queue.get_nowait()
 
 
+async def within(seconds: float, message: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+    """A client's message, or None if it has not come within `seconds`.
+
+    Not `asyncio.wait_for`, which awaits in a task of its own: that task keeps the error
+    the client's leaving raises, and the error's traceback keeps the task, so the socket's
+    objects would be freed only by a pass of the garbage collector. And the caller closes
+    an idle socket outside this handler: raised inside it, its error would carry the
+    timeout's as its context, and through that the task it ran in, a cycle again.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            return await message
+    except TimeoutError:
+        return None
+
+
 @contextlib.asynccontextmanager
 async def reading(websocket: WebSocket, *, max_bytes: int) -> AsyncIterator[Inbox]:
     """An `Inbox` for the block, read by its own task; the task ends with the block."""
@@ -160,10 +176,12 @@ async def reading(websocket: WebSocket, *, max_bytes: int) -> AsyncIterator[Inbo
     try:
         yield inbox
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        inbox.forget()
+        try:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            inbox.forget()
 
 
 async def authenticate(
@@ -190,15 +208,14 @@ async def authenticate(
                 raise CloseConnection(CLOSE_UNAUTHORIZED, "bad authorization header")
         else:
             try:
-                hello = await asyncio.wait_for(
-                    receive_message(websocket, max_bytes=max_bytes), timeout=hello_timeout
-                )
-            except TimeoutError:
-                raise CloseConnection(CLOSE_UNAUTHORIZED, "no hello in time") from None
+                first = await within(hello_timeout, receive_message(websocket, max_bytes=max_bytes))
             except (ValueError, MessageTooLarge):
                 raise CloseConnection(
                     CLOSE_UNAUTHORIZED, "the first message must be hello"
                 ) from None
+            if first is None:
+                raise CloseConnection(CLOSE_UNAUTHORIZED, "no hello in time")
+            hello = first
             offered = hello.get("token") if hello.get("type") == "hello" else None
             if not isinstance(offered, str):
                 raise CloseConnection(CLOSE_UNAUTHORIZED, "the first message must be hello")

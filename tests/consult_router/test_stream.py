@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,12 +24,12 @@ from services.shared.db.engine import create_engine
 from services.shared.db.session import create_sessionmaker, unit_of_work
 from services.shared.notify import PostgresNotifier
 from services.shared.resources import Resources
-from services.shared.ws import Inbox
 from tests.consult_router.conftest import Desk, snapshot
 from tests.support import (
     SocketStorm,
     errors_when_leaving_before_hello,
     eventually,
+    freed_without_the_collector,
     running_server,
     statements_sent,
     token,
@@ -505,22 +503,28 @@ def _reads_the_log(statement: str) -> bool:
 
 
 class TestTeardown:
-    async def test_a_closed_dashboard_is_freed_without_the_garbage_collector(
+    async def test_a_dashboard_the_consultant_closes_is_freed_at_once(
         self, server: str, live_desk: Desk
     ) -> None:
-        # A socket's objects left in reference cycles wait for the collector's passes, and
-        # every open socket makes those passes longer (see `services.shared.heap`).
         await live_desk.consultant("dr-a", ["frailty"])
-        gc.collect()  # earlier tests' leftovers: what is found below is this socket's
-        socket, _ = await hello(server, "dr-a")
-        inboxes = [weakref.ref(thing) for thing in gc.get_objects() if isinstance(thing, Inbox)]
-        assert inboxes, "the server's side of the socket was not found"
-        gc.disable()
-        try:
-            await socket.close()
-            await eventually(
-                lambda: all(inbox() is None for inbox in inboxes),
-                message="the closed socket's inbox is held in a cycle",
-            )
-        finally:
-            gc.enable()
+
+        async def opened() -> ClientConnection:
+            socket, _ = await hello(server, "dr-a")
+            return socket
+
+        await freed_without_the_collector(opened, lambda socket: socket.close())
+
+    @pytest.mark.parametrize("idle_timeout", [1.0])
+    async def test_a_dashboard_closed_as_idle_is_freed_at_once(
+        self, server: str, live_desk: Desk
+    ) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+
+        async def opened() -> ClientConnection:
+            socket, _ = await hello(server, "dr-a")
+            return socket
+
+        async def closed_as_idle(socket: ClientConnection) -> None:
+            assert await close_code(socket) == 1001
+
+        await freed_without_the_collector(opened, closed_as_idle)

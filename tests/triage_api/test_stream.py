@@ -30,6 +30,7 @@ from tests.support import (
     auth,
     errors_when_leaving_before_hello,
     eventually,
+    freed_without_the_collector,
     running_server,
     statements_sent,
     token,
@@ -312,6 +313,20 @@ class TestLostWakeUps:
                     await socket.send(json.dumps({"type": "ping"}))
                     assert (await next_message(socket))["type"] == "pong"
         assert len(reads) == 1
+
+
+class TestTeardown:
+    async def test_a_stream_the_crew_closes_is_freed_at_once(
+        self, server: str, client: httpx.AsyncClient
+    ) -> None:
+        case = await new_case(client)
+
+        async def opened() -> ClientConnection:
+            socket = await open_stream(server, case["id"])
+            assert (await next_message(socket))["type"] == "queued"
+            return socket
+
+        await freed_without_the_collector(opened, lambda socket: socket.close())
 
 
 async def open_stream(address: str, case_id: str) -> ClientConnection:
