@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event as orm_event
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -328,6 +329,25 @@ def service_auth(service: str = "consult_router") -> dict[str, str]:
     """Headers of a peer service calling an internal endpoint."""
     signer = ServiceTokenSigner(INTERNAL_SECRET, service=service, clock=SystemClock())
     return {"Authorization": f"Bearer {signer.token()}"}
+
+
+# A sample by its name and its labels (sorted), as `scrape` gives them.
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def samples(text: str) -> dict[SampleKey, float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape(http: httpx.AsyncClient) -> dict[SampleKey, float]:
+    """An app's `/metrics`, every sample by its name and labels."""
+    response = await http.get("/metrics")
+    assert response.status_code == 200
+    return samples(response.text)
 
 
 def _inboxes() -> list[Inbox]:

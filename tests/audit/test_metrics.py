@@ -6,27 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.audit.app import create_app
 from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
 from services.shared.resources import open_resources
 from tests.audit.conftest import Feed
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-async def scrape(http: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = await http.get("/metrics")
-    assert response.status_code == 200
-    return samples(response.text)
+from tests.support import scrape
 
 
 def disposition(

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -103,6 +104,12 @@ async def hello(
     assert welcome["type"] == "welcome", welcome
     assert (await receive(socket))["type"] == "queue"
     return socket, welcome
+
+
+async def dashboard(server: str, consultant_id: str) -> ClientConnection:
+    """A consultant's dashboard, welcomed and sent the queue."""
+    socket, _ = await hello(server, consultant_id)
+    return socket
 
 
 class TestHandshake:
@@ -508,11 +515,9 @@ class TestTeardown:
     ) -> None:
         await live_desk.consultant("dr-a", ["frailty"])
 
-        async def opened() -> ClientConnection:
-            socket, _ = await hello(server, "dr-a")
-            return socket
-
-        await freed_without_the_collector(opened, lambda socket: socket.close())
+        await freed_without_the_collector(
+            partial(dashboard, server, "dr-a"), lambda socket: socket.close()
+        )
 
     @pytest.mark.parametrize("idle_timeout", [1.0])
     async def test_a_dashboard_closed_as_idle_is_freed_at_once(
@@ -520,11 +525,7 @@ class TestTeardown:
     ) -> None:
         await live_desk.consultant("dr-a", ["frailty"])
 
-        async def opened() -> ClientConnection:
-            socket, _ = await hello(server, "dr-a")
-            return socket
-
         async def closed_as_idle(socket: ClientConnection) -> None:
             assert await close_code(socket) == 1001
 
-        await freed_without_the_collector(opened, closed_as_idle)
+        await freed_without_the_collector(partial(dashboard, server, "dr-a"), closed_as_idle)

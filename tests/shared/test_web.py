@@ -16,7 +16,6 @@ import httpx
 import pytest
 import sqlalchemy.exc as sqlalchemy_errors
 from fastapi import FastAPI, WebSocket
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -24,7 +23,7 @@ from services.shared.resources import Resources, open_resources
 from services.shared.settings import ServiceSettings
 from services.shared.web import install_common
 from services.shared.ws import CLOSE_TRY_AGAIN_LATER
-from tests.support import INTERNAL_SECRET, JWT_SECRET, running_server
+from tests.support import INTERNAL_SECRET, JWT_SECRET, running_server, scrape
 
 PATIENT_DETAIL = "Mrs Zebedee-Quartermaine 9434765919"
 
@@ -132,14 +131,7 @@ class TestUnexpectedErrors:
         self, client: httpx.AsyncClient
     ) -> None:
         async def full_passes() -> float:
-            text = (await client.get("/metrics")).text
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name == "reach_gc_pause_seconds_count" and sample.labels == {
-                        "generation": "2"
-                    }:
-                        return sample.value
-            raise AssertionError("no count of full passes in /metrics")
+            return (await scrape(client))[("reach_gc_pause_seconds_count", (("generation", "2"),))]
 
         before = await full_passes()
         gc.collect()
