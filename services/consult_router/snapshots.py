@@ -45,9 +45,9 @@ async def consultant_snapshot(
 
 async def open_queue(session: AsyncSession, ctx: RouterContext) -> list[QueueItem]:
     now = ctx.clock.now()
-    cases = await case_repo.open_cases(session, limit=500)
-    holders = await case_repo.open_offer_holders(session, [c.id for c in cases])
-    items = [queue_item(c, holders=holders.get(c.id, []), now=now) for c in cases]
+    lines = await case_repo.queue_lines(session, limit=500)
+    holders = await case_repo.open_offer_holders(session, [line.case_id for line in lines])
+    items = [queue_item(line, holders=holders.get(line.case_id, []), now=now) for line in lines]
     # Most urgent first, then the longest waiting.
     return sorted(items, key=lambda item: (item.priority, -item.waiting_seconds))
 

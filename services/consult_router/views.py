@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from services.consult_router.repository.cases import QueueLine
 from services.consult_router.schemas import (
     CaseSummary,
     ConsultantRead,
@@ -112,19 +113,18 @@ def consult_read(consult: ConsultConsult, case: ConsultCase) -> ConsultRead:
     )
 
 
-def queue_item(case: ConsultCase, *, holders: list[str], now: datetime) -> QueueItem:
-    snapshot = case.snapshot
+def queue_item(line: QueueLine, *, holders: list[str], now: datetime) -> QueueItem:
     return QueueItem(
-        case_id=case.id,
-        reference=case.reference,
-        status=case.status,
-        priority=case.priority,
-        specialty=case.specialty,
-        call_category=case.call_category,
-        news2=snapshot.get("news2"),
-        risk_flags=list(snapshot.get("risk_flags", [])),
-        waiting_since=case.created_at,
-        waiting_seconds=max((now - case.created_at).total_seconds(), 0.0),
+        case_id=line.case_id,
+        reference=line.reference,
+        status=line.status,
+        priority=line.priority,
+        specialty=line.specialty,
+        call_category=line.call_category,
+        news2=line.news2,
+        risk_flags=line.risk_flags or [],
+        waiting_since=line.created_at,
+        waiting_seconds=max((now - line.created_at).total_seconds(), 0.0),
         held_by=sorted(holders),
-        escalated=case.escalations > 0,
+        escalated=line.escalations > 0,
     )

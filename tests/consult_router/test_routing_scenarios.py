@@ -279,6 +279,19 @@ class TestPriorityAndChanges:
         response = await desk.http.get("/v1/queue", headers={"Authorization": f"Bearer {_coord()}"})
         assert [item["priority"] for item in response.json()["items"]] == [1]
 
+    async def test_the_queue_shows_each_cases_score_and_flags_as_sent(
+        self, desk: Desk, clock: ManualClock
+    ) -> None:
+        scored = snapshot(clock, score=6, risk_flags=["cannot_walk", "low_spo2"])
+        unscored = snapshot(clock, score=None)
+        await desk.send_case(scored, unscored)  # nobody on call: both wait
+        response = await desk.http.get("/v1/queue", headers={"Authorization": f"Bearer {_coord()}"})
+        items = {item["case_id"]: item for item in response.json()["items"]}
+        assert items[scored["id"]]["news2"] == scored["news2"]
+        assert items[scored["id"]]["risk_flags"] == ["cannot_walk", "low_spo2"]
+        assert items[unscored["id"]]["news2"] is None
+        assert items[unscored["id"]]["risk_flags"] == []
+
     async def test_a_batch_is_applied_in_order_as_each_event_would_be_alone(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock
     ) -> None:
@@ -452,7 +465,7 @@ class TestWakeUpPasses:
         case = snapshot(clock, priority=4)
         await desk.send_case(case)
         async with unit_of_work(resources.sessionmaker) as session:
-            [seen] = await case_repo.open_cases(session, limit=10, with_snapshot=False)
+            [(seen, _)] = await case_repo.queue_to_route(session, limit=10)
             # Another writer changes the case after the pass read it, before the lock.
             await session.execute(
                 text("UPDATE consult_case SET priority = 1 WHERE id = :id"), {"id": seen.id}
