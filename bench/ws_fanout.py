@@ -38,7 +38,12 @@ printed apart, from reach's `reach_gc_pause_seconds` read before and after each 
 took, and reach's figure without them beside the figure with them. A pass is timed on
 the wall clock; with the server alone on its core, that is the CPU it took.
 
-    python -m bench.ws_fanout [--clients 400 1600] [--changes 40] [--rounds 3]
+With `--asgi`, each round also runs a bare ASGI app on uvicorn, served as reach is
+(`bench/asgi_broadcast.py`), sending the same bytes: what the server stack costs beside
+the bare `websockets` server, so that reach's ratio splits into the stack's part and
+reach's own.
+
+    python -m bench.ws_fanout [--clients 400 1600] [--changes 40] [--rounds 3] [--asgi]
 """
 
 from __future__ import annotations
@@ -197,13 +202,16 @@ async def reach_run(clients: int, changes: int, *, connect_them: bool) -> Window
     return windows
 
 
-async def baseline_run(clients: int, changes: int, payload: str) -> Windows:
+async def baseline_run(
+    clients: int, changes: int, payload: str, server_module: str = "bench.baseline_broadcast"
+) -> Windows:
+    """The windows of a bare broadcast server (`server_module`) sending `payload` to
+    `clients` sockets at each change."""
     port = free_port()
-    command = [PYTHON, "-m", "bench.baseline_broadcast", str(port)]
+    command = [PYTHON, "-m", server_module, str(port)]
     received = Received()
-    with serve(
-        command, env=base_env(), port=port, name=f"fanout-baseline-{clients}", probe="ws"
-    ) as server:
+    name = f"fanout-{server_module.rpartition('.')[2]}-{clients}"
+    with serve(command, env=base_env(), port=port, name=name, probe="ws") as server:
         base = f"ws://127.0.0.1:{port}"
         sockets = [await connect(base + "/", max_queue=None) for _ in range(clients)]
         listeners = [asyncio.create_task(listen(s, received, None)) for s in sockets]
@@ -244,14 +252,17 @@ class Round:
     # its busy window without them, and reach's figure without them.
     reach_passes: FullPasses
     reach_without_passes_us: float
+    # A bare ASGI app's broadcast on uvicorn served as reach is (`--asgi`), if measured.
+    asgi_us: float | None = None
 
     @property
     def ratio(self) -> float:
         return self.reach_us / self.base_us
 
 
-def one_round(clients: int, changes: int) -> Round:
-    """Reach's two runs, then the baseline's two, each on a fresh server; printed."""
+def one_round(clients: int, changes: int, *, asgi: bool = False) -> Round:
+    """Reach's two runs, then the baseline's two (and the bare ASGI app's two, if `asgi`),
+    each on a fresh server; printed."""
     # The same rota in both runs: only the open dashboards differ.
     reach_idle = asyncio.run(reach_run(clients, changes, connect_them=False))
     reach = asyncio.run(reach_run(clients, changes, connect_them=True))
@@ -261,6 +272,11 @@ def one_round(clients: int, changes: int) -> Round:
     payload = reach.received.sample
     base_idle = asyncio.run(baseline_run(0, changes, payload))
     base = asyncio.run(baseline_run(clients, changes, payload))
+    asgi_us = None
+    if asgi:
+        asgi_idle = asyncio.run(baseline_run(0, changes, payload, "bench.asgi_broadcast"))
+        asgi_busy = asyncio.run(baseline_run(clients, changes, payload, "bench.asgi_broadcast"))
+        asgi_us = per_message_us(asgi_busy, asgi_idle)
     reach_us = per_message_us(reach, reach_idle)
     # As the CPU is counted: the busy windows' passes, less those of the quiet windows
     # (already taken off as the cost of holding the sockets).
@@ -274,6 +290,7 @@ def one_round(clients: int, changes: int) -> Round:
         gross_base_us=per_message_us(base, base_idle, net=False),
         reach_passes=passes,
         reach_without_passes_us=reach_us - passes.seconds / max(reach.received.messages, 1) * 1e6,
+        asgi_us=asgi_us,
     )
     print(
         f"{clients:>5} dashboards  messages reach {reach.received.messages:>6}"
@@ -288,7 +305,13 @@ def one_round(clients: int, changes: int) -> Round:
         f" {measured.gross_reach_us / measured.gross_base_us:.2f}x"
         f"  | reach's full collections in the busy window: {passes.count}"
         f" ({passes.seconds * 1e3:.0f} ms); without them {measured.reach_without_passes_us:.1f} us,"
-        f" ratio {measured.reach_without_passes_us / measured.base_us:.2f}x",
+        f" ratio {measured.reach_without_passes_us / measured.base_us:.2f}x"
+        + (
+            ""
+            if asgi_us is None
+            else f"  | a bare ASGI app on uvicorn {asgi_us:.1f} us, {asgi_us / measured.base_us:.2f}x"
+            f" the baseline; reach {measured.reach_us / asgi_us:.2f}x it"
+        ),
         flush=True,
     )
     return measured
@@ -306,6 +329,13 @@ def summarise(clients: int, rounds: list[Round]) -> None:
         f" reach without its full collections: ratio"
         f" {statistics.median(r.reach_without_passes_us / r.base_us for r in rounds):.2f}x"
     )
+    asgi = [r.asgi_us / r.base_us for r in rounds if r.asgi_us is not None]
+    if asgi:
+        print(
+            f"{clients:>5} dashboards  a bare ASGI app on uvicorn, median of {len(asgi)}"
+            f" rounds: {statistics.median(asgi):.2f}x the baseline"
+            f" (range {min(asgi):.2f}-{max(asgi):.2f}x)"
+        )
 
 
 def main() -> None:
@@ -313,6 +343,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[400, 1600])
     parser.add_argument("--changes", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--asgi",
+        action="store_true",
+        help="also measure a bare ASGI app's broadcast on uvicorn, served as reach is",
+    )
     args = parser.parse_args()
     # The changes, and a second for the last broadcast to arrive, fit in the busy window;
     # said before any server starts, not after 1,600 dashboards have connected.
@@ -328,7 +363,7 @@ def main() -> None:
         f" quiet and busy windows of {WINDOW_SECONDS:.0f} s each; {args.rounds} rounds"
     )
     for clients in args.clients:
-        rounds = [one_round(clients, args.changes) for _ in range(args.rounds)]
+        rounds = [one_round(clients, args.changes, asgi=args.asgi) for _ in range(args.rounds)]
         if len(rounds) > 1:
             summarise(clients, rounds)
 
