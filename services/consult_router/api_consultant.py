@@ -30,7 +30,7 @@ async def me(
 ) -> ConsultantSnapshot:
     """Your status, your open offers and your consults: what `welcome` carries."""
     found = await consults.registered(session, consultant.sub)
-    return await snapshots.consultant_snapshot(session, ctx, found)
+    return await snapshots.consultant_snapshot(session, ctx, found, via="consultant")
 
 
 @router.put("/v1/consultant/status", responses=error_responses(401, 403, 404, 422))
@@ -48,7 +48,7 @@ async def my_offers(
 ) -> list[OfferRead]:
     """Your open offers, for clients without a socket."""
     found = await consults.registered(session, consultant.sub)
-    return (await snapshots.consultant_snapshot(session, ctx, found)).offers
+    return await snapshots.open_offers(session, ctx, found, via="offers")
 
 
 @router.post("/v1/offers/{offer_id}/accept", responses=error_responses(401, 403, 404, 409))

@@ -178,7 +178,8 @@ async def _cancel(session: AsyncSession, ctx: RouterContext, case: ConsultCase) 
 
 
 async def _tell_holders(session: AsyncSession, ctx: RouterContext, case: ConsultCase) -> None:
-    """New observations: whoever is looking at the case sees them at once."""
+    """New observations: whoever is looking at the case sees them at once (a read of it,
+    audited)."""
     consult = await _consult_of(session, case)
     if consult is not None and consult.advised_at is None and consult.ended_at is None:
         await outbound.tell_consultant(
@@ -188,6 +189,9 @@ async def _tell_holders(session: AsyncSession, ctx: RouterContext, case: Consult
             "case_updated",
             {"consult_id": consult.id, "status": "accepted", "case": full_case(case)},
         )
+        await outbound.audit_case_read(
+            session, ctx, case, reader=consult.consultant_id, via="updated"
+        )
     for offer in await case_repo.open_offers_for_case(session, case.id):
         await outbound.tell_consultant(
             session,
@@ -195,6 +199,9 @@ async def _tell_holders(session: AsyncSession, ctx: RouterContext, case: Consult
             offer.consultant_id,
             "case_updated",
             {"offer_id": offer.id, "case": case_summary(case).model_dump(mode="json")},
+        )
+        await outbound.audit_case_read(
+            session, ctx, case, reader=offer.consultant_id, via="updated"
         )
 
 

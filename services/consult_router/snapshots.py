@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,10 +13,10 @@ from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import messages as message_repo
 from services.consult_router.rota import describe
-from services.consult_router.schemas import ConsultantSnapshot, ConsultRead, QueueItem
+from services.consult_router.schemas import ConsultantSnapshot, ConsultRead, OfferRead, QueueItem
 from services.consult_router.views import consult_read, offer_read, queue_item
 from services.shared.auth import Principal
-from services.shared.db.models import ConsultConsultant
+from services.shared.db.models import ConsultCase, ConsultConsultant
 from services.shared.domain.vocabulary import Role
 from services.shared.errors import NotFound
 
@@ -23,8 +24,10 @@ RECENT_CONSULTS = timedelta(hours=12)
 
 
 async def consultant_snapshot(
-    session: AsyncSession, ctx: RouterContext, consultant: ConsultConsultant
+    session: AsyncSession, ctx: RouterContext, consultant: ConsultConsultant, *, via: str
 ) -> ConsultantSnapshot:
+    """The consultant's state, shown to them `via` the welcome or the REST twin; each case
+    it shows (an offer's summary, a consult's whole case) is a read, audited."""
     # The seq first: anything logged after it is sent after the snapshot, so nothing
     # falls between the two.
     last_seq = await message_repo.last_seq(session, consultant.id)
@@ -35,12 +38,35 @@ async def consultant_snapshot(
     cases = await case_repo.cases_by_id(
         session, [o.case_id for o in offers] + [c.case_id for c in consults]
     )
+    await _audit_shown(session, ctx, consultant, cases.values(), via=via)
     return ConsultantSnapshot(
         consultant=await describe(session, ctx, consultant),
         offers=[offer_read(o, cases[o.case_id]) for o in offers if o.case_id in cases],
         consults=[consult_read(c, cases[c.case_id]) for c in consults if c.case_id in cases],
         last_seq=last_seq,
     )
+
+
+async def open_offers(
+    session: AsyncSession, ctx: RouterContext, consultant: ConsultConsultant, *, via: str
+) -> list[OfferRead]:
+    """The consultant's open offers, each case's summary a read, audited."""
+    offers = await case_repo.open_offers_for_consultant(session, consultant.id)
+    cases = await case_repo.cases_by_id(session, [o.case_id for o in offers])
+    await _audit_shown(session, ctx, consultant, cases.values(), via=via)
+    return [offer_read(o, cases[o.case_id]) for o in offers if o.case_id in cases]
+
+
+async def _audit_shown(
+    session: AsyncSession,
+    ctx: RouterContext,
+    consultant: ConsultConsultant,
+    cases: Iterable[ConsultCase],
+    *,
+    via: str,
+) -> None:
+    for case in cases:
+        await outbound.audit_case_read(session, ctx, case, reader=consultant.id, via=via)
 
 
 async def open_queue(session: AsyncSession, ctx: RouterContext) -> list[QueueItem]:

@@ -220,7 +220,7 @@ async def _welcome(
         # otherwise read the queue twice for every socket that waited its turn).
         line.queue_missed = False
         consultant = await consults.registered(session, line.principal.sub)
-        snapshot = await snapshots.consultant_snapshot(session, ctx, consultant)
+        snapshot = await snapshots.consultant_snapshot(session, ctx, consultant, via="welcome")
         return snapshot, await snapshots.open_queue(session, ctx)
 
     snapshot, items = await resources.socket_reads.run(read)

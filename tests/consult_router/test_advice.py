@@ -143,8 +143,62 @@ class TestAdvice:
         await router_app.state.outbox_delivery.deliver_due()
         viewed = fake_peers.of_type("case.viewed")
         assert [(v["actor"]["sub"], v["data"]["via"]) for v in viewed] == [
+            ("dr-a", "offers"),  # the offer's summary, read to accept it
             ("dr-a", "assigned"),
             ("dr-a", "consult"),
+        ]
+
+    async def test_an_update_shown_to_whoever_holds_the_case_is_an_audited_read(
+        self,
+        desk: Desk,
+        engine: RoutingEngine,
+        clock: ManualClock,
+        fake_peers: FakePeer,
+        router_app: FastAPI,
+    ) -> None:
+        held, _ = await accepted_case(desk, engine, clock)
+        await desk.consultant("dr-b", ["frailty"])
+        offered = snapshot(clock)
+        await desk.send_case(offered)
+        await engine.run_once()
+        await router_app.state.outbox_delivery.deliver_due()
+        before = len(fake_peers.of_type("case.viewed"))
+        await desk.send_case({**held, "version": 2, "priority": 1})
+        await desk.send_case({**offered, "version": 2, "priority": 1})
+        assert [kind for kind, _ in await desk.log("dr-a")][-1] == "case_updated"
+        assert [kind for kind, _ in await desk.log("dr-b")][-1] == "case_updated"
+        await router_app.state.outbox_delivery.deliver_due()
+        viewed = fake_peers.of_type("case.viewed")[before:]
+        assert [(v["actor"]["sub"], v["subject_id"], v["data"]["via"]) for v in viewed] == [
+            ("dr-a", held["id"], "updated"),
+            ("dr-b", offered["id"], "updated"),
+        ]
+
+    async def test_each_case_a_consultants_state_shows_is_an_audited_read(
+        self,
+        desk: Desk,
+        engine: RoutingEngine,
+        clock: ManualClock,
+        http: httpx.AsyncClient,
+        fake_peers: FakePeer,
+        router_app: FastAPI,
+    ) -> None:
+        held, _ = await accepted_case(desk, engine, clock)
+        await desk.consultant("dr-b", ["frailty"])
+        offered = snapshot(clock)
+        await desk.send_case(offered)
+        await engine.run_once()
+        await router_app.state.outbox_delivery.deliver_due()
+        before = len(fake_peers.of_type("case.viewed"))
+        state = await http.get("/v1/consultant", headers=DR_A)
+        assert [c["case"]["id"] for c in state.json()["consults"]] == [held["id"]]
+        offers = await http.get("/v1/consultant/offers", headers=auth("consultant", "dr-b"))
+        assert [o["case"]["id"] for o in offers.json()] == [offered["id"]]
+        await router_app.state.outbox_delivery.deliver_due()
+        viewed = fake_peers.of_type("case.viewed")[before:]
+        assert [(v["actor"]["sub"], v["subject_id"], v["data"]["via"]) for v in viewed] == [
+            ("dr-a", held["id"], "consultant"),
+            ("dr-b", offered["id"], "offers"),
         ]
 
     @pytest.mark.parametrize("role", ["paramedic", "admin"])

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -22,9 +23,11 @@ from services.consult_router.repository import messages as message_repo
 from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
 from services.shared.db.engine import create_engine
+from services.shared.db.models import ConsultOutbox
 from services.shared.db.session import create_sessionmaker, unit_of_work
 from services.shared.notify import PostgresNotifier
 from services.shared.resources import Resources
+from services.shared.schemas.events import EventType
 from tests.consult_router.conftest import Desk, snapshot
 from tests.support import (
     SocketStorm,
@@ -145,6 +148,34 @@ class TestHandshake:
             assert welcome["consultant"]["status"] == "available"
             assert welcome["consultant"]["connected"] is True
             assert (welcome["offers"], welcome["consults"]) == ([], [])
+
+    async def test_each_case_the_welcome_shows_is_an_audited_read(
+        self, server: str, live_desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        await live_desk.consultant("dr-a", ["frailty"])
+        case = snapshot(clock)
+        await live_desk.send_case(case)  # the routing loop offers it to dr-a
+        await eventually(lambda: _offered(live_desk, "dr-a"))
+        shown_before = await _shown(resources)
+        socket, welcome = await hello(server, "dr-a")
+        async with socket:
+            assert [offer["case"]["id"] for offer in welcome["offers"]] == [case["id"]]
+        assert await _shown(resources) == [*shown_before, ("dr-a", case["id"], "welcome")]
+
+
+async def _offered(desk: Desk, consultant_id: str) -> bool:
+    return await desk.offers(consultant_id) != []
+
+
+async def _shown(resources: Resources) -> list[tuple[str, str, str]]:
+    """The reads of cases written for audit so far: who, which case, how."""
+    async with unit_of_work(resources.sessionmaker) as session:
+        payloads = await session.scalars(
+            select(ConsultOutbox.payload)
+            .where(ConsultOutbox.event_type == EventType.CASE_VIEWED)
+            .order_by(ConsultOutbox.id)
+        )
+        return [(p["actor"]["sub"], p["subject_id"], p["data"]["via"]) for p in payloads]
 
 
 class TestLiveOffers:
