@@ -174,6 +174,9 @@ async def _cancel(session: AsyncSession, ctx: RouterContext, case: ConsultCase) 
             "case_updated",
             {"consult_id": consult.id, "status": "cancelled", "case": full_case(case)},
         )
+        await outbound.audit_case_read(
+            session, ctx, case, reader=consult.consultant_id, via="updated"
+        )
     await outbound.wake_routing(session, ctx)
 
 

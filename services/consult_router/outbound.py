@@ -7,6 +7,7 @@ their log, and a wake-up for their sockets.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -155,13 +156,32 @@ async def audit_case_read(
     via: str,
     role: str = "consultant",
 ) -> None:
-    """Someone was shown the full case: a `case.viewed` for the audit trail."""
-    event = Event.new(
-        type=EventType.CASE_VIEWED,
-        source=SERVICE_NAME,
-        occurred_at=ctx.clock.now(),
-        subject_id=case.id,
-        actor=EventActor(sub=reader, role=role),
-        data={"reference": case.reference, "via": via},
-    )
-    await ctx.outbox.enqueue(session, event, destinations=(Peer.AUDIT,))
+    """Someone was shown the case: a `case.viewed` for the audit trail."""
+    await audit_case_reads(session, ctx, [case], reader=reader, via=via, role=role)
+
+
+async def audit_case_reads(
+    session: AsyncSession,
+    ctx: RouterContext,
+    cases: Iterable[ConsultCase],
+    *,
+    reader: str,
+    via: str,
+    role: str = "consultant",
+) -> None:
+    """Someone was shown these cases at once (a welcome, a list): one `case.viewed` for
+    each, written together."""
+    now = ctx.clock.now()
+    events = [
+        Event.new(
+            type=EventType.CASE_VIEWED,
+            source=SERVICE_NAME,
+            occurred_at=now,
+            subject_id=case.id,
+            actor=EventActor(sub=reader, role=role),
+            data={"reference": case.reference, "via": via},
+        )
+        for case in cases
+    ]
+    if events:
+        await ctx.outbox.enqueue_each(session, [(event, (Peer.AUDIT,)) for event in events])

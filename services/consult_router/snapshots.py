@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,7 +15,7 @@ from services.consult_router.rota import describe
 from services.consult_router.schemas import ConsultantSnapshot, ConsultRead, OfferRead, QueueItem
 from services.consult_router.views import consult_read, offer_read, queue_item
 from services.shared.auth import Principal
-from services.shared.db.models import ConsultCase, ConsultConsultant
+from services.shared.db.models import ConsultConsultant
 from services.shared.domain.vocabulary import Role
 from services.shared.errors import NotFound
 
@@ -38,7 +37,7 @@ async def consultant_snapshot(
     cases = await case_repo.cases_by_id(
         session, [o.case_id for o in offers] + [c.case_id for c in consults]
     )
-    await _audit_shown(session, ctx, consultant, cases.values(), via=via)
+    await outbound.audit_case_reads(session, ctx, cases.values(), reader=consultant.id, via=via)
     return ConsultantSnapshot(
         consultant=await describe(session, ctx, consultant),
         offers=[offer_read(o, cases[o.case_id]) for o in offers if o.case_id in cases],
@@ -53,20 +52,8 @@ async def open_offers(
     """The consultant's open offers, each case's summary a read, audited."""
     offers = await case_repo.open_offers_for_consultant(session, consultant.id)
     cases = await case_repo.cases_by_id(session, [o.case_id for o in offers])
-    await _audit_shown(session, ctx, consultant, cases.values(), via=via)
+    await outbound.audit_case_reads(session, ctx, cases.values(), reader=consultant.id, via=via)
     return [offer_read(o, cases[o.case_id]) for o in offers if o.case_id in cases]
-
-
-async def _audit_shown(
-    session: AsyncSession,
-    ctx: RouterContext,
-    consultant: ConsultConsultant,
-    cases: Iterable[ConsultCase],
-    *,
-    via: str,
-) -> None:
-    for case in cases:
-        await outbound.audit_case_read(session, ctx, case, reader=consultant.id, via=via)
 
 
 async def open_queue(session: AsyncSession, ctx: RouterContext) -> list[QueueItem]:

@@ -165,13 +165,15 @@ class TestAdvice:
         before = len(fake_peers.of_type("case.viewed"))
         await desk.send_case({**held, "version": 2, "priority": 1})
         await desk.send_case({**offered, "version": 2, "priority": 1})
-        assert [kind for kind, _ in await desk.log("dr-a")][-1] == "case_updated"
+        await desk.send_case({**held, "version": 3, "status": "cancelled"})
+        assert [kind for kind, _ in await desk.log("dr-a")][-2:] == ["case_updated"] * 2
         assert [kind for kind, _ in await desk.log("dr-b")][-1] == "case_updated"
         await router_app.state.outbox_delivery.deliver_due()
         viewed = fake_peers.of_type("case.viewed")[before:]
         assert [(v["actor"]["sub"], v["subject_id"], v["data"]["via"]) for v in viewed] == [
             ("dr-a", held["id"], "updated"),
             ("dr-b", offered["id"], "updated"),
+            ("dr-a", held["id"], "updated"),  # the cancellation, with the case as it ended
         ]
 
     async def test_each_case_a_consultants_state_shows_is_an_audited_read(
