@@ -167,15 +167,14 @@ async def _cancel(session: AsyncSession, ctx: RouterContext, case: ConsultCase) 
     if consult is not None and consult.advised_at is None and consult.ended_at is None:
         consult.ended_at = now
         consult.advice_due_at = None
-        await outbound.tell_consultant(
+        await outbound.show_consultant(
             session,
             ctx,
             consult.consultant_id,
             "case_updated",
             {"consult_id": consult.id, "status": "cancelled", "case": full_case(case)},
-        )
-        await outbound.audit_case_read(
-            session, ctx, case, reader=consult.consultant_id, via="updated"
+            case=case,
+            via="updated",
         )
     await outbound.wake_routing(session, ctx)
 
@@ -185,26 +184,24 @@ async def _tell_holders(session: AsyncSession, ctx: RouterContext, case: Consult
     audited)."""
     consult = await _consult_of(session, case)
     if consult is not None and consult.advised_at is None and consult.ended_at is None:
-        await outbound.tell_consultant(
+        await outbound.show_consultant(
             session,
             ctx,
             consult.consultant_id,
             "case_updated",
             {"consult_id": consult.id, "status": "accepted", "case": full_case(case)},
-        )
-        await outbound.audit_case_read(
-            session, ctx, case, reader=consult.consultant_id, via="updated"
+            case=case,
+            via="updated",
         )
     for offer in await case_repo.open_offers_for_case(session, case.id):
-        await outbound.tell_consultant(
+        await outbound.show_consultant(
             session,
             ctx,
             offer.consultant_id,
             "case_updated",
             {"offer_id": offer.id, "case": case_summary(case).model_dump(mode="json")},
-        )
-        await outbound.audit_case_read(
-            session, ctx, case, reader=offer.consultant_id, via="updated"
+            case=case,
+            via="updated",
         )
 
 

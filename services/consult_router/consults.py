@@ -176,11 +176,10 @@ async def _take(
             "case %s accepted by %s (%s) after %.0f s", case_id, consultant_id, via, waited
         ),
     )
-    await outbound.tell_consultant(
+    await outbound.show_consultant(
         session, ctx, consultant.id, "assigned",
-        {"consult_id": consult.id, "case": full_case(case)},
+        {"consult_id": consult.id, "case": full_case(case)}, case=case, via="assigned",
     )  # fmt: skip
-    await outbound.audit_case_read(session, ctx, case, reader=consultant.id, via="assigned")
     await outbound.queue_changed(session, ctx)
     return consult
 

@@ -45,6 +45,22 @@ async def tell_consultant(
     return seq
 
 
+async def show_consultant(
+    session: AsyncSession,
+    ctx: RouterContext,
+    consultant_id: str,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    case: ConsultCase,
+    via: str,
+) -> None:
+    """A message that shows the consultant `case` (`tell_consultant`), and the read it is
+    for the audit trail."""
+    await tell_consultant(session, ctx, consultant_id, kind, payload)
+    await audit_case_read(session, ctx, case, reader=consultant_id, via=via)
+
+
 async def told_consultant(
     session: AsyncSession, ctx: RouterContext, consultant_id: str, message: LoggedMessage
 ) -> None:

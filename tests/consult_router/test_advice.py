@@ -29,6 +29,25 @@ async def accepted_case(
     return sent, consult_id
 
 
+async def held_and_offered(
+    desk: Desk, engine: RoutingEngine, clock: ManualClock
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two cases: one dr-a holds, one dr-b is being offered."""
+    held, _ = await accepted_case(desk, engine, clock)
+    await desk.consultant("dr-b", ["frailty"])
+    offered = snapshot(clock)
+    await desk.send_case(offered)
+    await engine.run_once()
+    return held, offered
+
+
+async def reads_audited(fake_peers: FakePeer, router_app: FastAPI) -> list[tuple[str, str, str]]:
+    """Every read audit has been told of so far: who, which case, how."""
+    await router_app.state.outbox_delivery.deliver_due()
+    viewed = fake_peers.of_type("case.viewed")
+    return [(v["actor"]["sub"], v["subject_id"], v["data"]["via"]) for v in viewed]
+
+
 async def advise(http: httpx.AsyncClient, consult_id: str, **body: Any) -> httpx.Response:
     return await http.post(f"/v1/consults/{consult_id}/advice", json=body, headers=DR_A)
 
@@ -156,21 +175,14 @@ class TestAdvice:
         fake_peers: FakePeer,
         router_app: FastAPI,
     ) -> None:
-        held, _ = await accepted_case(desk, engine, clock)
-        await desk.consultant("dr-b", ["frailty"])
-        offered = snapshot(clock)
-        await desk.send_case(offered)
-        await engine.run_once()
-        await router_app.state.outbox_delivery.deliver_due()
-        before = len(fake_peers.of_type("case.viewed"))
+        held, offered = await held_and_offered(desk, engine, clock)
+        before = len(await reads_audited(fake_peers, router_app))
         await desk.send_case({**held, "version": 2, "priority": 1})
         await desk.send_case({**offered, "version": 2, "priority": 1})
         await desk.send_case({**held, "version": 3, "status": "cancelled"})
         assert [kind for kind, _ in await desk.log("dr-a")][-2:] == ["case_updated"] * 2
         assert [kind for kind, _ in await desk.log("dr-b")][-1] == "case_updated"
-        await router_app.state.outbox_delivery.deliver_due()
-        viewed = fake_peers.of_type("case.viewed")[before:]
-        assert [(v["actor"]["sub"], v["subject_id"], v["data"]["via"]) for v in viewed] == [
+        assert (await reads_audited(fake_peers, router_app))[before:] == [
             ("dr-a", held["id"], "updated"),
             ("dr-b", offered["id"], "updated"),
             ("dr-a", held["id"], "updated"),  # the cancellation, with the case as it ended
@@ -185,20 +197,13 @@ class TestAdvice:
         fake_peers: FakePeer,
         router_app: FastAPI,
     ) -> None:
-        held, _ = await accepted_case(desk, engine, clock)
-        await desk.consultant("dr-b", ["frailty"])
-        offered = snapshot(clock)
-        await desk.send_case(offered)
-        await engine.run_once()
-        await router_app.state.outbox_delivery.deliver_due()
-        before = len(fake_peers.of_type("case.viewed"))
+        held, offered = await held_and_offered(desk, engine, clock)
+        before = len(await reads_audited(fake_peers, router_app))
         state = await http.get("/v1/consultant", headers=DR_A)
         assert [c["case"]["id"] for c in state.json()["consults"]] == [held["id"]]
         offers = await http.get("/v1/consultant/offers", headers=auth("consultant", "dr-b"))
         assert [o["case"]["id"] for o in offers.json()] == [offered["id"]]
-        await router_app.state.outbox_delivery.deliver_due()
-        viewed = fake_peers.of_type("case.viewed")[before:]
-        assert [(v["actor"]["sub"], v["subject_id"], v["data"]["via"]) for v in viewed] == [
+        assert (await reads_audited(fake_peers, router_app))[before:] == [
             ("dr-a", held["id"], "consultant"),
             ("dr-b", offered["id"], "offers"),
         ]
