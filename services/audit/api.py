@@ -3,7 +3,6 @@ and admins only; every query of the trail is itself an entry in it."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from services.shared.db.models import AuditEntry
 from services.shared.db.session import SessionDep, TransactionalRoute
 from services.shared.domain.vocabulary import Role
 from services.shared.errors import BadRequest, error_responses
+from services.shared.ids import new_event_id
 
 # Sequence numbers are 64-bit in the database; a larger `after` is no sequence at all.
 MAX_SEQ = 2**63 - 1
@@ -69,7 +69,7 @@ async def list_events(
     await trail.append(
         session,
         trail.NewEntry(
-            event_id=uuid.uuid4().hex,
+            event_id=new_event_id(),
             event_type="audit.queried",
             source="audit",
             subject_id=subject_id or "*",

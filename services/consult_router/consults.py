@@ -9,7 +9,6 @@ exactly one wins and the rest get 409.
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +27,7 @@ from services.shared.db.session import after_commit
 from services.shared.db.statements import insert_if_absent
 from services.shared.domain.vocabulary import ConsultantStatus, Disposition
 from services.shared.errors import Conflict, NotFound
+from services.shared.ids import new_id
 from services.shared.schemas.events import EventType
 
 logger = logging.getLogger("reach.router")
@@ -144,7 +144,7 @@ async def _take(
     active = (await rota_repo.active_consult_counts(session, [consultant.id]))[consultant.id]
     if active >= ctx.settings.consult_limit:
         raise Conflict("finish your current case first", code="consult_limit")
-    consult_id = str(uuid.uuid4())
+    consult_id = new_id()
     values = {
         "id": consult_id, "case_id": case.id, "consultant_id": consultant.id, "via": via,
         "offer_id": offer.id if offer else None, "accepted_at": now,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,6 +22,7 @@ from services.consult_router.repository import rota as rota_repo
 from services.shared.db.models import ConsultConnection
 from services.shared.db.session import SessionMaker, unit_of_work
 from services.shared.domain.vocabulary import ConsultantStatus
+from services.shared.ids import new_id
 from services.shared.observability import log_failure
 
 logger = logging.getLogger("reach.router.presence")
@@ -31,7 +31,7 @@ logger = logging.getLogger("reach.router.presence")
 async def connect(session: AsyncSession, ctx: RouterContext, consultant_id: str) -> str:
     now = ctx.clock.now()
     connection = ConsultConnection(
-        id=str(uuid.uuid4()),
+        id=new_id(),
         consultant_id=consultant_id,
         replica_id=ctx.replica_id,
         connected_at=now,

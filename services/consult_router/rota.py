@@ -7,7 +7,6 @@ happens twice (01:30 on the October change) is refused unless it carries its off
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -28,6 +27,7 @@ from services.consult_router.views import consultant_read, london, shift_read
 from services.shared.db.models import ConsultConsultant, ConsultShift
 from services.shared.domain.vocabulary import FALLBACK_SPECIALTY, ConsultantStatus, Specialty
 from services.shared.errors import NotFound, Unprocessable
+from services.shared.ids import new_id
 
 LONDON = ZoneInfo("Europe/London")
 LONGEST_SHIFT = timedelta(days=7)
@@ -122,7 +122,7 @@ async def create_shift(
     if str(payload.specialty) not in consultant.specialties:
         raise _field_error("specialty", "is not one of the consultant's specialties")
     shift = ConsultShift(
-        id=str(uuid.uuid4()),
+        id=new_id(),
         consultant_id=consultant.id,
         specialty=str(payload.specialty),
         starts_at=starts_at,

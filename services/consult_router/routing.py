@@ -13,7 +13,6 @@ accept wins.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from services.shared.db.models import ConsultCase, ConsultOffer
 from services.shared.db.session import RetryWithSavepoints, after_commit, undoable
 from services.shared.domain.priority import aged_priority
 from services.shared.domain.vocabulary import FALLBACK_SPECIALTY, ConsultantStatus, Specialty
+from services.shared.ids import new_id
 from services.shared.observability import log_failure
 from services.shared.schemas.events import EventType
 
@@ -347,7 +347,7 @@ async def _offer_each(
         if made == enough:
             break
         values: dict[str, object] = {
-            "id": str(uuid.uuid4()),
+            "id": new_id(),
             "case_id": case.id,
             "consultant_id": consultant_id,
             "round": case.offer_round,

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +42,7 @@ from services.shared.domain.vocabulary import (
     Role,
 )
 from services.shared.errors import BadRequest, Conflict, NotFound, Unprocessable
+from services.shared.ids import new_id
 from services.shared.schemas.cases import News2Read
 from services.shared.schemas.events import EventType
 from services.triage_api import repository
@@ -303,7 +303,7 @@ def _new_case(
     location = payload.incident.location
     observations = payload.observations
     return {
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "reference": new_case_reference(),
         "paramedic_id": actor.sub,
         "paramedic_name": actor.name,

@@ -5,18 +5,21 @@ and advises; the crew's stream shows every step, in order, with the advice."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from websockets.asyncio.client import ClientConnection, connect
 
 from services.embedded import EmbeddedSettings, create_app
 from services.shared.clock import ManualClock
+from services.shared.db.engine import create_engine
 from tests.factories import NORMAL_OBSERVATIONS, case_body, idempotency_key
-from tests.support import auth, running_server, token
+from tests.support import auth, eventually, running_server, token
 
 CREW = auth("paramedic", "crew-ne23")
 CONSULTANT = auth("consultant", "dr-okafor")
@@ -108,3 +111,64 @@ async def test_a_case_goes_from_the_crew_to_a_consultant_and_the_advice_comes_ba
     final = (await http.get(f"/v1/cases/{case['id']}", headers=CREW)).json()
     assert final["status"] == "advised"
     assert final["assigned_consultant"] == {"id": "dr-okafor", "name": "Dr Okafor"}
+
+
+async def submit(http: httpx.AsyncClient) -> str:
+    response = await http.post(
+        "/v1/cases", json=case_body(), headers={**CREW, "Idempotency-Key": idempotency_key()}
+    )
+    assert response.status_code == 201, response.text
+    case_id: str = response.json()["id"]
+    return case_id
+
+
+def made_in_order(*ids: str) -> bool:
+    """Whether each id is a time-ordered one (version 7) made after the one before."""
+    parsed = [uuid.UUID(each) for each in ids]
+    return all(each.version == 7 for each in parsed) and parsed == sorted(parsed)
+
+
+async def test_the_ids_reach_makes_sort_by_when_they_were_made(
+    http: httpx.AsyncClient, clock: ManualClock, settings: EmbeddedSettings
+) -> None:
+    """Rows land on the newest leaf of each index they are keyed in (`services.shared.ids`):
+    the cases, the events that carry them to the router and audit, offers, consults."""
+    await put_on_call(http, clock)
+    response = await http.put(
+        "/v1/consultant/status", json={"status": "available"}, headers=CONSULTANT
+    )
+    assert response.status_code == 200, response.text
+    case = await submit(http)
+    offers: list[dict[str, Any]] = []
+
+    async def offered() -> bool:
+        offers[:] = (await http.get("/v1/consultant/offers", headers=CONSULTANT)).json()
+        return bool(offers)
+
+    await eventually(offered)
+    response = await http.post(f"/v1/offers/{offers[0]['offer_id']}/accept", headers=CONSULTANT)
+    assert response.status_code == 200, response.text
+    next_case = await submit(http)
+    assert made_in_order(case, offers[0]["offer_id"], response.json()["consult_id"], next_case)
+
+    # The events that carried them: the crews' service's outbox and the audit trail.
+    assert settings.database_url is not None
+    engine = create_engine(settings.database_url)
+    outbox: list[str] = []
+    trail: list[str] = []
+
+    async def in_the_trail() -> bool:
+        async with engine.connect() as connection:
+            outbox[:] = (
+                await connection.execute(text("SELECT event_id FROM triage_outbox"))
+            ).scalars()
+            trail[:] = (
+                await connection.execute(text("SELECT event_id FROM audit_entry"))
+            ).scalars()
+        return bool(outbox) and bool(trail)
+
+    try:
+        await eventually(in_the_trail)
+    finally:
+        await engine.dispose()
+    assert all(uuid.UUID(event_id).version == 7 for event_id in [*outbox, *trail])

@@ -8,13 +8,13 @@ vocabulary values only for audit, never clinical free text.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.shared.auth import Principal
+from services.shared.ids import new_event_id
 
 
 class EventActor(BaseModel):
@@ -51,7 +51,7 @@ class Event(BaseModel):
         data: dict[str, Any] | None = None,
     ) -> Event:
         return cls(
-            id=uuid.uuid4().hex,
+            id=new_event_id(),
             type=type,
             source=source,
             occurred_at=occurred_at,
@@ -78,7 +78,7 @@ def event_document(
     """
     moment = occurred_at.isoformat()
     return {
-        "id": uuid.uuid4().hex,
+        "id": new_event_id(),
         "type": type,
         "source": source,
         "occurred_at": moment[:-6] + "Z" if moment.endswith("+00:00") else moment,
