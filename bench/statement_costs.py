@@ -56,7 +56,6 @@ import json
 import statistics
 import subprocess
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,6 +110,7 @@ from services.shared.db.session import (
     write_pending,
 )
 from services.shared.domain.reference import new_case_reference
+from services.shared.ids import new_id
 from services.shared.notify import LocalNotifier
 from services.shared.outbox import Outbox, OutboxDelivery
 from services.shared.outbox.delivery import OutboxMetrics, _Sorted, by_destination
@@ -198,7 +198,7 @@ class Steps:
     def offer(self, n: int) -> dict[str, Any]:
         now = self.clock.now()
         return {
-            "id": str(uuid.uuid4()), "case_id": self.cases[n % len(self.cases)],
+            "id": new_id(), "case_id": self.cases[n % len(self.cases)],
             "consultant_id": "dr-bench", "round": 1, "broadcast": False, "state": "open",
             "created_at": now, "expires_at": now + timedelta(minutes=2), "closed_at": None,
             "close_reason": None,
@@ -246,7 +246,7 @@ class Steps:
         now = self.clock.now()
         rows = []
         for event_type in ("offer.made", "consult.offered"):
-            document = {"id": str(uuid.uuid4()), "type": event_type, "data": {"n": 1}}
+            document = {"id": new_id(), "type": event_type, "data": {"n": 1}}
             rows += [
                 {
                     "event_id": document["id"],
@@ -289,7 +289,7 @@ class Steps:
                 "case_id": case_id, "seq": self.event_seq, "type": "queued", "at": now,
                 "data": {"status": "queued", "priority": 2, "news2": NEWS2},
             })  # fmt: skip
-            document = {"id": str(uuid.uuid4()), "type": "case.submitted", "data": {"n": n}}
+            document = {"id": new_id(), "type": "case.submitted", "data": {"n": n}}
             outbox += [
                 {"event_id": document["id"], "event_type": "case.submitted",
                  "destination": destination, "payload": document, "created_at": now,
@@ -323,7 +323,7 @@ class Steps:
         now = self.clock.now()
         rows = []
         for _ in range(n % 8 + 1):
-            case_id = str(uuid.uuid4())
+            case_id = new_id()
             rows.append(_triage_case_row(case_id, new_case_reference(), now))
         return {"rows": rows}
 
@@ -347,7 +347,7 @@ class Steps:
     def posting_rows(self, _n: int) -> dict[str, Any]:
         """A commit's outbox rows to two peers over HTTP: four events, each to both."""
         now = self.clock.now()
-        documents = [{"id": str(uuid.uuid4()), "type": "case.submitted"} for _ in range(4)]
+        documents = [{"id": new_id(), "type": "case.submitted"} for _ in range(4)]
         return {"rows": [
             {"event_id": document["id"], "event_type": "case.submitted",
              "destination": destination, "payload": document, "created_at": now,
@@ -386,7 +386,7 @@ class Steps:
         rows = [self.new_case(n) for n in range(20)]
         await case_repo.insert_cases(session, rows)
         self.cases = [str(row["id"]) for row in rows]
-        self.triage_cases = [str(uuid.uuid4()) for _ in range(4)]
+        self.triage_cases = [new_id() for _ in range(4)]
         await session.execute(
             insert(table_of(TriageCase)),
             [

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +29,7 @@ from services.shared.auth import ServiceTokenSigner
 from services.shared.clock import SystemClock
 from services.shared.db.models import AuditChainHead, AuditEntry
 from services.shared.db.session import unit_of_work
+from services.shared.ids import new_event_id, new_id
 from services.shared.resources import open_resources
 
 SECRET = "bench-secret-for-service-tokens-012345678"
@@ -49,8 +49,8 @@ async def build(url: str, entries: int, *, start: int = 0, prev: str = GENESIS) 
             rows = []
             for seq in range(first, min(first + CHUNK, start + entries + 1)):
                 values = {
-                    "seq": seq, "event_id": uuid.uuid4().hex, "event_type": "case.viewed",
-                    "source": "triage_api", "subject_id": str(uuid.uuid4()),
+                    "seq": seq, "event_id": new_event_id(), "event_type": "case.viewed",
+                    "source": "triage_api", "subject_id": new_id(),
                     "actor_sub": "crew-ne23", "actor_role": "paramedic",
                     "occurred_at": at + timedelta(seconds=seq),
                     "recorded_at": at + timedelta(seconds=seq),
@@ -93,8 +93,8 @@ async def ingest(url: str, count: int) -> float:
                 started = time.perf_counter()
                 for _ in range(0, count, 100):
                     events = [
-                        {"id": uuid.uuid4().hex, "type": "case.viewed", "source": "triage_api",
-                         "occurred_at": now, "subject_id": str(uuid.uuid4()),
+                        {"id": new_event_id(), "type": "case.viewed", "source": "triage_api",
+                         "occurred_at": now, "subject_id": new_id(),
                          "actor": {"sub": "crew-ne23", "role": "paramedic"},
                          "data": {"reference": "R-7KQ2-91", "via": "get"}}
                         for _ in range(100)

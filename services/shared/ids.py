@@ -11,8 +11,10 @@ RESULTS.md): 136 KB written to disk a submitted case with random ids, 59 KB with
 The layout is RFC 9562's version 7: 48 bits of Unix milliseconds, then 12 bits of the
 millisecond's fraction (its method 3), then 62 random bits, which keep an id as hard to
 guess as ever a client needed (access is by token, never by knowing an id). The time it
-carries is when the row was made, which the row says anyway. The clock is the system's,
-not the injected one: an id's time places it in its indexes and decides nothing.
+carries, to the millisecond, is when the row was made, which the row says anyway. The
+clock is the system's, not the injected one: an id's time places it in its indexes, and
+decides nothing but the order of rows whose own times tie where a query orders by time,
+then id (creation order now, where it was arbitrary).
 """
 
 from __future__ import annotations

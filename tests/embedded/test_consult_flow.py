@@ -44,7 +44,8 @@ async def next_of(socket: ClientConnection, kind: str) -> dict[str, Any]:
             return message
 
 
-async def put_on_call(http: httpx.AsyncClient, clock: ManualClock) -> None:
+async def put_on_call(http: httpx.AsyncClient, clock: ManualClock) -> str:
+    """The consultant on call for frailty now; their shift's id."""
     admin = auth("admin", "rota-admin")
     response = await http.put(
         "/v1/consultants/dr-okafor",
@@ -63,6 +64,8 @@ async def put_on_call(http: httpx.AsyncClient, clock: ManualClock) -> None:
         headers=admin,
     )
     assert response.status_code == 201, response.text
+    shift_id: str = response.json()["id"]
+    return shift_id
 
 
 async def test_a_case_goes_from_the_crew_to_a_consultant_and_the_advice_comes_back(
@@ -129,46 +132,49 @@ def made_in_order(*ids: str) -> bool:
 
 
 async def test_the_ids_reach_makes_sort_by_when_they_were_made(
-    http: httpx.AsyncClient, clock: ManualClock, settings: EmbeddedSettings
+    server: str, http: httpx.AsyncClient, clock: ManualClock, settings: EmbeddedSettings
 ) -> None:
     """Rows land on the newest leaf of each index they are keyed in (`services.shared.ids`):
-    the cases, the events that carry them to the router and audit, offers, consults."""
-    await put_on_call(http, clock)
-    response = await http.put(
-        "/v1/consultant/status", json={"status": "available"}, headers=CONSULTANT
+    shifts, dashboards' connections, cases, offers, consults, and the events that carry
+    them between the services and into the audit trail."""
+    shift = await put_on_call(http, clock)
+    async with connect(f"ws://{server}/v1/consultant/stream") as desk:
+        await desk.send(json.dumps({"type": "hello", "token": token("consultant", "dr-okafor")}))
+        await next_of(desk, "welcome")
+        await desk.send(json.dumps({"type": "status", "status": "available"}))
+        await next_of(desk, "status")
+        case = await submit(http)
+        offer = await next_of(desk, "offer")
+        await desk.send(json.dumps({"type": "accept", "offer_id": offer["offer_id"]}))
+        consult = (await next_of(desk, "assigned"))["consult_id"]
+        next_case = await submit(http)
+        rows = await stored_ids(settings, "SELECT id FROM consult_connection")
+    assert made_in_order(shift, *rows, case, offer["offer_id"], consult, next_case)
+
+    # Every event: the services' outboxes, and the trail (with audit's own entry for the
+    # query below), once the consult's acceptance and the next case have reached it.
+    async def in_the_trail() -> bool:
+        response = await http.get(
+            "/v1/audit/events", params={"limit": 500}, headers=auth("admin", "auditor")
+        )
+        seen = {(each["type"], each["subject_id"]) for each in response.json()["events"]}
+        return {("consult.accepted", case), ("case.submitted", next_case)} <= seen
+
+    await eventually(in_the_trail)
+    events = await stored_ids(
+        settings,
+        "SELECT event_id FROM triage_outbox UNION ALL SELECT event_id FROM consult_outbox "
+        "UNION ALL SELECT event_id FROM audit_entry",
     )
-    assert response.status_code == 200, response.text
-    case = await submit(http)
-    offers: list[dict[str, Any]] = []
+    assert len(events) > 6
+    assert all(uuid.UUID(event_id).version == 7 for event_id in events)
 
-    async def offered() -> bool:
-        offers[:] = (await http.get("/v1/consultant/offers", headers=CONSULTANT)).json()
-        return bool(offers)
 
-    await eventually(offered)
-    response = await http.post(f"/v1/offers/{offers[0]['offer_id']}/accept", headers=CONSULTANT)
-    assert response.status_code == 200, response.text
-    next_case = await submit(http)
-    assert made_in_order(case, offers[0]["offer_id"], response.json()["consult_id"], next_case)
-
-    # The events that carried them: the crews' service's outbox and the audit trail.
+async def stored_ids(settings: EmbeddedSettings, query: str) -> list[str]:
     assert settings.database_url is not None
     engine = create_engine(settings.database_url)
-    outbox: list[str] = []
-    trail: list[str] = []
-
-    async def in_the_trail() -> bool:
-        async with engine.connect() as connection:
-            outbox[:] = (
-                await connection.execute(text("SELECT event_id FROM triage_outbox"))
-            ).scalars()
-            trail[:] = (
-                await connection.execute(text("SELECT event_id FROM audit_entry"))
-            ).scalars()
-        return bool(outbox) and bool(trail)
-
     try:
-        await eventually(in_the_trail)
+        async with engine.connect() as connection:
+            return list(await connection.scalars(text(query)))
     finally:
         await engine.dispose()
-    assert all(uuid.UUID(event_id).version == 7 for event_id in [*outbox, *trail])

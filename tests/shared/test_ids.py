@@ -10,11 +10,18 @@ from services.shared.ids import TimeOrderedIds, new_event_id, new_id
 
 def test_an_id_is_a_version_7_uuid_carrying_the_millisecond_it_was_made() -> None:
     before = time.time_ns() // 1_000_000
-    made = uuid.UUID(new_id())
+    made = TimeOrderedIds().next()
     after = time.time_ns() // 1_000_000
     assert made.version == 7
     assert made.variant == uuid.RFC_4122
     assert before <= made.int >> 80 <= after
+
+
+def test_the_next_12_bits_hold_the_fraction_of_the_millisecond() -> None:
+    three_quarters_in = 1_764_900_000_000 * 1_000_000 + 750_000
+    made = TimeOrderedIds(clock_ns=lambda: three_quarters_in).next()
+    assert made.int >> 80 == 1_764_900_000_000
+    assert (made.int >> 64) & 0xFFF == 3072  # 0.75 of 4,096
 
 
 def test_ids_keep_their_forms() -> None:
