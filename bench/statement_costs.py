@@ -31,10 +31,15 @@ apart, the step's own cost shows.
   outbox rows with their wake-up, as an insert of each row (before) / riding with the
   outbox rows in the notifying statement (`insert_first_rows`, now);
 - a batch of new cases (PostgreSQL only): a group commit's cases, one to eight a batch
-  as arrivals make them, inserted unless their keys are taken, as one array a column
-  (tried: one statement text whatever the size, `services/shared/db/arrays.py`) / as a
-  multi-row `VALUES`, a text for each size of batch (`insert_cases_if_new`, now); the
-  arrays were the dearer, and were not kept;
+  as arrivals make them, inserted unless their keys are taken (as the router inserts the
+  cases it is given, and a batch whose keys must be told apart is written), as a
+  multi-row `VALUES`, a statement text for each size of batch (before) / as one JSON
+  document, one text whatever the size (`insert_cases_if_new`, now);
+- a batch written at its commit (PostgreSQL only): what a group commit of one to eight
+  new cases writes on PostgreSQL, all in the statement that wakes the delivery lanes (the
+  cases, each one's first observation set, stream event and two outbox rows, and the
+  wake-ups): each insert's rows as one array a column, as they rode before / as one JSON
+  document an insert (`services/shared/db/rows_as_json.py`, now);
 - a routing look (PostgreSQL only): the routing loop's read of the queue, woken by a
   change, in a transaction of its own (before) / alone, in no transaction (`reads_alone`,
   now); it opens its own session, as the loop does, and counts the BEGIN and COMMIT;
@@ -56,14 +61,26 @@ import json
 import statistics
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Text, bindparam, insert, text, update
+from sqlalchemy import (
+    Insert,
+    Select,
+    String,
+    TableClause,
+    Text,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -86,7 +103,6 @@ from services.consult_router.repository import cases as case_repo
 from services.consult_router.routing import open_cases_to_route
 from services.shared.clients.peers import PeerClient
 from services.shared.clock import ManualClock
-from services.shared.db.arrays import array_parameters, rows_from_arrays
 from services.shared.db.base import table_of
 from services.shared.db.engine import create_engine, is_postgres
 from services.shared.db.models import (
@@ -100,6 +116,7 @@ from services.shared.db.models import (
     TriageOutbox,
 )
 from services.shared.db.session import (
+    _NOTIFY_ALL,
     SessionMaker,
     create_sessionmaker,
     insert_at_commit,
@@ -164,14 +181,39 @@ def _triage_case_row(case_id: str, reference: str, now: datetime) -> dict[str, A
     }  # fmt: skip
 
 
-# New cases inserted unless taken, their rows as arrays: tried, and dearer than `VALUES`.
-_CASE_COLUMNS = tuple(column.name for column in table_of(TriageCase).c)
-_CASES_AS_ARRAYS = (
-    postgresql.insert(table_of(TriageCase))
-    .from_select(list(_CASE_COLUMNS), rows_from_arrays(table_of(TriageCase), _CASE_COLUMNS))
-    .on_conflict_do_nothing()
-    .returning(TriageCase.id)
+def _rows_from_arrays(
+    table: TableClause, columns: Sequence[str], *, prefix: str = ""
+) -> Select[Any]:
+    """Rows as one array parameter a column (`unnest ... WITH ORDINALITY`): how rows rode
+    in the notifying statement before they went as one JSON document."""
+    arrays = [
+        bindparam(f"{prefix}{column}", type_=ARRAY(_element_type(table.c[column]), dimensions=1))
+        for column in columns
+    ]
+    unnested = (
+        func.unnest(*arrays).table_valued(*columns, with_ordinality="position").render_derived()
+    )
+    return select(*(unnested.c[column] for column in columns)).order_by(unnested.c.position)
+
+
+def _array_parameters(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], *, prefix: str = ""
+) -> dict[str, Any]:
+    return {f"{prefix}{column}": [row[column] for row in rows] for column in columns}
+
+
+def _element_type(column: Any) -> Any:
+    # A string without its length: a cast to `varchar(n)` would cut a longer value short.
+    return Text() if isinstance(column.type, String) else column.type
+
+
+# New cases inserted unless taken as a multi-row `VALUES`, as they were before they went
+# as one JSON document.
+_CASES_AS_VALUES = (
+    postgresql.insert(table_of(TriageCase)).on_conflict_do_nothing().returning(TriageCase.id)
 )
+# The notifying statement with each shape of inserts riding in it as arrays.
+_RIDING_AS_ARRAYS: dict[tuple[tuple[str, ...], ...], Any] = {}
 # The notifications as they were sent before the outbox's rows rode with them.
 _NOTIFY_ALONE = text(
     "SELECT pg_notify(pending.channel, pending.key)"
@@ -328,13 +370,75 @@ class Steps:
         return {"rows": rows}
 
     @staticmethod
-    async def cases_as_arrays(session: AsyncSession, row: dict[str, Any]) -> None:
-        parameters = array_parameters(row["rows"], _CASE_COLUMNS)
-        await session.execute(_CASES_AS_ARRAYS, parameters)
+    async def cases_as_values(session: AsyncSession, row: dict[str, Any]) -> None:
+        set((await session.execute(_CASES_AS_VALUES, row["rows"])).scalars())
 
     @staticmethod
-    async def cases_as_values(session: AsyncSession, row: dict[str, Any]) -> None:
+    async def cases_as_json(session: AsyncSession, row: dict[str, Any]) -> None:
         await triage_repo.insert_cases_if_new(session, row["rows"])
+
+    def batch_at_commit(self, n: int) -> dict[str, Any]:
+        """One to eight new cases, as a group commit on PostgreSQL writes them: each case,
+        its first observation set and stream event, and its news to the router and audit
+        (the whole case, as `case.submitted` carries it)."""
+        now = self.clock.now()
+        cases, observations, events, outbox = [], [], [], []
+        for _ in range(n % 8 + 1):
+            case_id = new_id()
+            case = _triage_case_row(case_id, f"R{case_id[-12:]}", now)
+            cases.append(case)
+            observations.append({
+                "case_id": case_id, "recorded_at": now, "recorded_by": "crew-bench",
+                "values": {**OBSERVATIONS, "taken_at": now.isoformat()}, "news2": NEWS2,
+            })  # fmt: skip
+            events.append({
+                "case_id": case_id, "seq": 1, "type": "queued", "at": now,
+                "data": {"status": "queued", "priority": 2, "news2": NEWS2},
+            })  # fmt: skip
+            times = {"created_at": now.isoformat(), "updated_at": now.isoformat()}
+            document = {
+                "id": new_id(), "type": "case.submitted", "occurred_at": now.isoformat(),
+                "subject_id": case_id, "data": {"case": {**case, **times}},
+            }  # fmt: skip
+            outbox += [
+                {"event_id": document["id"], "event_type": "case.submitted",
+                 "destination": destination, "payload": document, "created_at": now,
+                 "next_attempt_at": now, "attempts": 0}
+                for destination in ("consult_router", "audit")
+            ]  # fmt: skip
+        return {
+            "parts": [
+                (triage_repo._INSERT_CASES, cases),
+                (_OBSERVATION_INSERT, observations),
+                (_CASE_EVENT_INSERT, events),
+                (_TRIAGE_OUTBOX_INSERT, outbox),
+            ]
+        }
+
+    @staticmethod
+    async def batch_riding_as_arrays(session: AsyncSession, row: dict[str, Any]) -> None:
+        parts: list[tuple[Insert, list[dict[str, Any]]]] = row["parts"]
+        shapes = tuple(tuple(rows[0]) for _, rows in parts)
+        if shapes not in _RIDING_AS_ARRAYS:
+            _RIDING_AS_ARRAYS[shapes] = _NOTIFY_ALL.add_cte(*(
+                statement.from_select(
+                    list(columns), _rows_from_arrays(statement.table, columns, prefix=f"w{n}_")
+                ).cte(f"written_{n}")
+                for n, ((statement, _), columns) in enumerate(zip(parts, shapes, strict=True))
+            ))  # fmt: skip
+        parameters: dict[str, Any] = {
+            "channels": ["reach_outbox_triage_api"] * 2, "keys": ["consult_router", "audit"]
+        }  # fmt: skip
+        for n, (_, rows) in enumerate(parts):
+            parameters.update(_array_parameters(rows, tuple(rows[0]), prefix=f"w{n}_"))
+        await session.execute(_RIDING_AS_ARRAYS[shapes], parameters)
+
+    @staticmethod
+    async def batch_riding_as_json(session: AsyncSession, row: dict[str, Any]) -> None:
+        cases, observations, events, outbox = (rows for _, rows in row["parts"])
+        await triage_repo.insert_cases_at_commit(session, cases)
+        await triage_repo.insert_first_rows(session, observations=observations, events=events)
+        await Steps._triage_outbox_riding(session, outbox)
 
     async def look_in_a_transaction(self, _session: AsyncSession, _row: dict[str, Any]) -> None:
         async with unit_of_work(self.maker) as session:
@@ -468,7 +572,10 @@ async def measure(url: str, *, steps: int, rounds: int) -> dict[str, list[float]
             ways.first_rows, None, ways.first_rows_each_inserted, ways.first_rows_riding
         )  # fmt: skip
         pairs["a batch of new cases"] = (
-            ways.triage_cases_batch, None, ways.cases_as_arrays, ways.cases_as_values
+            ways.triage_cases_batch, None, ways.cases_as_values, ways.cases_as_json
+        )  # fmt: skip
+        pairs["a batch written at its commit"] = (
+            ways.batch_at_commit, None, ways.batch_riding_as_arrays, ways.batch_riding_as_json
         )  # fmt: skip
         pairs["a routing look"] = (ways.offer, None, ways.look_in_a_transaction, ways.look_alone)
         pairs["a posting pass"] = (
@@ -542,10 +649,10 @@ def main() -> None:
         results: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
         steps = [name.removesuffix(", before") for name in results if name.endswith(", before")]
         for name in steps:
-            print(f"{backend:<11} {name:<22} {_compared(results, name, '')}")
+            print(f"{backend:<11} {name:<30} {_compared(results, name, '')}")
             if backend == "postgresql" and any(results[f"{name}, now {DATABASE}"]):
                 print(
-                    f"{'':<11} {'  the database server':<22} {_compared(results, name, DATABASE)}"
+                    f"{'':<11} {'  the database server':<30} {_compared(results, name, DATABASE)}"
                 )
         measured.append(backend)
     if "postgresql" not in measured:

@@ -16,7 +16,7 @@ from services.shared.db.engine import create_engine
 from services.shared.db.models import TriageCase
 from services.shared.db.session import create_sessionmaker, unit_of_work
 from services.shared.db.statements import insert_many_if_absent
-from tests.support import truncate_all
+from tests.support import statements_sent, truncate_all
 
 AT = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
 
@@ -119,3 +119,16 @@ class TestInsertManyIfAbsentOnPostgres:
         with pytest.raises(DBAPIError, match="too long"):
             await insert(postgres_engine, rows)
         assert await stored(postgres_engine) == {}
+
+    async def test_rows_go_as_one_document_unless_a_default_is_left_to_compute(
+        self, postgres_engine: AsyncEngine
+    ) -> None:
+        # Only the plain insert fills in a default computed here (`can_go_as_json`).
+        left_out = case_row("R-DFLT-01")
+        del left_out["version"]
+        with statements_sent(postgres_engine, lambda sql: "INTO triage_case" in sql) as sent:
+            await insert(postgres_engine, [case_row("R-JSON-01"), case_row("R-JSON-02")])
+            await insert(postgres_engine, [left_out])
+        assert "jsonb_populate_recordset" in sent[0]
+        assert "VALUES" in sent[1]
+        assert [case.version for case in (await stored(postgres_engine)).values()] == [1, 1, 1]

@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
-from services.shared.db.arrays import array_parameters, can_go_as_arrays, rows_from_arrays
+from services.shared.db.rows_as_json import can_go_as_json, json_parameter, rows_from_json
 from services.shared.db.statements import dialect_name
 
 logger = logging.getLogger("reach.db")
@@ -144,7 +144,7 @@ def _write(
     """Each statement's rows in one multi-row insert, in the order they were given; then
     the notifications. On PostgreSQL, with notifications to send, the inserts ride in the
     notifying statement as data-modifying `WITH` clauses (which PostgreSQL runs whether or
-    not the query reads them), each column's values as one array: one round trip for all,
+    not the query reads them), each insert's rows as one JSON document: one round trip for all,
     and one statement, built and prepared once, whatever the rows. With `one_statement`,
     writes that would take more than one are refused before any is sent."""
     together: dict[Insert, list[dict[str, Any]]] = {}
@@ -154,8 +154,8 @@ def _write(
         riding = _notifying_with(tuple(together.items()))
         if riding is not None:
             parameters = _notified_pairs(notifications)
-            for number, rows in enumerate(together.values()):
-                parameters.update(array_parameters(rows, tuple(rows[0]), prefix=f"w{number}_"))
+            for number, (statement, rows) in enumerate(together.items()):
+                parameters.update(json_parameter(statement.table, rows, prefix=f"w{number}_"))
             session.execute(riding, parameters)
             return
     if one_statement and len(together) + bool(notifications) > 1:
@@ -184,14 +184,14 @@ _RIDDEN_KEPT = 64  # more only where apps are built again and again (tests): sta
 
 def _notifying_with(inserts: tuple[tuple[Insert, list[dict[str, Any]]], ...]) -> Executable | None:
     """The notifying statement with these inserts riding in it, or None where they cannot
-    ride and write what inserting them apart would: their rows cannot go as arrays
-    (`can_go_as_arrays`), or two insert into one table (PostgreSQL runs a query's `WITH`
+    ride and write what inserting them apart would: their rows cannot go as JSON
+    (`can_go_as_json`), or two insert into one table (PostgreSQL runs a query's `WITH`
     inserts in no set order, and an outbox's ids follow the order rows are given)."""
     if not inserts:
         return _NOTIFY_ALL
     tables = [statement.table for statement, _ in inserts]
     if len(set(tables)) < len(tables) or not all(
-        can_go_as_arrays(statement.table, rows) for statement, rows in inserts
+        can_go_as_json(statement.table, rows) for statement, rows in inserts
     ):
         return None
     shapes = tuple((statement, tuple(rows[0])) for statement, rows in inserts)
@@ -206,7 +206,7 @@ def _build_riding(shapes: _Shapes) -> Executable:
     """The notifying statement with each insert as a data-modifying `WITH`."""
     ctes = [
         statement.from_select(
-            list(columns), rows_from_arrays(statement.table, columns, prefix=f"w{number}_")
+            list(columns), rows_from_json(statement.table, columns, prefix=f"w{number}_")
         ).cte(f"written_{number}")
         for number, (statement, columns) in enumerate(shapes)
     ]

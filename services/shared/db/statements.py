@@ -9,6 +9,8 @@ from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.shared.db.rows_as_json import can_go_as_json, json_parameter, rows_from_json
+
 
 def dialect_name(session: AsyncSession) -> str:
     bind = session.get_bind()
@@ -62,11 +64,30 @@ async def insert_many_if_absent(
     session: AsyncSession, model: Any, rows: list[dict[str, Any]], *, returning: str
 ) -> set[Any]:
     """Insert, in one statement, each row none of whose unique keys exists (nor is taken
-    by an earlier row of `rows`); the `returning` column of the rows inserted."""
+    by an earlier row of `rows`); the `returning` column of the rows inserted.
+
+    On PostgreSQL the rows go as one JSON document where they can
+    (`services/shared/db/rows_as_json.py`): one statement text whatever their number, and
+    one parameter, where a multi-row `VALUES` binds each value apart."""
     if not rows:
         return set()
-    statement = _insert_ignoring_conflicts_returning(
-        dialect_name(session), model.__table__, returning
-    )
-    result = await session.execute(statement, rows)
+    dialect, table = dialect_name(session), model.__table__
+    if dialect == "postgresql" and can_go_as_json(table, rows):
+        statement = _insert_from_json_ignoring_conflicts(table, tuple(rows[0]), returning)
+        result = await session.execute(statement, json_parameter(table, rows))
+    else:
+        statement = _insert_ignoring_conflicts_returning(dialect, table, returning)
+        result = await session.execute(statement, rows)
     return set(result.scalars())
+
+
+@functools.lru_cache(maxsize=64)  # a few shapes a table in a served process
+def _insert_from_json_ignoring_conflicts(
+    table: Table, columns: tuple[str, ...], returning: str
+) -> Any:
+    return (
+        postgresql.insert(table)
+        .from_select(list(columns), rows_from_json(table, columns))
+        .on_conflict_do_nothing()
+        .returning(table.c[returning])
+    )
