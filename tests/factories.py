@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from typing import Any
 
@@ -55,3 +56,26 @@ def case_body(**overrides: Any) -> dict[str, Any]:
 
 def idempotency_key() -> str:
     return f"key-{uuid.uuid4().hex}"
+
+
+# Text the database cannot store, recognisable so a test can show it is never repeated.
+NUL_TEXT = "Marchetti\x00Blackwood"
+LONE_SURROGATE_TEXT = "Marchetti\ud800Blackwood"
+UNSTORABLE_WORDS = ("Marchetti", "Blackwood")
+
+
+def json_content(body: Any, *, raw_surrogates: bool = False) -> bytes:
+    """`body` as a client sends it: a NUL or a lone surrogate as the JSON escape (`\\u0000`,
+    `\\ud800`), or with `raw_surrogates` a lone surrogate as the bytes of its UTF-8 form,
+    which Python's JSON parser reads as well."""
+    if raw_surrogates:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return json.dumps(body).encode()
+
+
+# Each way a client can send text the database cannot store, as (text, raw_surrogates).
+UNSTORABLE_WAYS = {
+    "nul": (NUL_TEXT, False),
+    "escaped lone surrogate": (LONE_SURROGATE_TEXT, False),
+    "lone surrogate as bytes": (LONE_SURROGATE_TEXT, True),
+}

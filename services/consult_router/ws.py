@@ -48,6 +48,7 @@ from services.shared.ws import (
     Inbox,
     MessageTooLarge,
     Sender,
+    UnstorableMessage,
     authenticate,
     parse_after,
     reading,
@@ -320,6 +321,9 @@ async def _listen(line: _Line, resources: Resources, ctx: RouterContext) -> None
             await line.send(
                 "error", error="message_too_large", detail=f"messages are limited to {limit} bytes"
             )
+            continue
+        except UnstorableMessage as exc:  # said before anything runs: nothing changed
+            await line.send("error", **exc.error_body())
             continue
         except (ValueError, json.JSONDecodeError):
             await line.send(

@@ -23,6 +23,7 @@ from fastapi import Depends, Request
 from services.shared.clock import Clock, SystemClock
 from services.shared.domain.vocabulary import Role
 from services.shared.errors import Forbidden, Unauthorized, UpstreamUnavailable
+from services.shared.storable_text import is_storable
 
 INTERNAL_AUDIENCE = "reach-internal"
 _PEOPLE_ROLES = frozenset({Role.PARAMEDIC, Role.CONSULTANT, Role.COORDINATOR, Role.ADMIN})
@@ -240,6 +241,10 @@ def _principal_from(claims: Mapping[str, Any], *, allowed: frozenset[Role]) -> P
     if parsed_role not in allowed:
         raise InvalidToken("the token's role is not accepted here")
     display = name if isinstance(name, str) and name else sub
+    # Both are written with what the caller does (a case's crew, a consult's consultant):
+    # text the database cannot store would fail that write.
+    if not (is_storable(sub) and is_storable(display)):
+        raise InvalidToken("the token's subject or name holds a NUL or a lone surrogate")
     return Principal(sub=sub, role=parsed_role, name=display[:200])
 
 

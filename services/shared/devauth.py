@@ -19,6 +19,7 @@ from services.shared.domain.vocabulary import Role
 from services.shared.errors import NotFound
 from services.shared.resources import Resources
 from services.shared.settings import Environment, ServiceSettings
+from services.shared.text_guard import StorableTextRoute
 
 DEV_TOKEN_PATH = "/dev/token"  # noqa: S105 -- a path, not a secret
 _PEOPLE = (Role.PARAMEDIC, Role.CONSULTANT, Role.COORDINATOR, Role.ADMIN)
@@ -46,7 +47,9 @@ def _from_this_machine(request: Request) -> bool:
 
 
 def dev_auth_router(settings: ServiceSettings) -> APIRouter:
-    router = APIRouter(tags=["development"], include_in_schema=False)
+    # The name goes into the token, and from there into what its holder writes: text the
+    # database cannot store is refused here, as on every other route.
+    router = APIRouter(tags=["development"], include_in_schema=False, route_class=StorableTextRoute)
 
     def secret_if_allowed(request: Request) -> str:
         resources: Resources = request.app.state.resources

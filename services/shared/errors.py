@@ -16,6 +16,7 @@ Messages never carry patient data: they name fields and rules, never values.
     ├── PayloadTooLarge         413
     ├── UnsupportedMediaType    415
     ├── Unprocessable           422
+    │   └── UnstorableText      422 (a NUL or a lone surrogate in a field)
     ├── RateLimited             429
     └── UpstreamUnavailable     503
 """
@@ -35,6 +36,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.shared.request_context import current_request_id
 
 logger = logging.getLogger("reach.errors")
+
+VALIDATION_DETAIL = "the request has invalid or missing fields"
 
 
 class FieldProblem(BaseModel):
@@ -110,6 +113,16 @@ class Unprocessable(AppError):
     default_code = "validation_error"
 
 
+class UnstorableText(Unprocessable):
+    """Text the database cannot store, in the fields named: the usual 422, with the
+    field paths and the rule, never the text."""
+
+    def __init__(self, fields: Sequence[FieldProblem]) -> None:
+        super().__init__(
+            VALIDATION_DETAIL, extra={"fields": [problem.model_dump() for problem in fields]}
+        )
+
+
 class RateLimited(AppError):
     status_code = 429
     default_code = "rate_limited"
@@ -174,9 +187,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     problems = validation_problems(exc.errors())
     if any(error.get("type") == "json_invalid" for error in exc.errors()):
         return error_response(400, "malformed_json", "the request body is not valid JSON")
-    return error_response(
-        422, "validation_error", "the request has invalid or missing fields", fields=problems
-    )
+    return error_response(422, "validation_error", VALIDATION_DETAIL, fields=problems)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

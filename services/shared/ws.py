@@ -14,7 +14,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.shared.auth import Principal, TokenVerifier
 from services.shared.domain.vocabulary import Role
-from services.shared.errors import AppError
+from services.shared.errors import AppError, FieldProblem
+from services.shared.storable_text import is_storable, may_hold_unstorable, unstorable_fields
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -36,6 +37,25 @@ class CloseConnection(Exception):
 
 class MessageTooLarge(Exception):
     pass
+
+
+class UnstorableMessage(ValueError):
+    """A message holding text the database cannot store (a NUL, a lone surrogate): the
+    fields are named (`fields`), the text is not repeated. Answered like any message
+    that is not valid; a hello that holds such text is no hello."""
+
+    def __init__(self, fields: list[FieldProblem]) -> None:
+        super().__init__("a message holds text that cannot be stored")
+        self.fields = fields
+
+    def error_body(self) -> dict[str, Any]:
+        """What the `error` message that answers it says: as for any invalid message."""
+        paths = ", ".join(problem.path for problem in self.fields)
+        return {
+            "error": "bad_message",
+            "detail": f"invalid or missing: {paths}",
+            "fields": [problem.model_dump() for problem in self.fields],
+        }
 
 
 # Where `RequestContextMiddleware` (outermost in every app) leaves a socket's ASGI `send`
@@ -87,8 +107,9 @@ class Sender:
 async def receive_message(websocket: WebSocket, *, max_bytes: int) -> dict[str, Any]:
     """The next client message as a JSON object.
 
-    Raises `MessageTooLarge` for an oversized message and `ValueError` for one that is not
-    a JSON object; `WebSocketDisconnect` when the client has gone.
+    Raises `MessageTooLarge` for an oversized message, `UnstorableMessage` for one holding
+    text the database cannot store, and `ValueError` for one that is not a JSON object;
+    `WebSocketDisconnect` when the client has gone.
     """
     message = await websocket.receive()
     if message["type"] == "websocket.disconnect":
@@ -101,6 +122,10 @@ async def receive_message(websocket: WebSocket, *, max_bytes: int) -> dict[str, 
     parsed = json.loads(raw)
     if not isinstance(parsed, dict) or not isinstance(parsed.get("type"), str):
         raise ValueError("a message is a JSON object with a 'type'")
+    if may_hold_unstorable(raw):  # one scan; the walk only when it finds something
+        problems = unstorable_fields(parsed, root="message")
+        if problems:
+            raise UnstorableMessage(problems)
     return parsed
 
 
@@ -230,6 +255,9 @@ async def authenticate(
         raise CloseConnection(CLOSE_UNAUTHORIZED, "invalid token") from None
     if principal.role not in roles:
         raise CloseConnection(CLOSE_FORBIDDEN, "role not allowed")
+    if not is_storable(websocket.scope["path"]):
+        # A path parameter (a case's id) holding a NUL names nothing there is.
+        raise CloseConnection(CLOSE_NOT_FOUND, "not found")
     return principal, hello
 
 

@@ -45,6 +45,7 @@ from services.shared.errors import BadRequest, Conflict, NotFound, Unprocessable
 from services.shared.ids import new_id
 from services.shared.schemas.cases import News2Read
 from services.shared.schemas.events import EventType
+from services.shared.storable_text import is_storable
 from services.triage_api import repository
 from services.triage_api.context import TriageContext
 from services.triage_api.outbound import audit_reads, change_events
@@ -206,7 +207,12 @@ async def create_cases_together(
     On PostgreSQL every row is written at the commit, the cases with the rest, in one
     statement that the session (`written_at_commit`) sends as a transaction by itself. A
     key or reference taken then fails the whole statement, and the batch is written again
-    by `create_cases_keys_apart`. SQLite's batch is that from the start."""
+    by `create_cases_keys_apart`. SQLite's batch is that from the start.
+
+    Nothing else a crew sends can fail the statement, and with it the other crews'
+    cases: every value was bounded by `CaseCreate` to what its column holds, and text the
+    database cannot store (a NUL, a lone surrogate) was refused before the request got
+    here (`StorableTextRoute`), as was a token whose subject or name holds it."""
     if dialect_name(session) != "postgresql":
         return await create_cases_keys_apart(session, batch, ctx=ctx)
     await repository.insert_cases_at_commit(session, _in_idempotency_order(batch))
@@ -407,7 +413,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, case_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None or not isinstance(case_id, str):
+        # A cursor is the client's text once decoded: an id holding a NUL was not ours.
+        if moment.tzinfo is None or not isinstance(case_id, str) or not is_storable(case_id):
             raise ValueError
     except (ValueError, TypeError, json.JSONDecodeError):
         raise BadRequest("the cursor is not one this server gave out", code="bad_cursor") from None

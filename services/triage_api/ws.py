@@ -28,6 +28,7 @@ from services.shared.ws import (
     Inbox,
     MessageTooLarge,
     Sender,
+    UnstorableMessage,
     authenticate,
     parse_after,
     reading,
@@ -166,6 +167,9 @@ async def _listen(inbox: Inbox, sender: Sender, *, max_bytes: int) -> None:
             return
         except MessageTooLarge:
             await sender.error("message_too_large", f"messages are limited to {max_bytes} bytes")
+            continue
+        except UnstorableMessage as exc:
+            await sender.send({"type": "error", **exc.error_body()})
             continue
         except (ValueError, json.JSONDecodeError):
             await sender.error("malformed_message", "send JSON objects with a 'type'")

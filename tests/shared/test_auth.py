@@ -69,6 +69,10 @@ class TestHs256:
             {"sub": "x", "role": "surgeon"},  # not a role of reach
             {"sub": "x", "role": "service"},  # a service token is not a person's
             {"sub": "", "role": "admin"},
+            # what the database could not store in what the caller writes
+            {"sub": "crew\x001", "role": "paramedic"},
+            {"sub": "crew-1", "role": "paramedic", "name": "NE\x0023"},
+            {"sub": "crew-1", "role": "paramedic", "name": "NE\ud80023"},
         ],
     )
     async def test_unusable_claims_are_refused(self, claims: dict[str, Any]) -> None:

@@ -32,7 +32,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request, Response
-from fastapi.routing import APIRoute
 from sqlalchemy import Executable, Insert, Text, bindparam, event, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -40,6 +39,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from services.shared.db.rows_as_json import can_go_as_json, json_parameter, rows_from_json
 from services.shared.db.statements import dialect_name
+from services.shared.text_guard import StorableTextRoute
 
 logger = logging.getLogger("reach.db")
 
@@ -444,8 +444,11 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-class TransactionalRoute(APIRoute):
-    """Commits the request's session once the endpoint has returned a response."""
+class TransactionalRoute(StorableTextRoute):
+    """Commits the request's session once the endpoint has returned a response.
+
+    Text the database cannot store was refused before the endpoint ran (see
+    `StorableTextRoute`): a client's NUL is a 422 here, never a failed statement."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

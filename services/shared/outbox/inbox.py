@@ -21,6 +21,7 @@ from services.shared.db.session import SessionDep, TransactionalRoute, undoable
 from services.shared.db.statements import insert_many_if_absent
 from services.shared.errors import AppError
 from services.shared.schemas.events import Event, EventBatch, EventBatchResult, EventOutcome
+from services.shared.storable_text import may_hold_unstorable, unstorable_fields
 
 EventHandler = Callable[[AsyncSession, Event], Awaitable[None]]
 # A service's receiving side called in this process, in the sender's transaction (the
@@ -39,6 +40,7 @@ async def receive_events(
     handlers: Mapping[str, EventHandler],
     clock: Clock,
     batch_handler: BatchHandler | None = None,
+    check_text: bool = False,
 ) -> EventBatchResult:
     """Each event's outcome, in the order received.
 
@@ -47,19 +49,21 @@ async def receive_events(
     undone and they are handled one by one, each under its own, so a refused event
     changes nothing and the others still count. (In a transaction run without savepoints,
     a refusal raises `RetryWithSavepoints`: the caller runs it again with them.)
+
+    With `check_text`, an event holding text the database cannot store (a NUL, a lone
+    surrogate) is rejected before anything is written: stored, it would fail the whole
+    batch's transaction, and the sender would post the batch again for ever.
     """
     outcomes: list[EventOutcome | None] = [None] * len(raw_events)
     valid: list[tuple[int, Event]] = []
     for position, raw in enumerate(raw_events):
+        if check_text and unstorable_fields(raw):
+            outcomes[position] = _rejected(raw, "unstorable_text")
+            continue
         try:
             valid.append((position, Event.model_validate(raw)))
         except ValidationError:
-            raw_id = raw.get("id")
-            outcomes[position] = EventOutcome(
-                id=raw_id[:64] if isinstance(raw_id, str) else "",
-                outcome="rejected",
-                detail="not a valid event envelope",
-            )
+            outcomes[position] = _rejected(raw, "not a valid event envelope")
     first_time = await _remember(session, inbox_model, [event for _, event in valid], clock)
     fresh: list[tuple[int, Event]] = []
     for position, event in valid:
@@ -77,6 +81,22 @@ async def receive_events(
         for position, event in fresh:
             outcomes[position] = await _handle_alone(session, event, handlers[event.type])
     return EventBatchResult(results=[outcome for outcome in outcomes if outcome is not None])
+
+
+def _rejected(raw: dict[str, Any], detail: str) -> EventOutcome:
+    raw_id = raw.get("id")
+    # The id as sent, so the sender can tell which it was; "" when it cannot even be
+    # sent back (a lone surrogate has no UTF-8 form).
+    sent_back = raw_id[:64] if isinstance(raw_id, str) and _encodable(raw_id) else ""
+    return EventOutcome(id=sent_back, outcome="rejected", detail=detail)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _remember(
@@ -136,6 +156,8 @@ def install_inbox(app: FastAPI, *, path: str, inbox_model: type[InboxRowMixin]) 
     async def receive_here(
         session: AsyncSession, raw_events: list[dict[str, Any]]
     ) -> EventBatchResult:
+        # Not looked at for unstorable text: read from the sender's outbox, in the same
+        # database, they were stored there already.
         return await _receive_for(app.state, session, inbox_model, raw_events)
 
     app.state.local_receiver = receive_here
@@ -146,6 +168,8 @@ async def _receive_for(
     session: AsyncSession,
     inbox_model: type[InboxRowMixin],
     raw_events: list[dict[str, Any]],
+    *,
+    check_text: bool = False,
 ) -> EventBatchResult:
     """`receive_events` with the handlers the app's lifespan put on its state."""
     return await receive_events(
@@ -155,18 +179,31 @@ async def _receive_for(
         handlers=state.event_handlers,
         clock=state.resources.clock,
         batch_handler=getattr(state, "event_batch_handler", None),
+        check_text=check_text,
     )
+
+
+class _InboxRoute(TransactionalRoute):
+    """A batch's events are judged one by one: one with unstorable text is rejected
+    alone (`receive_events`), not the batch with it."""
+
+    checks_body = False
 
 
 def events_router(*, path: str, inbox_model: type[InboxRowMixin]) -> APIRouter:
     """The internal endpoint peers post events to. Handlers come from `app.state`."""
-    router = APIRouter(route_class=TransactionalRoute, include_in_schema=False)
+    router = APIRouter(route_class=_InboxRoute, include_in_schema=False)
 
     @router.post(path, response_model=EventBatchResult)
     async def receive(
         batch: EventBatch, session: SessionDep, _caller: CurrentService, request: Request
     ) -> EventBatchResult:
         """Handle a batch of events from a peer's outbox, each exactly once."""
-        return await _receive_for(request.app.state, session, inbox_model, batch.events)
+        # Each event is looked at for unstorable text only when the body may hold some:
+        # nearly every batch is passed by one scan of its bytes.
+        check_text = may_hold_unstorable(await request.body())
+        return await _receive_for(
+            request.app.state, session, inbox_model, batch.events, check_text=check_text
+        )
 
     return router
