@@ -14,10 +14,10 @@ new cases, inbox records).
 Why one document, not one array a column nor a multi-row `VALUES`: each value bound
 apart cost the process a bind processor and an encoding (SQLAlchemy's, then asyncpg's),
 and each JSON document column's value was serialised on its own. Measured apart
-(`bench.statement_costs`), a batch of new cases written at its commit took 595 us of
-the process's CPU as arrays and 415 us as documents, and one to eight cases inserted
-unless taken 411 us as `VALUES` and 279 us as a document. The database pays some of it
-back (reading the document, then each value from its text): 10-17% more of its CPU for
+(`bench.statement_costs`), a batch of new cases written at its commit took 638 us of
+the process's CPU as arrays and 428 us as documents, and one to eight cases inserted
+unless taken 493 us as `VALUES` and 349 us as a document. The database pays some of it
+back (reading the document, then each value from its text): 5-18% more of its CPU for
 those statements.
 
 Rows may go as JSON only where that writes what the plain insert would
