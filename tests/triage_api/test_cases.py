@@ -335,6 +335,17 @@ class TestIdempotency:
         assert response.json()["error"] == "idempotency_key_reused"
         assert await count(resources, TriageCase) == 1
 
+    async def test_a_retry_is_the_same_request_whatever_the_order_of_its_fields(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        key = idempotency_key()
+        body = case_body()
+        first = await submit(http, body, key=key)
+        reordered = {name: body[name] for name in reversed(body)}
+        reordered["incident"] = dict(reversed(body["incident"].items()))
+        retry = await submit(http, reordered, key=key)
+        assert (retry.status_code, retry.json()["id"]) == (200, first.json()["id"])
+
     async def test_keys_belong_to_one_crew(self, http: httpx.AsyncClient) -> None:
         key = idempotency_key()
         mine = await submit(http, key=key)
