@@ -19,10 +19,11 @@ then id (creation order now, where it was arbitrary).
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections.abc import Callable
+
+from services.shared.randomness import random_bits
 
 _VERSION = 0x7
 _VARIANT = 0b10  # RFC 9562's
@@ -51,7 +52,7 @@ class TimeOrderedIds:
             | _VERSION << 76
             | fraction << 64
             | _VARIANT << 62
-            | secrets.randbits(62)
+            | random_bits(62)
         )
         return uuid.UUID(int=value)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
+from services.shared.domain import reference
 from services.shared.domain.reference import REFERENCE_PATTERN, new_case_reference
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -21,7 +20,7 @@ class TestNewCaseReference:
             drawn.append(bound)
             return 0 if len(drawn) == 1 else bound - 1
 
-        monkeypatch.setattr(secrets, "randbelow", draw)
+        monkeypatch.setattr(reference, "random_below", draw)
         assert new_case_reference() == "R-0000-00"
         assert new_case_reference() == "R-ZZZZ-99"
         # One draw a reference, over every one of them.
@@ -32,7 +31,7 @@ class TestNewCaseReference:
     ) -> None:
         # 7 in the tail, then the head's characters 1, 2, 3, 31 from its lowest place.
         number = 7 + 100 * (1 + 32 * 2 + 32**2 * 3 + 32**3 * 31)
-        monkeypatch.setattr(secrets, "randbelow", lambda _bound: number)
+        monkeypatch.setattr(reference, "random_below", lambda _bound: number)
         assert new_case_reference() == "R-123Z-07"
 
     def test_references_drawn_use_every_character_in_every_place(self) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-import secrets
+
+from services.shared.randomness import random_below
 
 # Crockford-style: no I, L, O or U, which are misheard or misread as 1, 0 or V.
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -17,7 +18,7 @@ def new_case_reference() -> str:
     """One of the 104,857,600 references, each as likely: a single draw from the
     system's randomness, spelt out (a draw for each character and the digits read it
     five times)."""
-    number, tail = divmod(secrets.randbelow(_REFERENCES), _TAILS)
+    number, tail = divmod(random_below(_REFERENCES), _TAILS)
     head = ""
     for _ in range(_HEAD_LENGTH):
         number, digit = divmod(number, len(_ALPHABET))
