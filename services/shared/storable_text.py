@@ -16,6 +16,7 @@ must be there if the parsed value is to hold either; only when it finds somethin
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from services.shared.errors import FieldProblem
@@ -24,6 +25,10 @@ NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL characters"
 SURROGATE_MESSAGE = "must be valid Unicode text (it holds a lone surrogate)"
 KEY_MESSAGE = "holds a field name that is not storable text (a NUL or a lone surrogate)"
+
+MOST_NAMED = 20  # problems reported for one body or message
+# What a field name of ours looks like; any other key is client text, not repeated.
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 # The JSON escapes that parse to a NUL or to a surrogate.
 _ESCAPES = ("\\u0000", "\\ud", "\\uD")
@@ -70,13 +75,16 @@ def unstorable_fields(value: Any, *, root: str = "body") -> list[FieldProblem]:
     (`handover.text`, `risk_flags.1`, or `root` for the value itself), in document order.
 
     A field name that is not storable is reported at the path of the object holding it:
-    the name itself is client text and is not repeated.
+    the name itself is client text and is not repeated. Nor is a name that could not be
+    one of ours (not a plain identifier, such as a patient's name sent as a key): its
+    place in the path is `*`. The first `MOST_NAMED` are reported: a body made of
+    thousands of them must not make the answer thousands of lines long.
     """
     problems: list[FieldProblem] = []
     # Iterative, not recursive: a body nested as deep as the parser allows must not
     # exhaust the stack here.
     pending: list[tuple[tuple[str, ...], Any]] = [((), value)]
-    while pending:
+    while pending and len(problems) < MOST_NAMED:
         path, item = pending.pop()
         if item is _UNSTORABLE_KEY:
             problems.append(_problem(path, root, KEY_MESSAGE))
@@ -87,7 +95,9 @@ def unstorable_fields(value: Any, *, root: str = "body") -> list[FieldProblem]:
             pending.extend(
                 reversed(
                     [
-                        (path, _UNSTORABLE_KEY) if not is_storable(key) else ((*path, key), child)
+                        (path, _UNSTORABLE_KEY)
+                        if not is_storable(key)
+                        else ((*path, _named(key)), child)
                         for key, child in item.items()
                     ]
                 )
@@ -97,6 +107,10 @@ def unstorable_fields(value: Any, *, root: str = "body") -> list[FieldProblem]:
                 reversed([((*path, str(index)), child) for index, child in enumerate(item)])
             )
     return problems
+
+
+def _named(key: str) -> str:
+    return key if _FIELD_NAME.fullmatch(key) else "*"
 
 
 def _message(text: str) -> str:

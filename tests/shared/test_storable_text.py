@@ -10,6 +10,7 @@ import pytest
 
 from services.shared.storable_text import (
     KEY_MESSAGE,
+    MOST_NAMED,
     NUL_MESSAGE,
     SURROGATE_MESSAGE,
     is_storable,
@@ -130,3 +131,12 @@ class TestUnstorableFields:
             value = [value]
         [problem] = unstorable_fields(value)
         assert problem.path == ".".join(["0"] * depth)
+
+    def test_a_key_that_is_not_a_field_name_is_not_repeated(self) -> None:
+        value = {"Jane Doe 4010232137": "\x00", "notes": {"4010232137": ["\x00"]}}
+        assert [p.path for p in unstorable_fields(value)] == ["*", "notes.*.0"]
+
+    def test_no_more_than_the_first_twenty_are_named(self) -> None:
+        problems = unstorable_fields({"flags": ["\x00"] * 7_000})
+        assert [p.path for p in problems] == [f"flags.{n}" for n in range(MOST_NAMED)]
+        assert MOST_NAMED == 20

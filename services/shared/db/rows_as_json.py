@@ -82,7 +82,9 @@ def _defaults_given(table: TableClause, columns: tuple[str, ...]) -> bool:
 def rows_from_json(table: TableClause, columns: Sequence[str], *, prefix: str = "") -> Select[Any]:
     """The rows of `json_parameter(table, rows, prefix=prefix)`, in the order given, as a
     select to insert from (`Insert.from_select(columns, ...)`)."""
-    if not _PLAIN_NAME.fullmatch(table.name):
+    # `NULL::<name>` finds the row type by the search path, and a type of PostgreSQL's own
+    # of that name (`path`, `point`) first: reach's tables are plain, prefixed names.
+    if table.schema is not None or not _PLAIN_NAME.fullmatch(table.name):
         raise ValueError(f"{table.name!r} is not a plain table name: its row type needs quoting")
     given = func.jsonb_populate_recordset(
         literal_column(f"NULL::{table.name}"),

@@ -195,11 +195,12 @@ def _notifying_with(inserts: tuple[tuple[Insert, list[dict[str, Any]]], ...]) ->
     ):
         return None
     shapes = tuple((statement, tuple(rows[0])) for statement, rows in inserts)
-    if shapes not in _RIDDEN:
+    riding = _RIDDEN.get(shapes)
+    if riding is None:
         if len(_RIDDEN) >= _RIDDEN_KEPT:
             _RIDDEN.clear()
-        _RIDDEN[shapes] = _build_riding(shapes)
-    return _RIDDEN[shapes]
+        riding = _RIDDEN[shapes] = _build_riding(shapes)
+    return riding
 
 
 def _build_riding(shapes: _Shapes) -> Executable:
