@@ -24,7 +24,7 @@ apart, the step's own cost shows.
 - outbox and wake-ups (PostgreSQL only): a commit's four outbox rows and the
   three `pg_notify` calls of a new case's hand-over, as an insert and then a statement
   of the notifications, the pairs as array parameters (before) / as one statement, the
-  rows riding in it as a data-modifying `WITH`, each column one array (`write_pending`
+  rows riding in it as a data-modifying `WITH`, as one JSON document (`write_pending`
   with `notify_at_commit`, now);
 - a batch's first rows (PostgreSQL only): what a group commit of four new cases writes
   after the cases: each case's first observation set and stream event, and its two
