@@ -181,6 +181,27 @@ def _triage_case_row(case_id: str, reference: str, now: datetime) -> dict[str, A
     }  # fmt: skip
 
 
+def _first_rows(
+    case_id: str, now: datetime, *, seq: int, news: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """A new case's first observation set, its stream event, and its outbox rows carrying
+    `news` to the router and audit, as a group commit writes them."""
+    observation = {
+        "case_id": case_id, "recorded_at": now, "recorded_by": "crew-bench",
+        "values": {**OBSERVATIONS, "taken_at": now.isoformat()}, "news2": NEWS2,
+    }  # fmt: skip
+    event = {
+        "case_id": case_id, "seq": seq, "type": "queued", "at": now,
+        "data": {"status": "queued", "priority": 2, "news2": NEWS2},
+    }  # fmt: skip
+    outbox = [
+        {"event_id": news["id"], "event_type": "case.submitted", "destination": destination,
+         "payload": news, "created_at": now, "next_attempt_at": now, "attempts": 0}
+        for destination in ("consult_router", "audit")
+    ]  # fmt: skip
+    return observation, event, outbox
+
+
 def _rows_from_arrays(
     table: TableClause, columns: Sequence[str], *, prefix: str = ""
 ) -> Select[Any]:
@@ -323,21 +344,11 @@ class Steps:
         self.event_seq += 1  # each step's events follow the last, whichever way wrote it
         observations, events, outbox = [], [], []
         for case_id in self.triage_cases:
-            observations.append({
-                "case_id": case_id, "recorded_at": now, "recorded_by": "crew-bench",
-                "values": {**OBSERVATIONS, "taken_at": now.isoformat()}, "news2": NEWS2,
-            })  # fmt: skip
-            events.append({
-                "case_id": case_id, "seq": self.event_seq, "type": "queued", "at": now,
-                "data": {"status": "queued", "priority": 2, "news2": NEWS2},
-            })  # fmt: skip
             document = {"id": new_id(), "type": "case.submitted", "data": {"n": n}}
-            outbox += [
-                {"event_id": document["id"], "event_type": "case.submitted",
-                 "destination": destination, "payload": document, "created_at": now,
-                 "next_attempt_at": now, "attempts": 0}
-                for destination in ("consult_router", "audit")
-            ]  # fmt: skip
+            observation, event, rows = _first_rows(case_id, now, seq=self.event_seq, news=document)
+            observations.append(observation)
+            events.append(event)
+            outbox += rows
         return {"observations": observations, "events": events, "outbox": outbox}
 
     @staticmethod
@@ -387,25 +398,15 @@ class Steps:
             case_id = new_id()
             case = _triage_case_row(case_id, f"R{case_id[-12:]}", now)
             cases.append(case)
-            observations.append({
-                "case_id": case_id, "recorded_at": now, "recorded_by": "crew-bench",
-                "values": {**OBSERVATIONS, "taken_at": now.isoformat()}, "news2": NEWS2,
-            })  # fmt: skip
-            events.append({
-                "case_id": case_id, "seq": 1, "type": "queued", "at": now,
-                "data": {"status": "queued", "priority": 2, "news2": NEWS2},
-            })  # fmt: skip
             times = {"created_at": now.isoformat(), "updated_at": now.isoformat()}
             document = {
                 "id": new_id(), "type": "case.submitted", "occurred_at": now.isoformat(),
                 "subject_id": case_id, "data": {"case": {**case, **times}},
             }  # fmt: skip
-            outbox += [
-                {"event_id": document["id"], "event_type": "case.submitted",
-                 "destination": destination, "payload": document, "created_at": now,
-                 "next_attempt_at": now, "attempts": 0}
-                for destination in ("consult_router", "audit")
-            ]  # fmt: skip
+            observation, event, rows = _first_rows(case_id, now, seq=1, news=document)
+            observations.append(observation)
+            events.append(event)
+            outbox += rows
         return {
             "parts": [
                 (triage_repo._INSERT_CASES, cases),

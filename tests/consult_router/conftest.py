@@ -21,7 +21,7 @@ from services.shared.clock import ManualClock
 from services.shared.db.models import ConsultCase, ConsultMessage, ConsultOutbox
 from services.shared.db.session import unit_of_work
 from services.shared.resources import Resources, open_resources
-from tests.support import FakePeer, auth, service_auth
+from tests.support import FakePeer, auth, running_server, service_auth
 
 ADMIN = auth("admin", "rota-admin")
 
@@ -215,6 +215,34 @@ class Desk:
 @pytest.fixture
 def desk(http: httpx.AsyncClient, clock: ManualClock, resources: Resources) -> Desk:
     return Desk(http, clock, resources)
+
+
+# Long enough that a socket a test keeps open but quiet is never closed as idle, however
+# slowly a loaded machine runs the test; a test of the idle close shortens it for itself.
+IDLE_TIMEOUT_SECONDS = 60.0
+
+
+@pytest.fixture
+def idle_timeout() -> float:
+    return IDLE_TIMEOUT_SECONDS
+
+
+@pytest.fixture
+def live_settings(settings: EmbeddedSettings, idle_timeout: float) -> EmbeddedSettings:
+    return settings.model_copy(update={"websocket_idle_timeout_seconds": idle_timeout})
+
+
+@pytest.fixture
+async def server(live_settings: EmbeddedSettings, resources: Resources) -> AsyncIterator[str]:
+    """The router served by uvicorn on 127.0.0.1, for its websockets: its address."""
+    async with running_server(create_app(live_settings, resources=resources)) as address:
+        yield address
+
+
+@pytest.fixture
+async def live_desk(server: str, clock: ManualClock, resources: Resources) -> AsyncIterator[Desk]:
+    async with httpx.AsyncClient(base_url=f"http://{server}") as client:
+        yield Desk(client, clock, resources)
 
 
 # What routing tests read back: a consultant's log, a case's row, what the crew was told.

@@ -28,7 +28,7 @@ from services.shared.db.session import create_sessionmaker, unit_of_work
 from services.shared.notify import PostgresNotifier
 from services.shared.resources import Resources
 from services.shared.schemas.events import EventType
-from tests.consult_router.conftest import Desk, snapshot
+from tests.consult_router.conftest import IDLE_TIMEOUT_SECONDS, Desk, snapshot
 from tests.support import (
     SocketStorm,
     errors_when_leaving_before_hello,
@@ -38,32 +38,6 @@ from tests.support import (
     statements_sent,
     token,
 )
-
-# Long enough that a socket a test keeps open but quiet is never closed as idle, however
-# slowly a loaded machine runs the test; the idle test shortens it for itself.
-IDLE_TIMEOUT_SECONDS = 60.0
-
-
-@pytest.fixture
-def idle_timeout() -> float:
-    return IDLE_TIMEOUT_SECONDS
-
-
-@pytest.fixture
-def live_settings(settings: EmbeddedSettings, idle_timeout: float) -> EmbeddedSettings:
-    return settings.model_copy(update={"websocket_idle_timeout_seconds": idle_timeout})
-
-
-@pytest.fixture
-async def server(live_settings: EmbeddedSettings, resources: Resources) -> AsyncIterator[str]:
-    async with running_server(create_app(live_settings, resources=resources)) as address:
-        yield address
-
-
-@pytest.fixture
-async def live_desk(server: str, clock: ManualClock, resources: Resources) -> AsyncIterator[Desk]:
-    async with httpx.AsyncClient(base_url=f"http://{server}") as client:
-        yield Desk(client, clock, resources)
 
 
 async def receive(socket: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,17 +14,14 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from services.consult_router.app import create_app
 from services.consult_router.engine import RoutingEngine
-from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
-from services.shared.resources import Resources
 from services.shared.storable_text import NUL_MESSAGE
 from tests.consult_router.conftest import ADMIN, Desk, case_state, snapshot
 from tests.consult_router.test_advice import DR_A, accepted_case
 from tests.consult_router.test_stream import hello, receive_type
 from tests.factories import NUL_TEXT, UNSTORABLE_WAYS, UNSTORABLE_WORDS, json_content
-from tests.support import running_server, service_auth
+from tests.support import service_auth
 from tests.triage_api.test_bad_input import assert_envelope
 
 JSON = {"Content-Type": "application/json"}
@@ -179,18 +175,6 @@ class TestCaseNews:
         assert outcomes == [("accepted", None), ("rejected", "unstorable_text"), ("accepted", None)]
         queue = (await http.get("/v1/queue", headers=DR_A)).json()["items"]
         assert sorted(item["case_id"] for item in queue) == sorted([good["id"], other["id"]])
-
-
-@pytest.fixture
-async def server(settings: EmbeddedSettings, resources: Resources) -> AsyncIterator[str]:
-    async with running_server(create_app(settings, resources=resources)) as address:
-        yield address
-
-
-@pytest.fixture
-async def live_desk(server: str, clock: ManualClock, resources: Resources) -> AsyncIterator[Desk]:
-    async with httpx.AsyncClient(base_url=f"http://{server}") as client:
-        yield Desk(client, clock, resources)
 
 
 async def said_no(socket: ClientConnection, message: dict[str, Any], path: str) -> None:
