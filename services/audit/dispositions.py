@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.shared.db.base import table_of
 from services.shared.db.models import AuditDisposition
-from services.shared.db.statements import dialect_name, insert_or_lock
+from services.shared.db.statements import dialect_name, insert_many_if_absent, insert_or_lock
 from services.shared.schemas.events import Event, EventType
 
 _CASE_EVENTS = frozenset(
@@ -61,9 +61,19 @@ async def record(session: AsyncSession, event: Event, *, now: datetime) -> None:
 
 
 async def record_many(session: AsyncSession, events: list[Event], *, now: datetime) -> None:
-    """Fill in the outcome records of a batch of events, in their order: one statement to
-    create the records missing and lock and read them all (in case order, so two batches
-    never wait on each other crosswise), one to write them back.
+    """Fill in the outcome records of a batch of events, in their order.
+
+    A case submitted in this batch most likely has no record yet: its record is written
+    whole, with every fact the batch knows, in one insert of all such records that skips
+    any already made (its events may have come out of order). Every other record is made
+    blank if missing, locked and read in one statement (in case order, so two batches
+    never wait on each other crosswise), filled in, and written back in one more. A new
+    case's record is then one row written once, where it was written and then rewritten
+    (two row versions, and each of the record's indexes updated twice).
+
+    Called after the trail's append, which holds the chain head's lock: batches that
+    record outcomes run one at a time, so a record one batch makes whole cannot be one
+    another is waiting to lock.
 
     The records are found through the primary key's index by the insert's conflicts. A
     read by `case_id IN (...)` did the same in the plan PostgreSQL keeps for a statement
@@ -73,22 +83,59 @@ async def record_many(session: AsyncSession, events: list[Event], *, now: dateti
 
     As Core on the table (see `table_of`): the records are read, filled in and written
     back as plain rows, at about half the CPU of the ORM's objects and flush."""
-    relevant = [event for event in events if event.type in RELEVANT]
-    if not relevant:
+    by_case: dict[str, list[Event]] = {}
+    for event in events:
+        if event.type in RELEVANT:
+            by_case.setdefault(event.subject_id, []).append(event)
+    if not by_case:
         return
-    case_ids = sorted({event.subject_id for event in relevant})
+    made = await _make_whole(session, by_case, now=now)
+    rest = sorted(set(by_case) - made)
+    if not rest:
+        return
     locking = insert_or_lock(dialect_name(session), _TABLE, "updated_at")
     locked = await session.execute(
         locking,
-        [{"case_id": case_id, "risk_override": False, "updated_at": now} for case_id in case_ids],
+        [{"case_id": case_id, "risk_override": False, "updated_at": now} for case_id in rest],
     )
     rows = {row["case_id"]: dict(row) for row in locked.mappings()}
-    for event in relevant:
-        _apply(rows[event.subject_id], event, now=now)
+    for case_id, row in rows.items():
+        _apply_all(row, by_case[case_id], now=now)
     await session.execute(
         _WRITE_BACK,
         [{_KEY: case_id, **{name: row[name] for name in _FIELDS}} for case_id, row in rows.items()],
     )
+
+
+async def _make_whole(
+    session: AsyncSession, by_case: dict[str, list[Event]], *, now: datetime
+) -> set[str]:
+    """Insert, whole, the records of the cases submitted in this batch that have none;
+    the case ids of those made."""
+    submitted = sorted(
+        case_id
+        for case_id, case_events in by_case.items()
+        if any(event.type == EventType.CASE_SUBMITTED for event in case_events)
+    )
+    records = []
+    for case_id in submitted:
+        record = _blank(case_id, now=now)
+        _apply_all(record, by_case[case_id], now=now)
+        records.append(record)
+    made: set[str] = await insert_many_if_absent(
+        session, AuditDisposition, records, returning="case_id"
+    )
+    return made
+
+
+def _blank(case_id: str, *, now: datetime) -> dict[str, Any]:
+    """A record that knows nothing yet, as the locking insert makes one."""
+    return {"case_id": case_id, **dict.fromkeys(_FIELDS), "risk_override": False, "updated_at": now}
+
+
+def _apply_all(row: dict[str, Any], events: list[Event], *, now: datetime) -> None:
+    for event in events:
+        _apply(row, event, now=now)
 
 
 def _apply(row: dict[str, Any], event: Event, *, now: datetime) -> None:

@@ -1,6 +1,7 @@
-"""How a batch of events fills in the outcome records: the records are made or found,
-locked and read in one statement through the primary key's index, then written back in
-one; a record stays locked until its batch commits."""
+"""How a batch of events fills in the outcome records: a case submitted in the batch has
+its record written whole in one insert; the others are made or found, locked and read in
+one statement through the primary key's index, then written back in one; a record stays
+locked until its batch commits."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.audit.conftest import event
 from tests.support import statements_sent
 
 AT = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+LATER = datetime(2026, 11, 20, 10, 4, tzinfo=UTC)
 
 
 def submitted(case_id: str) -> Event:
@@ -36,29 +38,68 @@ def _of_dispositions(statement: str) -> bool:
     return "audit_disposition" in statement
 
 
-async def test_a_batch_finds_its_records_and_writes_them_back_in_two_statements(
+def accepted(case_id: str) -> Event:
+    return Event.model_validate(
+        event("consult.accepted", case_id, LATER, accepted_at=LATER.isoformat(),
+              consultant={"id": "dr-okafor", "name": "Dr Okafor"})
+    )  # fmt: skip
+
+
+async def _records(resources: Resources) -> dict[str, AuditDisposition]:
+    async with unit_of_work(resources.sessionmaker) as session:
+        rows = await session.execute(select(AuditDisposition))
+        return {row.case_id: row for row in rows.scalars()}
+
+
+async def test_the_records_of_cases_submitted_in_a_batch_are_written_whole_in_one_statement(
+    resources: Resources,
+) -> None:
+    with statements_sent(resources.engine, _of_dispositions) as sent:
+        async with unit_of_work(resources.sessionmaker) as session:
+            batch = [submitted("b"), submitted("c"), cancelled("c")]
+            await dispositions.record_many(session, batch, now=AT)
+    # Written once each: no lock, and nothing written back over the rows just made.
+    assert len(sent) == 1, sent
+    made = " ".join(sent[0].split())
+    assert made.startswith("INSERT INTO audit_disposition")
+    assert "ON CONFLICT DO NOTHING" in made
+    records = await _records(resources)
+    assert sorted(records) == ["b", "c"]
+    assert [records[case_id].reference for case_id in "bc"] == ["R-b", "R-c"]
+    assert [records[case_id].specialty for case_id in "bc"] == ["frailty", "frailty"]
+    assert [records[case_id].created_at for case_id in "bc"] == [AT, AT]
+    assert [records[case_id].cancelled_at is not None for case_id in "bc"] == [False, True]
+    assert [records[case_id].updated_at for case_id in "bc"] == [AT, AT]
+
+
+async def test_a_batch_finds_the_other_records_and_writes_them_back(
     resources: Resources,
 ) -> None:
     async with unit_of_work(resources.sessionmaker) as session:
-        await dispositions.record_many(session, [submitted("a")], now=AT)
+        # "a" has a record already; so has "d", from its acceptance, which came first.
+        await dispositions.record_many(session, [submitted("a"), accepted("d")], now=AT)
     with statements_sent(resources.engine, _of_dispositions) as sent:
         async with unit_of_work(resources.sessionmaker) as session:
-            # "a" has a record already, "b" and "c" do not.
-            batch = [cancelled("a"), submitted("b"), submitted("c"), cancelled("c")]
-            await dispositions.record_many(session, batch, now=AT)
-    assert len(sent) == 2, sent
-    made_or_locked, written_back = (" ".join(statement.split()) for statement in sent)
+            batch = [cancelled("a"), submitted("b"), submitted("d")]
+            await dispositions.record_many(session, batch, now=LATER)
+    assert len(sent) == 3, sent
+    made, made_or_locked, written_back = (" ".join(statement.split()) for statement in sent)
+    assert made.startswith("INSERT INTO audit_disposition")
+    assert "ON CONFLICT DO NOTHING" in made
     assert made_or_locked.startswith("INSERT INTO audit_disposition")
     assert "ON CONFLICT (case_id) DO UPDATE" in made_or_locked
     assert "RETURNING" in made_or_locked
     assert written_back.startswith("UPDATE audit_disposition")
-    async with unit_of_work(resources.sessionmaker) as session:
-        rows = await session.execute(select(AuditDisposition).order_by(AuditDisposition.case_id))
-        records = {row.case_id: row for row in rows.scalars()}
-    assert set(records) == {"a", "b", "c"}
-    # What the earlier batch wrote was read back and kept; this batch's facts were added.
-    assert [records[case_id].reference for case_id in "abc"] == ["R-a", "R-b", "R-c"]
-    assert [records[case_id].cancelled_at is not None for case_id in "abc"] == [True, False, True]
+    records = await _records(resources)
+    assert sorted(records) == ["a", "b", "d"]
+    # What the earlier batch wrote was read back and kept; this batch's facts were added,
+    # "d"'s submission too, though its record was there before it.
+    assert [records[case_id].reference for case_id in "abd"] == ["R-a", "R-b", "R-d"]
+    assert [records[case_id].cancelled_at is not None for case_id in "abd"] == [True, False, False]
+    assert records["d"].consultant_id == "dr-okafor"
+    assert records["d"].created_at == AT
+    assert records["d"].accept_seconds == (LATER - AT).total_seconds()
+    assert [records[case_id].updated_at for case_id in "abd"] == [LATER, LATER, LATER]
 
 
 async def test_a_record_stays_locked_until_its_batch_commits(resources: Resources) -> None:
