@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -19,14 +19,14 @@ from services.audit.chain import GENESIS, canonical, link
 from services.audit.redaction import details_of
 from services.shared.db.base import read_only_row, table_of
 from services.shared.db.models import AuditChainHead, AuditEntry
-from services.shared.db.statements import insert_if_absent
+from services.shared.db.statements import insert_if_absent, insert_many
 from services.shared.schemas.events import Event
 
 HEAD_ID = 1
 
 # Appending writes as Core on the tables (see `table_of`): the entries are new rows the
-# session need not track, and the head's object is brought up to date here.
-_INSERT_ENTRIES = insert(table_of(AuditEntry))
+# session need not track (one statement for a batch's, `insert_many`), and the head's
+# object is brought up to date here.
 # Read afresh every time: an append undone with its savepoint leaves the session's head
 # object as the append left it (its new values were set, not flushed).
 _HEAD_LOCKED = (
@@ -125,7 +125,7 @@ async def append_many(
         appended.append(entry)
     if not rows:
         return appended
-    await session.execute(_INSERT_ENTRIES, rows)
+    await insert_many(session, AuditEntry, rows)
     await session.execute(_MOVE_HEAD, {"last_seq": seq, "last_hash": prev_hash})
     set_committed_value(head, "seq", seq)
     set_committed_value(head, "hash", prev_hash)

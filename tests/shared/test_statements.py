@@ -1,4 +1,4 @@
-"""Inserting many rows unless their keys are taken, on SQLite and on PostgreSQL."""
+"""Inserting many rows, and many unless their keys are taken, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.shared.db.engine import create_engine
 from services.shared.db.models import TriageCase
 from services.shared.db.session import create_sessionmaker, unit_of_work
-from services.shared.db.statements import insert_many_if_absent
+from services.shared.db.statements import insert_many, insert_many_if_absent
 from tests.support import statements_sent, truncate_all
 
 AT = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
@@ -99,6 +99,50 @@ class TestInsertManyIfAbsent:
         for row in given:
             case = cases[row["id"]]
             assert {column: getattr(case, column) for column in row} == row
+
+
+async def insert_all(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
+    async with unit_of_work(create_sessionmaker(engine)) as session:
+        await insert_many(session, TriageCase, rows)
+
+
+class TestInsertMany:
+    async def test_every_row_is_stored_as_given_in_one_statement(self, engine: AsyncEngine) -> None:
+        given = [
+            case_row("R-MANY-01"),
+            case_row(
+                "R-MANY-02", risk_flags=[], news2={"score": 5, "subscores": {"pulse": 1}},
+                location_lon=-0.059, advice_followed=True, handover_text="Fell at home",
+            ),
+            case_row("R-MANY-03", observations=None, created_at=AT.replace(microsecond=7)),
+        ]  # fmt: skip
+        with statements_sent(engine, lambda sql: "triage_case" in sql) as sent:
+            await insert_all(engine, given)
+        assert len(sent) == 1, sent
+        if engine.dialect.name == "postgresql":
+            assert "jsonb_populate_recordset" in sent[0]
+        cases = await stored(engine)
+        assert set(cases) == {row["id"] for row in given}
+        for row in given:
+            case = cases[row["id"]]
+            assert {column: getattr(case, column) for column in row} == row
+
+    async def test_a_key_taken_fails_them_all(self, engine: AsyncEngine) -> None:
+        await insert_all(engine, [case_row("R-TAKN-01")])
+        with pytest.raises(IntegrityError):
+            await insert_all(engine, [case_row("R-NEW-01"), case_row("R-TAKN-01")])
+        assert [case.reference for case in (await stored(engine)).values()] == ["R-TAKN-01"]
+
+    async def test_rows_leaving_a_default_to_be_computed_are_given_it(
+        self, engine: AsyncEngine
+    ) -> None:
+        rows = [case_row(f"R-DFLT-0{n}") for n in range(2)]
+        for row in rows:
+            del row["version"]  # its default is SQLAlchemy's to fill in, not the database's
+        with statements_sent(engine, lambda sql: "triage_case" in sql) as sent:
+            await insert_all(engine, rows)
+        assert all("jsonb_populate_recordset" not in statement for statement in sent)
+        assert [case.version for case in (await stored(engine)).values()] == [1, 1]
 
 
 @pytest.fixture

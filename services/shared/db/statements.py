@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,6 +58,28 @@ async def insert_if_absent(session: AsyncSession, model: Any, values: dict[str, 
     statement = insert_ignoring_conflicts(dialect_name(session), model.__table__)
     result = await session.execute(statement, values)
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+async def insert_many(session: AsyncSession, model: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert `rows` in one statement, in the order given; a unique key taken fails it all.
+
+    On PostgreSQL the rows go as one JSON document where they can
+    (`services/shared/db/rows_as_json.py`): one execution of one statement, where the
+    driver's `executemany` runs the insert once a row (each run planned, started and
+    finished by the database apart, each row's values bound apart by the process). On
+    SQLite, an `executemany` in the process is already one call."""
+    if not rows:
+        return
+    dialect, table = dialect_name(session), model.__table__
+    if dialect == "postgresql" and can_go_as_json(table, rows):
+        await session.execute(_insert_from_json(table, tuple(rows[0])), json_parameter(table, rows))
+    else:
+        await session.execute(insert(table), rows)
+
+
+@functools.lru_cache(maxsize=64)  # a few shapes a table in a served process
+def _insert_from_json(table: Table, columns: tuple[str, ...]) -> Any:
+    return insert(table).from_select(list(columns), rows_from_json(table, columns))
 
 
 async def insert_many_if_absent(
