@@ -31,7 +31,7 @@ from services.shared.clients.peers import PeerDirectory
 from services.shared.clock import Clock
 from services.shared.devauth import dev_auth_router
 from services.shared.resources import Resources, open_resources
-from services.shared.web import install_common
+from services.shared.web import NO_NATIVE_TELEMETRY, install_common
 from services.triage_api import ROUTE_PREFIXES as TRIAGE_PREFIXES
 from services.triage_api.app import create_app as create_triage_app
 from services.triage_api.settings import TriageSettings
@@ -65,6 +65,7 @@ class EmbeddedApp:
             title="reach",
             summary="Remote pre-hospital triage: every service in one process.",
             lifespan=self._lifespan,
+            telemetry=NO_NATIVE_TELEMETRY,
         )
         install_common(
             self.parent, service=SERVICE_NAME, max_body_bytes=self.settings.max_body_bytes

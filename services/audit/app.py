@@ -25,7 +25,7 @@ from services.shared.observability import log_failure
 from services.shared.outbox import BatchHandler, EventHandler, install_inbox
 from services.shared.resources import Resources, open_resources
 from services.shared.schemas.events import Event
-from services.shared.web import background_tasks, install_common
+from services.shared.web import NO_NATIVE_TELEMETRY, background_tasks, install_common
 
 logger = logging.getLogger("reach.audit")
 
@@ -107,6 +107,7 @@ def create_app(
         summary="The tamper-evident trail, dispositions and redirection reports.",
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=NO_NATIVE_TELEMETRY,
     )
     install_common(app, service=SERVICE_NAME, max_body_bytes=settings.max_body_bytes)
     app.include_router(api.router)

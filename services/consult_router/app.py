@@ -45,7 +45,7 @@ from services.shared.outbox.writer import outbox_channel
 from services.shared.pages import mount_page
 from services.shared.resources import Resources, open_resources
 from services.shared.schemas.events import Event, EventType
-from services.shared.web import background_tasks, install_common
+from services.shared.web import NO_NATIVE_TELEMETRY, background_tasks, install_common
 
 WEB = Path(__file__).parent / "web"
 
@@ -172,6 +172,7 @@ def create_app(
         summary="Gets every waiting crew a consultant: rota, live offers, escalation.",
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=NO_NATIVE_TELEMETRY,
     )
     install_common(app, service=SERVICE_NAME, max_body_bytes=settings.max_body_bytes)
     app.include_router(api_rota.router)

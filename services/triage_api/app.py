@@ -21,7 +21,7 @@ from services.shared.outbox.writer import outbox_channel
 from services.shared.pages import mount_page
 from services.shared.resources import Resources, open_resources
 from services.shared.schemas.events import Event, EventType
-from services.shared.web import background_tasks, install_common
+from services.shared.web import NO_NATIVE_TELEMETRY, background_tasks, install_common
 from services.triage_api import SERVICE_NAME, lifecycle, router, service, ws
 from services.triage_api.context import STREAM_CHANNEL, TriageContext, TriageMetrics
 from services.triage_api.deps import Intake
@@ -124,6 +124,7 @@ def create_app(
         summary="Paramedics ask for a consultant's advice and follow their case live.",
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=NO_NATIVE_TELEMETRY,
     )
     install_common(app, service=SERVICE_NAME, max_body_bytes=settings.max_body_bytes)
     app.include_router(router.router)

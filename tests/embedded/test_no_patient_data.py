@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import _logs, metrics, trace
 
 from services.shared.clock import ManualClock
 from tests.factories import (
@@ -145,3 +146,44 @@ async def test_a_recognisable_case_leaves_no_trace_outside_its_own_records(
     # The crew's own record does keep what the crew and the consultant wrote.
     case = (await http.get(f"/v1/cases/{case_id}", headers=CREW)).json()
     assert case["advice"]["advice"] == ADVICE
+
+
+async def test_fastapis_own_telemetry_is_off_in_every_service(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FastAPI's OpenTelemetry bridge asks for each provider on every request while it is
+    # on (and, given one, logs validation failures with what the client sent): none is
+    # asked for here, by any service's routes, a refused body's included.
+    asked: list[str] = []
+    for module, getter in (
+        (trace, "get_tracer_provider"),
+        (metrics, "get_meter_provider"),
+        (_logs, "get_logger_provider"),
+    ):
+        original = getattr(module, getter)
+
+        def recording(*args: Any, _original: Any = original, _name: str = getter) -> Any:
+            asked.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(module, getter, recording)
+    body = case_body()
+    responses = [
+        await http.post(
+            "/v1/cases", json=body, headers={**CREW, "Idempotency-Key": idempotency_key()}
+        ),
+        await http.post(
+            "/v1/cases",
+            json={**body, "patient": {**body["patient"], "age_years": "old"}},
+            headers={**CREW, "Idempotency-Key": idempotency_key()},
+        ),
+        await http.put(
+            "/v1/consultants/dr-okafor",
+            json={"name": "Dr Okafor", "grade": "consultant", "specialties": ["frailty"]},
+            headers=ADMIN,
+        ),
+        await http.get("/v1/audit/events", headers=COORDINATOR),
+        await http.get("/healthz"),
+    ]
+    assert [response.status_code for response in responses] == [201, 422, 200, 200, 200]
+    assert asked == []
