@@ -58,7 +58,7 @@ from bench.harness import (
 )
 from services.shared.auth import mint_token
 from services.shared.clock import SystemClock
-from services.shared.heap import freeze_startup_objects
+from services.shared.heap import prepare_heap_for_serving
 from services.shared.jsoncodec import json_bytes, load_json
 from services.shared.resources import open_resources
 from services.triage_api.app import create_app
@@ -205,7 +205,7 @@ async def _started(app_name: str, url: str, peers: StandInPeers) -> AsyncIterato
         async with app.router.lifespan_context(app):
             # As `reach serve` does once start-up is done (`FreezeAfterStartup`). The
             # baseline, served by plain uvicorn as in `submit_throughput`, does not.
-            freeze_startup_objects()
+            prepare_heap_for_serving()
             yield app
 
 

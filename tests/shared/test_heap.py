@@ -1,5 +1,5 @@
-"""`reach serve` freezes what start-up built, before the server takes requests; the
-collector's pauses are timed by generation."""
+"""`reach serve` freezes what start-up built and collects the young generation less often,
+before the server takes requests; the collector's pauses are timed by generation."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 
 from services.shared.heap import (
     PAUSE_BUCKETS,
+    YOUNG_THRESHOLD,
     FreezeAfterStartup,
     GcPauses,
     process_gc_pauses,
@@ -25,9 +26,12 @@ from services.shared.heap import (
 
 @pytest.fixture(autouse=True)
 def _unfrozen_after() -> Iterator[None]:
-    # The test process must not keep what a test froze: its later garbage would leak.
+    # The test process must not keep what a test froze (its later garbage would leak),
+    # nor the thresholds a test set.
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def is_frozen(thing: object) -> bool:
@@ -82,6 +86,26 @@ async def test_without_it_start_up_stays_with_the_collector() -> None:
     heard = await run_lifespan(app, app)
 
     assert heard == [("lifespan.startup.complete", False), ("lifespan.shutdown.complete", False)]
+
+
+async def test_after_start_up_the_young_generation_waits_for_the_heap_to_grow() -> None:
+    app = app_building_a_table()
+    gc.set_threshold(700, 10, 10)  # CPython's defaults
+
+    await run_lifespan(FreezeAfterStartup(app), app)
+
+    # Only the young generation's threshold is raised: the older ones' stay as they were.
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, 10, 10)
+    assert YOUNG_THRESHOLD > 700
+
+
+async def test_without_it_the_thresholds_stay_as_they_were() -> None:
+    app = app_building_a_table()
+    gc.set_threshold(700, 10, 10)
+
+    await run_lifespan(app, app)
+
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 async def test_requests_pass_through_unchanged() -> None:
