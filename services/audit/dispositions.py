@@ -66,14 +66,15 @@ async def record_many(session: AsyncSession, events: list[Event], *, now: dateti
     A case submitted in this batch most likely has no record yet: its record is written
     whole, with every fact the batch knows, in one insert of all such records that skips
     any already made (its events may have come out of order). Every other record is made
-    blank if missing, locked and read in one statement (in case order, so two batches
-    never wait on each other crosswise), filled in, and written back in one more. A new
-    case's record is then one row written once, where it was written and then rewritten
-    (two row versions, and each of the record's indexes updated twice).
+    blank if missing, locked and read in one statement (in case order), filled in, and
+    written back in one more. A new case's record is then one row written once, where it
+    was written and then rewritten (two row versions, and each of the record's indexes
+    updated twice).
 
-    Called after the trail's append, which holds the chain head's lock: batches that
-    record outcomes run one at a time, so a record one batch makes whole cannot be one
-    another is waiting to lock.
+    The caller must hold the chain head's lock (the trail's append takes it, and every
+    handler appends first): batches that record outcomes then run one at a time. Without
+    it, two batches could each make one case's record whole and then wait to lock the
+    other's, a deadlock the case order of each statement alone does not prevent.
 
     The records are found through the primary key's index by the insert's conflicts. A
     read by `case_id IN (...)` did the same in the plan PostgreSQL keeps for a statement

@@ -99,15 +99,6 @@ async def test_after_start_up_the_young_generation_waits_for_the_heap_to_grow() 
     assert YOUNG_THRESHOLD > 700
 
 
-async def test_without_it_the_thresholds_stay_as_they_were() -> None:
-    app = app_building_a_table()
-    gc.set_threshold(700, 10, 10)
-
-    await run_lifespan(app, app)
-
-    assert gc.get_threshold() == (700, 10, 10)
-
-
 async def test_requests_pass_through_unchanged() -> None:
     transport = httpx.ASGITransport(app=FreezeAfterStartup(app_building_a_table()))
     async with httpx.AsyncClient(transport=transport, base_url="http://reach.test") as client:

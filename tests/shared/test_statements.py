@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.shared.db.engine import create_engine
-from services.shared.db.models import TriageCase
+from services.shared.db.models import TriageCase, TriageObservation
 from services.shared.db.session import create_sessionmaker, unit_of_work
 from services.shared.db.statements import insert_many, insert_many_if_absent
 from tests.support import statements_sent, truncate_all
@@ -126,6 +126,23 @@ class TestInsertMany:
         for row in given:
             case = cases[row["id"]]
             assert {column: getattr(case, column) for column in row} == row
+
+    async def test_rows_are_numbered_in_the_order_given(self, engine: AsyncEngine) -> None:
+        case = case_row("R-ORDR-01")
+        await insert_all(engine, [case])
+        names = ["crew-c", "crew-a", "crew-b", "crew-e", "crew-d"]
+        rows = [
+            {"case_id": case["id"], "recorded_at": AT, "recorded_by": name,
+             "values": {"pulse": 90 + number}, "news2": None}
+            for number, name in enumerate(names)
+        ]  # fmt: skip
+        async with unit_of_work(create_sessionmaker(engine)) as session:
+            await insert_many(session, TriageObservation, rows)
+        async with unit_of_work(create_sessionmaker(engine)) as session:
+            stored_rows = await session.execute(
+                select(TriageObservation.recorded_by).order_by(TriageObservation.id)
+            )
+            assert list(stored_rows.scalars()) == names
 
     async def test_a_key_taken_fails_them_all(self, engine: AsyncEngine) -> None:
         await insert_all(engine, [case_row("R-TAKN-01")])

@@ -5,11 +5,12 @@ text whatever the number of rows, built and prepared once, and one parameter, a 
 document of the rows, serialised in one call. The document is read into the table's own
 row type, so each value is parsed by its column's type, and a string longer than its
 column is refused as the plain insert refuses it. The rows keep the order given (`WITH
-ORDINALITY`), so an identity column numbers them in that order. Two kinds of insert go
+ORDINALITY`), so an identity column numbers them in that order. Three kinds of insert go
 this way: the rows that ride in the statement that wakes the delivery lanes (a commit's
-outbox rows, a batch's new cases and first rows: `services/shared/db/session.py`), and
-many rows inserted unless their keys are taken (`insert_many_if_absent`: the router's
-new cases, inbox records).
+outbox rows, a batch's new cases and first rows: `services/shared/db/session.py`), many
+rows inserted unless their keys are taken (`insert_many_if_absent`: the router's new
+cases, inbox records, audit's new outcome records), and many rows inserted
+(`insert_many`: audit's trail entries).
 
 Why one document, not one array a column nor a multi-row `VALUES`: each value bound
 apart cost the process a bind processor and an encoding (SQLAlchemy's, then asyncpg's),
