@@ -50,6 +50,24 @@ def case_row(reference: str, **overrides: Any) -> dict[str, Any]:
     return row
 
 
+def varied_cases(prefix: str) -> list[dict[str, Any]]:
+    """Two cases with every kind of value a column holds: set and unset, empty and nested."""
+    return [
+        case_row(f"{prefix}-01"),
+        case_row(
+            f"{prefix}-02", risk_flags=[], news2={"score": 5, "subscores": {"pulse": 1}},
+            location_lon=-0.059, advice_followed=True, handover_text="Fell at home",
+        ),
+    ]  # fmt: skip
+
+
+async def assert_stored_as_given(engine: AsyncEngine, given: list[dict[str, Any]]) -> None:
+    cases = await stored(engine)
+    for row in given:
+        case = cases[row["id"]]
+        assert {column: getattr(case, column) for column in row} == row
+
+
 async def insert(engine: AsyncEngine, rows: list[dict[str, Any]]) -> set[Any]:
     async with unit_of_work(create_sessionmaker(engine)) as session:
         return await insert_many_if_absent(session, TriageCase, rows, returning="id")
@@ -87,18 +105,9 @@ class TestInsertManyIfAbsent:
         assert [case.version for case in (await stored(engine)).values()] == [1, 1]
 
     async def test_every_column_reads_back_as_given(self, engine: AsyncEngine) -> None:
-        given = [
-            case_row("R-RDBK-01"),
-            case_row(
-                "R-RDBK-02", risk_flags=[], news2={"score": 5, "subscores": {"pulse": 1}},
-                location_lon=-0.059, advice_followed=True, handover_text="Fell at home",
-            ),
-        ]  # fmt: skip
+        given = varied_cases("R-RDBK")
         await insert(engine, given)
-        cases = await stored(engine)
-        for row in given:
-            case = cases[row["id"]]
-            assert {column: getattr(case, column) for column in row} == row
+        await assert_stored_as_given(engine, given)
 
 
 async def insert_all(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
@@ -109,23 +118,16 @@ async def insert_all(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
 class TestInsertMany:
     async def test_every_row_is_stored_as_given_in_one_statement(self, engine: AsyncEngine) -> None:
         given = [
-            case_row("R-MANY-01"),
-            case_row(
-                "R-MANY-02", risk_flags=[], news2={"score": 5, "subscores": {"pulse": 1}},
-                location_lon=-0.059, advice_followed=True, handover_text="Fell at home",
-            ),
+            *varied_cases("R-MANY"),
             case_row("R-MANY-03", observations=None, created_at=AT.replace(microsecond=7)),
-        ]  # fmt: skip
+        ]
         with statements_sent(engine, lambda sql: "triage_case" in sql) as sent:
             await insert_all(engine, given)
         assert len(sent) == 1, sent
         if engine.dialect.name == "postgresql":
             assert "jsonb_populate_recordset" in sent[0]
-        cases = await stored(engine)
-        assert set(cases) == {row["id"] for row in given}
-        for row in given:
-            case = cases[row["id"]]
-            assert {column: getattr(case, column) for column in row} == row
+        assert set(await stored(engine)) == {row["id"] for row in given}
+        await assert_stored_as_given(engine, given)
 
     async def test_rows_are_numbered_in_the_order_given(self, engine: AsyncEngine) -> None:
         case = case_row("R-ORDR-01")

@@ -79,7 +79,8 @@ async def insert_many(session: AsyncSession, model: Any, rows: list[dict[str, An
 
 @functools.lru_cache(maxsize=64)  # a few shapes a table in a served process
 def _insert_from_json(table: Table, columns: tuple[str, ...]) -> Any:
-    return insert(table).from_select(list(columns), rows_from_json(table, columns))
+    """PostgreSQL's insert of `json_parameter`'s rows, to run as it is or to build on."""
+    return postgresql.insert(table).from_select(list(columns), rows_from_json(table, columns))
 
 
 async def insert_many_if_absent(
@@ -107,9 +108,4 @@ async def insert_many_if_absent(
 def _insert_from_json_ignoring_conflicts(
     table: Table, columns: tuple[str, ...], returning: str
 ) -> Any:
-    return (
-        postgresql.insert(table)
-        .from_select(list(columns), rows_from_json(table, columns))
-        .on_conflict_do_nothing()
-        .returning(table.c[returning])
-    )
+    return _insert_from_json(table, columns).on_conflict_do_nothing().returning(table.c[returning])
