@@ -64,6 +64,7 @@ from bench.harness import (
     BENCH_SECRET,
     PYTHON,
     FullPasses,
+    Server,
     base_env,
     free_port,
     fresh_sqlite,
@@ -76,6 +77,8 @@ from bench.harness import (
 from services.shared.auth import mint_token
 from services.shared.clock import SystemClock
 from tests.factories import case_body
+
+Hook = Callable[[], Awaitable[None]]
 
 # Longer than the dashboards' queue debounce (0.2 s): each change is its own broadcast.
 CHANGE_INTERVAL_SECONDS = 0.4
@@ -112,15 +115,22 @@ class Windows:
     busy_passes: FullPasses = field(default_factory=FullPasses)
 
 
+async def nothing() -> None:
+    pass
+
+
 async def measure_windows(
     cpu: Callable[[], float],
     received: Received,
     changes: int,
     change: Callable[[int], Awaitable[None]],
     read_passes: Callable[[], Awaitable[FullPasses]] = no_full_passes,
+    busy_begins: Callable[[], Awaitable[None]] = nothing,
+    busy_ends: Callable[[], Awaitable[None]] = nothing,
 ) -> Windows:
     """The quiet window, then the busy one, each `WINDOW_SECONDS` long. The collector is
-    read before each window's CPU and after it, so reading it is not measured."""
+    read before each window's CPU and after it, so reading it is not measured;
+    `busy_begins` and `busy_ends` are called just outside the busy window's CPU."""
     loop = asyncio.get_running_loop()
     passes_before = await read_passes()
     before = cpu()
@@ -128,12 +138,14 @@ async def measure_windows(
     quiet = cpu() - before
     passes_between = await read_passes()
     received.messages = received.total_bytes = 0
+    await busy_begins()
     started, before = loop.time(), cpu()
     for number in range(changes):
         await change(number)
         await asyncio.sleep(CHANGE_INTERVAL_SECONDS)
     await asyncio.sleep(max(0.0, started + WINDOW_SECONDS - loop.time()))
     busy = cpu() - before
+    await busy_ends()
     passes_after = await read_passes()
     return Windows(
         quiet, busy, received, passes_between - passes_before, passes_after - passes_between
@@ -148,14 +160,24 @@ async def listen(socket: ClientConnection, received: Received, kind: str | None)
             received.sample = str(raw)
 
 
-async def reach_run(clients: int, changes: int, *, connect_them: bool) -> Windows:
+async def reach_run(
+    clients: int,
+    changes: int,
+    *,
+    connect_them: bool,
+    server_module: str = "services.cli",
+    env: dict[str, str] | None = None,
+    busy_hooks: Callable[[Server], tuple[Hook, Hook]] | None = None,
+) -> Windows:
     """The windows of `changes` cases, with `clients` consultants on the rota and, if
-    `connect_them`, a dashboard open for each."""
+    `connect_them`, a dashboard open for each; reach served by `server_module` (`reach`'s
+    CLI, or a benchmark's wrapper of it) with `env` added, and `busy_hooks`, if given,
+    making what is called as the busy window begins and ends for that server."""
     url = fresh_sqlite(f"fanout-{clients}")
     migrate(url)
     port = free_port()
-    env = base_env(REACH_DATABASE_URL=url, REACH_ENVIRONMENT="dev")
-    command = [PYTHON, "-m", "services.cli", "serve", "--port", str(port)]
+    env = base_env(REACH_DATABASE_URL=url, REACH_ENVIRONMENT="dev", **(env or {}))
+    command = [PYTHON, "-m", server_module, "serve", "--port", str(port)]
     received = Received()
     with serve(command, env=env, port=port, name=f"fanout-reach-{clients}") as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
@@ -192,8 +214,9 @@ async def reach_run(clients: int, changes: int, *, connect_them: bool) -> Window
                 response = await http.post("/v1/cases", json=case_body(), headers=headers)
                 response.raise_for_status()
 
+            begins, ends = busy_hooks(server) if busy_hooks is not None else (nothing, nothing)
             windows = await measure_windows(
-                server.cpu, received, changes, submit, partial(full_passes, http)
+                server.cpu, received, changes, submit, partial(full_passes, http), begins, ends
             )
             for task in listeners:
                 task.cancel()
