@@ -1,5 +1,5 @@
 """Read models: a consultant's whole state (the `welcome` message and `GET
-/v1/consultant`) and one consult. The open queue is read by `QueueLines`."""
+/v1/consultant`), the open queue, one consult."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import messages as message_repo
 from services.consult_router.rota import describe
-from services.consult_router.schemas import ConsultantSnapshot, ConsultRead, OfferRead
-from services.consult_router.views import consult_read, offer_read
+from services.consult_router.schemas import ConsultantSnapshot, ConsultRead, OfferRead, QueueItem
+from services.consult_router.views import consult_read, offer_read, queue_item
 from services.shared.auth import Principal
 from services.shared.db.models import ConsultConsultant
 from services.shared.domain.vocabulary import Role
@@ -54,6 +54,15 @@ async def open_offers(
     cases = await case_repo.cases_by_id(session, [o.case_id for o in offers])
     await outbound.audit_case_reads(session, ctx, cases.values(), reader=consultant.id, via=via)
     return [offer_read(o, cases[o.case_id]) for o in offers if o.case_id in cases]
+
+
+async def open_queue(session: AsyncSession, ctx: RouterContext) -> list[QueueItem]:
+    now = ctx.clock.now()
+    lines = await case_repo.queue_lines(session, limit=500)
+    holders = await case_repo.open_offer_holders(session, [line.case_id for line in lines])
+    items = [queue_item(line, holders=holders.get(line.case_id, []), now=now) for line in lines]
+    # Most urgent first, then the longest waiting.
+    return sorted(items, key=lambda item: (item.priority, -item.waiting_seconds))
 
 
 async def read_consult(

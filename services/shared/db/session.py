@@ -34,7 +34,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request, Response
 from sqlalchemy import Executable, Insert, Text, bindparam, event, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from services.shared.db.rows_as_json import can_go_as_json, json_parameter, rows_from_json
@@ -339,19 +339,6 @@ async def reads_alone(maker: SessionMaker) -> AsyncIterator[AsyncSession]:
         if dialect_name(session) == "postgresql":
             await _autocommit(session)
         yield session
-
-
-@asynccontextmanager
-async def connection_alone(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for a look that only reads rows, not objects: `reads_alone` without
-    the session around it, in the same transactions (autocommit on PostgreSQL, a
-    transaction ended by a rollback on SQLite). Making and closing a session and taking
-    a connection through it cost the queue feed's read about a fifth of its time (see
-    `bench/RESULTS.md`). Never write through it."""
-    async with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-        yield connection
 
 
 @asynccontextmanager
