@@ -33,7 +33,7 @@ from services.consult_router.settings import RouterSettings
 from services.shared.auth import ServiceTokenSigner
 from services.shared.clients.peers import EVENTS_PATH, Peer, PeerClient
 from services.shared.db.models import ConsultInbox, ConsultOutbox
-from services.shared.db.session import in_transaction, reads_alone, unit_of_work
+from services.shared.db.session import unit_of_work
 from services.shared.outbox import (
     BatchHandler,
     EventHandler,
@@ -142,16 +142,8 @@ def create_app(
                     ctx.queue_feed.run,
                     notifier=res.notifier,
                     channel=QUEUE_CHANNEL,
-                    # A look that only reads (`reads_alone`): on PostgreSQL without the
-                    # BEGIN and COMMIT round trips (40 cases: 1.41 -> 1.15 ms), on
-                    # SQLite ended by a rollback where a commit goes to the connection's
-                    # thread (0.99 -> 0.87 ms).
-                    load=partial(
-                        in_transaction,
-                        res.sessionmaker,
-                        partial(snapshots.open_queue, ctx=ctx),
-                        opened=reads_alone,
-                    ),
+                    # A look that only reads, on a connection alone (`open_queue_alone`).
+                    load=partial(snapshots.open_queue_alone, res.engine, ctx),
                 ),
             )
             tasks.start(

@@ -222,7 +222,7 @@ async def _welcome(
         line.queue_missed = False
         consultant = await consults.registered(session, line.principal.sub)
         snapshot = await snapshots.consultant_snapshot(session, ctx, consultant, via="welcome")
-        return snapshot, await snapshots.open_queue(session, ctx)
+        return snapshot, await snapshots.open_queue(await session.connection(), ctx)
 
     snapshot, items = await resources.socket_reads.run(read)
     # A fresh connection starts from now; a reconnection replays what it missed.
@@ -236,8 +236,12 @@ async def _welcome(
     await line.sender.send_text(_queue_message(line, encode_items(items)))
     line.welcomed = True
     if line.queue_missed:  # the queue changed while the welcome was on its way
-        fresh = await resources.socket_reads.run(partial(snapshots.open_queue, ctx=ctx))
+        fresh = await resources.socket_reads.run(partial(_open_queue, ctx=ctx))
         await line.sender.send_text(_queue_message(line, encode_items(fresh)))
+
+
+async def _open_queue(session: AsyncSession, ctx: RouterContext) -> list[QueueItem]:
+    return await snapshots.open_queue(await session.connection(), ctx)
 
 
 def _queue_message(line: _Line, encoded_items: str) -> str:

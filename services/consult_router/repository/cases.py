@@ -28,7 +28,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -237,9 +237,9 @@ async def insert_cases_if_new(
     }
 
 
-async def queue_lines(session: AsyncSession, *, limit: int) -> list[QueueLine]:
+async def queue_lines(db: AsyncSession | AsyncConnection, *, limit: int) -> list[QueueLine]:
     """The oldest open cases' lines in the queue, oldest first."""
-    rows = await session.execute(_QUEUE_LINES, {"limit": limit})
+    rows = await db.execute(_QUEUE_LINES, {"limit": limit})
     return [QueueLine(*row) for row in rows]
 
 
@@ -573,13 +573,13 @@ async def due_advice(session: AsyncSession, *, now: datetime, limit: int) -> lis
 
 
 async def open_offer_holders(
-    session: AsyncSession, case_ids: Iterable[str]
+    db: AsyncSession | AsyncConnection, case_ids: Iterable[str]
 ) -> dict[str, list[str]]:
     wanted = list(set(case_ids))
     if not wanted:
         return {}
     holders: dict[str, list[str]] = {}
-    for case_id, consultant_id in await session.execute(_OPEN_OFFER_HOLDERS, {"case_ids": wanted}):
+    for case_id, consultant_id in await db.execute(_OPEN_OFFER_HOLDERS, {"case_ids": wanted}):
         holders.setdefault(case_id, []).append(consultant_id)
     return holders
 
