@@ -222,7 +222,7 @@ async def _welcome(
         line.queue_missed = False
         consultant = await consults.registered(session, line.principal.sub)
         snapshot = await snapshots.consultant_snapshot(session, ctx, consultant, via="welcome")
-        return snapshot, await snapshots.open_queue(await session.connection(), ctx)
+        return snapshot, await _open_queue(session, ctx)
 
     snapshot, items = await resources.socket_reads.run(read)
     # A fresh connection starts from now; a reconnection replays what it missed.
@@ -241,6 +241,7 @@ async def _welcome(
 
 
 async def _open_queue(session: AsyncSession, ctx: RouterContext) -> list[QueueItem]:
+    """The queue, read through the session's connection: rows, not objects."""
     return await snapshots.open_queue(await session.connection(), ctx)
 
 
