@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import databases, machine_report, pin_load_generator
-from bench.parts_server import OUT_VARIABLE
+from bench.parts_server import OUT_VARIABLE, wait_for_parts
 from bench.routing_latency import WARM_UP_CASES, measure, report, routing_server
 
 SHOWN_SHARE = 0.005  # parts below half a per cent of the loop's CPU are summed as "other"
@@ -53,10 +53,7 @@ def profiled_run(backend: str, url: str, rate: float, seconds: float) -> None:
         time.sleep(0.5)
         run, count = asyncio.run(measure(server.base_url, rate, seconds, server.cpu))
         server.process.send_signal(signal.SIGUSR2)  # the parts of this run, and no more
-        for _ in range(100):
-            if out.exists() and out.stat().st_size:
-                break
-            time.sleep(0.1)
+        wait_for_parts(out)
         report(backend, rate, run, count)
     if not out.exists():
         print(f"{backend:<10} the server wrote no parts (see its log)")

@@ -24,31 +24,23 @@ import asyncio
 import json
 import signal
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.harness import Server, fail, machine_report, pin_load_generator
-from bench.parts_server import OUT_VARIABLE
+from bench.parts_server import OUT_VARIABLE, wait_for_parts
 from bench.ws_fanout import CHANGE_INTERVAL_SECONDS, Hook, reach_run
 
 SHOWN_US = 0.05  # parts whose difference is below this, either way, are summed as "other"
 
 FEED = "consult_router-queue-feed"
 MEANING = {
-    "consult_router-queue-feed": "the feed: each change's sends to every dashboard, and"
+    FEED: "the feed: each change's sends to every dashboard, and"
     " its read of the queue where a build reads it in the feed's task",
-    "consult_router-queue-feed, apart": "the feed's work in tasks of its own (its read,"
-    " where a build runs it apart)",
+    f"{FEED}, apart": "the feed's work in tasks of its own (its read, where a build runs it apart)",
     "event loop: I/O and other callbacks": "sockets' writes that waited, timers, futures",
 }
-
-
-def _wait_for(out: Path) -> None:
-    deadline = time.monotonic() + 10
-    while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def _parts_hooks(out: Path) -> Callable[[Server], tuple[Hook, Hook]]:
@@ -62,7 +54,7 @@ def _parts_hooks(out: Path) -> Callable[[Server], tuple[Hook, Hook]]:
 
         async def ends() -> None:
             server.process.send_signal(signal.SIGUSR2)
-            await asyncio.to_thread(_wait_for, out)
+            await asyncio.to_thread(wait_for_parts, out)
 
         return begins, ends
 

@@ -29,6 +29,7 @@ import sys
 import time
 from asyncio import events
 from collections import Counter, defaultdict
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -175,6 +176,17 @@ def _install() -> None:
     gc.callbacks.append(collector)
     serve = uvicorn.run
     uvicorn.run = lambda *args, **kwargs: serve(*args, **{**kwargs, "loop": "asyncio"})
+
+
+def wait_for_parts(out: Path, *, seconds: float = 10.0) -> bool:
+    """After SIGUSR2: wait until the server has written its parts to `out` (its loop
+    handles the signal between callbacks); whether it has."""
+    deadline = time.monotonic() + seconds
+    while not (out.exists() and out.stat().st_size):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _write_parts() -> None:

@@ -125,8 +125,8 @@ async def measure_windows(
     changes: int,
     change: Callable[[int], Awaitable[None]],
     read_passes: Callable[[], Awaitable[FullPasses]] = no_full_passes,
-    busy_begins: Callable[[], Awaitable[None]] = nothing,
-    busy_ends: Callable[[], Awaitable[None]] = nothing,
+    busy_begins: Hook = nothing,
+    busy_ends: Hook = nothing,
 ) -> Windows:
     """The quiet window, then the busy one, each `WINDOW_SECONDS` long. The collector is
     read before each window's CPU and after it, so reading it is not measured;

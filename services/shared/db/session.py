@@ -349,7 +349,8 @@ async def connection_alone(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
 
     Its statements run as Core's, not through the ORM's execution, and no session is made
     and closed around them: the queue feed's read of 40 cases, measured in process with
-    the caches as cold as a broadcast leaves them, 2.1 -> 1.5 ms (see `bench/RESULTS.md`)."""
+    the caches as cold as a broadcast leaves them, about 2.0 -> 1.65 ms (see
+    `bench/RESULTS.md`)."""
     async with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             await connection.execution_options(isolation_level="AUTOCOMMIT")
