@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from services.consult_router import consults, snapshots
 from services.consult_router.deps import ConsultReader, ContextDep, CurrentConsultant, QueueReader
@@ -76,10 +76,12 @@ async def decline(
     return {"status": "declined"}
 
 
-@router.get("/v1/queue", responses=error_responses(401, 403))
-async def queue(session: SessionDep, ctx: ContextDep, _reader: QueueReader) -> QueueRead:
+@router.get("/v1/queue", response_model=QueueRead, responses=error_responses(401, 403))
+async def queue(session: SessionDep, ctx: ContextDep, _reader: QueueReader) -> Response:
     """Every open case: status, priority, NEWS2, how long it has waited, who holds it."""
-    return QueueRead(items=await snapshots.open_queue(session, ctx))
+    # The items as the dashboards' sockets receive them, encoded once (`QueueLines`).
+    items = await ctx.queue_lines.encoded(await session.connection(), now=ctx.clock.now())
+    return Response(content=f'{{"items":{items}}}', media_type="application/json")
 
 
 @router.post("/v1/queue/{case_id}/claim", responses=error_responses(401, 403, 404, 409))

@@ -17,7 +17,6 @@ from services.consult_router import (
     cases,
     presence,
     routing,
-    snapshots,
     ws,
 )
 from services.consult_router.context import (
@@ -142,8 +141,7 @@ def create_app(
                     ctx.queue_feed.run,
                     notifier=res.notifier,
                     channel=QUEUE_CHANNEL,
-                    # A look that only reads, on a connection alone (`open_queue_alone`).
-                    load=partial(snapshots.open_queue_alone, res.engine, ctx),
+                    load=partial(ctx.queue_lines.read, res.engine, ctx.clock),
                 ),
             )
             tasks.start(

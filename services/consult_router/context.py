@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.consult_router.queue_feed import QueueFeed
+from services.consult_router.queue_lines import QueueLines
 from services.consult_router.recent_messages import RecentMessages
 from services.consult_router.repository import messages as message_repo
 from services.consult_router.settings import RouterSettings
@@ -90,6 +91,8 @@ class RouterContext:
     replica_id: str = field(default_factory=new_replica_id)
     # The open queue, read once per change and shared by this process's dashboards.
     queue_feed: QueueFeed = field(default_factory=QueueFeed)
+    # The queue's reads, each case's fixed line kept between them.
+    queue_lines: QueueLines = field(default_factory=QueueLines)
     # Consultant messages this process logged lately, for its own sockets to send.
     recent_messages: RecentMessages = field(default_factory=RecentMessages)
     # Connections whose socket closed but whose row could not be removed then (the

@@ -1,8 +1,8 @@
 """The open queue, broadcast to every dashboard connected to this process.
 
-When the queue changes, one task reads it once, encodes it once and hands the same bytes
-to every consultant's socket (each with its own `seq`). Were each socket to read the queue
-itself, one new case would cost a query, an encoding and several task switches per
+When the queue changes, one task reads it, encoded once (`QueueLines`), and hands the same
+bytes to every consultant's socket (each with its own `seq`). Were each socket to read the
+queue itself, one new case would cost a query, an encoding and several task switches per
 connected dashboard.
 
 The sockets are sent to one after another, and a send waits while that socket's buffers
@@ -20,9 +20,6 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from pydantic import TypeAdapter
-
-from services.consult_router.schemas import QueueItem
 from services.shared.notify import Notifier
 from services.shared.observability import log_failure
 
@@ -41,7 +38,8 @@ LONGEST_PAUSE_SECONDS = 2.0
 SEND_TIMEOUT_SECONDS = 5.0
 
 Deliver = Callable[[str], Awaitable[None]]
-LoadQueue = Callable[[], Awaitable[list[QueueItem]]]
+# The open queue's items, encoded (`QueueLines.encoded`).
+LoadQueue = Callable[[], Awaitable[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +53,6 @@ def pause_after(refresh_seconds: float) -> float:
     the debounce, or longer if refreshes would otherwise take more than their share."""
     fair = refresh_seconds * (1 - REFRESH_SHARE) / REFRESH_SHARE
     return min(max(DEBOUNCE_SECONDS, fair), LONGEST_PAUSE_SECONDS)
-
-
-# pydantic's serializer writes the JSON in one pass: about four times faster than
-# `model_dump` then `json.dumps` (54 against 230 us for 40 cases), for every change
-# broadcast and every dashboard's welcome (a reconnection storm encodes the queue, up to
-# 500 cases, once per socket).
-_QUEUE_ITEMS = TypeAdapter(list[QueueItem])
-
-
-def encode_items(items: list[QueueItem]) -> str:
-    return _QUEUE_ITEMS.dump_json(items).decode()
 
 
 class QueueFeed:
@@ -101,12 +88,9 @@ class QueueFeed:
                     # The read and the encoding: the sends wait on sockets, whose own
                     # time limit deals with one that stopped reading.
                     started = loop.time()
-                    encoded = encode_items(await load())
+                    encoded = await load()
                     pause = pause_after(loop.time() - started)
                     await self.broadcast_encoded(encoded)
-
-    async def broadcast(self, items: list[QueueItem]) -> None:
-        await self.broadcast_encoded(encode_items(items))
 
     async def broadcast_encoded(self, encoded: str) -> None:
         watchers = list(self._watchers.items())

@@ -1,22 +1,21 @@
 """Read models: a consultant's whole state (the `welcome` message and `GET
-/v1/consultant`), the open queue, one consult."""
+/v1/consultant`) and one consult. The open queue is read by `QueueLines`."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.consult_router import outbound
 from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository import messages as message_repo
 from services.consult_router.rota import describe
-from services.consult_router.schemas import ConsultantSnapshot, ConsultRead, OfferRead, QueueItem
-from services.consult_router.views import consult_read, offer_read, queue_item
+from services.consult_router.schemas import ConsultantSnapshot, ConsultRead, OfferRead
+from services.consult_router.views import consult_read, offer_read
 from services.shared.auth import Principal
 from services.shared.db.models import ConsultConsultant
-from services.shared.db.session import connection_alone
 from services.shared.domain.vocabulary import Role
 from services.shared.errors import NotFound
 
@@ -55,24 +54,6 @@ async def open_offers(
     cases = await case_repo.cases_by_id(session, [o.case_id for o in offers])
     await outbound.audit_case_reads(session, ctx, cases.values(), reader=consultant.id, via=via)
     return [offer_read(o, cases[o.case_id]) for o in offers if o.case_id in cases]
-
-
-async def open_queue(db: AsyncSession | AsyncConnection, ctx: RouterContext) -> list[QueueItem]:
-    """The open cases as the queue shows them. Read through a connection (`db`), its
-    statements run as Core's: rows, not objects, and no ORM execution around them."""
-    now = ctx.clock.now()
-    lines = await case_repo.queue_lines(db, limit=500)
-    holders = await case_repo.open_offer_holders(db, [line.case_id for line in lines])
-    items = [queue_item(line, holders=holders.get(line.case_id, []), now=now) for line in lines]
-    # Most urgent first, then the longest waiting.
-    return sorted(items, key=lambda item: (item.priority, -item.waiting_seconds))
-
-
-async def open_queue_alone(engine: AsyncEngine, ctx: RouterContext) -> list[QueueItem]:
-    """The open queue, in a look of its own on a connection, not a session (the queue
-    feed's read at each change; see `connection_alone`)."""
-    async with connection_alone(engine) as connection:
-        return await open_queue(connection, ctx)
 
 
 async def read_consult(

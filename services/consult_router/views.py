@@ -6,13 +6,11 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from services.consult_router.repository.cases import QueueLine
 from services.consult_router.schemas import (
     CaseSummary,
     ConsultantRead,
     ConsultRead,
     OfferRead,
-    QueueItem,
     ShiftRead,
 )
 from services.shared.db.models import (
@@ -110,21 +108,4 @@ def consult_read(consult: ConsultConsult, case: ConsultCase) -> ConsultRead:
         safety_netting=consult.safety_netting,
         risk_override=consult.risk_override,
         case=full_case(case),
-    )
-
-
-def queue_item(line: QueueLine, *, holders: list[str], now: datetime) -> QueueItem:
-    return QueueItem(
-        case_id=line.case_id,
-        reference=line.reference,
-        status=line.status,
-        priority=line.priority,
-        specialty=line.specialty,
-        call_category=line.call_category,
-        news2=line.news2,
-        risk_flags=line.risk_flags or [],
-        waiting_since=line.created_at,
-        waiting_seconds=max((now - line.created_at).total_seconds(), 0.0),
-        held_by=sorted(holders),
-        escalated=line.escalations > 0,
     )

@@ -29,10 +29,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.consult_router import consults, presence, snapshots
 from services.consult_router.context import CONSULTANT_CHANNEL, RouterContext
-from services.consult_router.queue_feed import encode_items
 from services.consult_router.repository import messages as message_repo
 from services.consult_router.repository import rota as rota_repo
-from services.consult_router.schemas import ConsultantSnapshot, QueueItem
+from services.consult_router.schemas import ConsultantSnapshot
 from services.shared.auth import Principal
 from services.shared.db.session import in_transaction
 from services.shared.domain.vocabulary import ConsultantStatus, Role
@@ -213,18 +212,16 @@ async def _welcome(
     line: _Line, resources: Resources, ctx: RouterContext, replay_from: int | None
 ) -> None:
 
-    async def read(
-        session: AsyncSession,
-    ) -> tuple[ConsultantSnapshot, list[QueueItem]]:
+    async def read(session: AsyncSession) -> tuple[ConsultantSnapshot, str]:
         # Broadcasts until now were read before this: this read is newer. Only one that
         # comes while it is under way may be newer than it (a reconnection storm would
         # otherwise read the queue twice for every socket that waited its turn).
         line.queue_missed = False
         consultant = await consults.registered(session, line.principal.sub)
         snapshot = await snapshots.consultant_snapshot(session, ctx, consultant, via="welcome")
-        return snapshot, await _open_queue(session, ctx)
+        return snapshot, await _read_queue(session, ctx)
 
-    snapshot, items = await resources.socket_reads.run(read)
+    snapshot, queue = await resources.socket_reads.run(read)
     # A fresh connection starts from now; a reconnection replays what it missed.
     line.last_seq = (
         snapshot.last_seq if replay_from is None else min(replay_from, snapshot.last_seq)
@@ -233,16 +230,16 @@ async def _welcome(
     await line.sender.send(
         {"type": "welcome", "seq": snapshot.last_seq, "replay_from": replay_from, **body}
     )
-    await line.sender.send_text(_queue_message(line, encode_items(items)))
+    await line.sender.send_text(_queue_message(line, queue))
     line.welcomed = True
     if line.queue_missed:  # the queue changed while the welcome was on its way
-        fresh = await resources.socket_reads.run(partial(_open_queue, ctx=ctx))
-        await line.sender.send_text(_queue_message(line, encode_items(fresh)))
+        fresh = await resources.socket_reads.run(partial(_read_queue, ctx=ctx))
+        await line.sender.send_text(_queue_message(line, fresh))
 
 
-async def _open_queue(session: AsyncSession, ctx: RouterContext) -> list[QueueItem]:
-    """The queue, read through the session's connection: rows, not objects."""
-    return await snapshots.open_queue(await session.connection(), ctx)
+async def _read_queue(session: AsyncSession, ctx: RouterContext) -> str:
+    """The queue, encoded, read through the session's connection: rows, not objects."""
+    return await ctx.queue_lines.encoded(await session.connection(), now=ctx.clock.now())
 
 
 def _queue_message(line: _Line, encoded_items: str) -> str:
