@@ -35,14 +35,15 @@ from services.consult_router.repository.cases import FixedLine
 from services.shared.clock import Clock
 from services.shared.db.session import connection_alone
 
-# The most urgent and longest waiting first: a backlog beyond this is not shown, and is
-# not read at each change.
+# The longest waiting open cases, by arrival, shown most urgent first: a backlog beyond
+# this is not shown, and is not read at each change.
 QUEUE_LIMIT = 500
 # A case is received (its row written) a moment before it commits, so a case received
 # just before the newest one kept may become visible after it: the database gives the
 # fixed lines of cases received this long before the newest kept too, where they are
 # cheap to give. One received out of turn by more than this (another router replica's
-# clock) costs a statement of its own (`case_repo.fixed_lines`), never a wrong line.
+# clock behind) costs a statement of its own (`case_repo.fixed_lines`), never a wrong
+# line; a clock ahead is not followed beyond the reader's own now (`_since`).
 ARRIVALS_OVERLAP = timedelta(seconds=2)
 EVERY_CASE = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -119,12 +120,13 @@ class QueueLines:
         async with connection_alone(engine) as connection:
             return await self.encoded(connection, now=clock.now())
 
-    def _since(self) -> datetime:
+    def _since(self, now: datetime) -> datetime:
         """From when the next read takes fixed lines with the marks: the newest case kept,
-        less the overlap; every case on a first read."""
+        or now if that case's replica's clock ran ahead (else every case received until
+        then would be read apart), less the overlap; every case on a first read."""
         if self._newest_received is None:
             return EVERY_CASE
-        return self._newest_received - ARRIVALS_OVERLAP
+        return min(self._newest_received, now) - ARRIVALS_OVERLAP
 
     def _keep(self, line: FixedLine) -> _Kept:
         kept = _Kept(line.version, line.priority, line.created_at, fixed_head(line))
@@ -137,8 +139,8 @@ class QueueLines:
         self, db: AsyncSession | AsyncConnection, *, now: datetime, limit: int = QUEUE_LIMIT
     ) -> str:
         """The open queue's items as a JSON array: most urgent first, then the longest
-        waiting, as `QueueItem` describes them."""
-        marks = await case_repo.queue_marks(db, limit=limit, since=self._since())
+        waiting, each the JSON form of a `QueueItem` (its keys in another order)."""
+        marks = await case_repo.queue_marks(db, limit=limit, since=self._since(now))
         holders = await case_repo.every_open_offer_holder(db)
         found: dict[str, _Kept] = {}
         missing: list[str] = []

@@ -166,6 +166,25 @@ class TestTheQueue:
             (newest["id"], 3, newest["news2"]["score"]),
         ]
 
+    async def test_follows_a_clock_ahead_no_further_than_its_own(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """A case received on a clock ahead of the reader's (another replica's) does not
+        send every case received after it down the statement of their own."""
+        now = clock.now()
+        clock.set(now + timedelta(minutes=10))
+        ahead = snapshot(clock, priority=3, created_at=now)
+        await desk.send_case(ahead)
+        clock.set(now)
+        assert [item["case_id"] for item in await queue(desk)] == [ahead["id"]]
+        clock.advance(timedelta(minutes=1))
+        new = snapshot(clock, priority=1)
+        await desk.send_case(new)
+        with statements_sent(resources.engine, reads_lines_apart) as apart:
+            items = await queue(desk)
+        assert apart == []  # the new case's line came with the marks
+        assert [item["case_id"] for item in items] == [new["id"], ahead["id"]]
+
     async def test_shows_what_moved_on_a_kept_line(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources
     ) -> None:
