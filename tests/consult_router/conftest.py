@@ -199,6 +199,13 @@ class Desk:
         offers: list[dict[str, Any]] = response.json()
         return offers
 
+    async def queue(self) -> list[dict[str, Any]]:
+        """The open queue's items, as a coordinator's `GET /v1/queue` shows them."""
+        response = await self.http.get("/v1/queue", headers=auth("coordinator", "ops"))
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
     async def accept(self, consultant_id: str, offer_id: str) -> httpx.Response:
         return await self.http.post(
             f"/v1/offers/{offer_id}/accept", headers=auth("consultant", consultant_id)

@@ -19,9 +19,7 @@ from services.consult_router.schemas import QueueItem
 from services.shared.clock import ManualClock
 from services.shared.resources import Resources
 from tests.consult_router.conftest import Desk, snapshot
-from tests.support import statements_sent, token
-
-COORDINATOR = {"Authorization": f"Bearer {token('coordinator', 'ops')}"}
+from tests.support import statements_sent
 
 
 def reads_queue(statement: str) -> bool:
@@ -33,13 +31,6 @@ def reads_lines_apart(statement: str) -> bool:
     """A read of fixed lines apart from the marks: every line it names picked out of its
     case's clinical document (the marks' statement picks only new cases' out)."""
     return reads_queue(statement) and "CASE WHEN" not in statement.upper()
-
-
-async def queue(desk: Desk) -> list[dict[str, Any]]:
-    response = await desk.http.get("/v1/queue", headers=COORDINATOR)
-    assert response.status_code == 200, response.text
-    items: list[dict[str, Any]] = response.json()["items"]
-    return items
 
 
 def lines_kept(router_app: FastAPI) -> QueueLines:
@@ -106,12 +97,12 @@ class TestTheQueue:
         read no statement of its own, and its line is what its snapshot says."""
         first = snapshot(clock, priority=3, score=3)
         await desk.send_case(first)
-        await queue(desk)
+        await desk.queue()
         clock.advance(timedelta(minutes=1))
         second = snapshot(clock, priority=1, score=7, risk_flags=["low_spo2"])
         await desk.send_case(second)
         with statements_sent(resources.engine, reads_queue) as reads:
-            items = await queue(desk)
+            items = await desk.queue()
         assert len(reads) == 1  # the marks, with the new case's line
         shown = [(i["case_id"], i["priority"], i["news2"]["score"], i["risk_flags"]) for i in items]
         assert shown == [(second["id"], 1, 7, ["low_spo2"]), (first["id"], 3, 3, [])]
@@ -123,16 +114,16 @@ class TestTheQueue:
         await desk.send_case(case)
         clock.advance(timedelta(minutes=1))
         await desk.send_case(snapshot(clock, priority=3))  # the newest kept, after the read
-        first, _newest = await queue(desk)
+        first, _newest = await desk.queue()
         assert first["case_id"] == case["id"]
         clock.advance(timedelta(minutes=1))
         with statements_sent(resources.engine, reads_lines_apart) as apart:
-            assert (await queue(desk))[0] == {**first, "waiting_seconds": 120.0}
+            assert (await desk.queue())[0] == {**first, "waiting_seconds": 120.0}
         assert apart == []  # kept
         newer = {**snapshot(clock, priority=1, score=7, risk_flags=["low_spo2"]), "version": 2}
         await desk.send_case({**newer, "id": case["id"], "reference": case["reference"]})
         with statements_sent(resources.engine, reads_lines_apart) as apart:
-            updated, _newest = await queue(desk)
+            updated, _newest = await desk.queue()
         assert len(apart) == 1
         assert (updated["case_id"], updated["priority"], updated["news2"]["score"]) == (
             case["id"],
@@ -141,7 +132,7 @@ class TestTheQueue:
         )
         assert updated["risk_flags"] == ["low_spo2"]
         with statements_sent(resources.engine, reads_lines_apart) as apart:
-            assert (await queue(desk))[0] == updated
+            assert (await desk.queue())[0] == updated
         assert apart == []  # the newer version kept in turn
 
     async def test_reads_a_case_received_out_of_turn_apart(
@@ -153,13 +144,13 @@ class TestTheQueue:
         clock.advance(timedelta(minutes=5))
         newest = snapshot(clock, priority=3)
         await desk.send_case(newest)
-        assert [item["case_id"] for item in await queue(desk)] == [newest["id"]]
+        assert [item["case_id"] for item in await desk.queue()] == [newest["id"]]
         now = clock.now()
         clock.set(now - timedelta(minutes=4))  # the late case is received "earlier"
         await desk.send_case(late)
         clock.set(now)
         with statements_sent(resources.engine, reads_lines_apart) as apart:
-            items = await queue(desk)
+            items = await desk.queue()
         assert len(apart) == 1
         assert [(item["case_id"], item["priority"], item["news2"]["score"]) for item in items] == [
             (late["id"], 2, 5),
@@ -176,12 +167,12 @@ class TestTheQueue:
         ahead = snapshot(clock, priority=3, created_at=now)
         await desk.send_case(ahead)
         clock.set(now)
-        assert [item["case_id"] for item in await queue(desk)] == [ahead["id"]]
+        assert [item["case_id"] for item in await desk.queue()] == [ahead["id"]]
         clock.advance(timedelta(minutes=1))
         new = snapshot(clock, priority=1)
         await desk.send_case(new)
         with statements_sent(resources.engine, reads_lines_apart) as apart:
-            items = await queue(desk)
+            items = await desk.queue()
         assert apart == []  # the new case's line came with the marks
         assert [item["case_id"] for item in items] == [new["id"], ahead["id"]]
 
@@ -192,7 +183,7 @@ class TestTheQueue:
         await desk.status("dr-a", "busy")
         case = snapshot(clock)
         await desk.send_case(case)
-        [waiting] = await queue(desk)
+        [waiting] = await desk.queue()
         assert (waiting["status"], waiting["held_by"], waiting["escalated"]) == (
             "queued",
             [],
@@ -204,7 +195,7 @@ class TestTheQueue:
         clock.advance(timedelta(minutes=11))  # past the first escalation
         await engine.run_once()
         with statements_sent(resources.engine, reads_lines_apart) as apart:
-            [offered] = await queue(desk)
+            [offered] = await desk.queue()
         assert apart == []
         assert (offered["status"], offered["held_by"], offered["escalated"]) == (
             "offered",
@@ -213,26 +204,13 @@ class TestTheQueue:
         )
         assert offered["waiting_seconds"] == 660.0
 
-    async def test_most_urgent_first_then_the_longest_waiting(
-        self, desk: Desk, clock: ManualClock
-    ) -> None:
-        older = snapshot(clock, priority=3, created_at=clock.now() - timedelta(minutes=5))
-        urgent = snapshot(clock, priority=1)
-        newer = snapshot(clock, priority=3)
-        await desk.send_case(newer, urgent, older)
-        assert [item["case_id"] for item in await queue(desk)] == [
-            urgent["id"],
-            older["id"],
-            newer["id"],
-        ]
-
     async def test_forgets_the_lines_of_cases_that_left_it(
         self, desk: Desk, clock: ManualClock, router_app: FastAPI
     ) -> None:
         staying, leaving = snapshot(clock), snapshot(clock)
         await desk.send_case(staying, leaving)
-        assert len(await queue(desk)) == 2
+        assert len(await desk.queue()) == 2
         assert len(lines_kept(router_app)) == 2
         await desk.send_case({**leaving, "version": 2, "status": "cancelled"})
-        assert [item["case_id"] for item in await queue(desk)] == [staying["id"]]
+        assert [item["case_id"] for item in await desk.queue()] == [staying["id"]]
         assert len(lines_kept(router_app)) == 1

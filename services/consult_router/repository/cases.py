@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     BindParameter,
     ColumnClause,
+    Row,
     Select,
     String,
     bindparam,
@@ -628,10 +629,7 @@ async def open_offer_holders(
     wanted = list(set(case_ids))
     if not wanted:
         return {}
-    holders: dict[str, list[str]] = {}
-    for case_id, consultant_id in await db.execute(_OPEN_OFFER_HOLDERS, {"case_ids": wanted}):
-        holders.setdefault(case_id, []).append(consultant_id)
-    return holders
+    return _holders_by_case(await db.execute(_OPEN_OFFER_HOLDERS, {"case_ids": wanted}))
 
 
 async def every_open_offer_holder(db: AsyncSession | AsyncConnection) -> dict[str, list[str]]:
@@ -639,8 +637,12 @@ async def every_open_offer_holder(db: AsyncSession | AsyncConnection) -> dict[st
     would take a parameter each, rendered into the statement at every read (a backlog of
     500 cases: 11.1 -> 8.7 ms a read). Open offers are few (a consultant is asked about
     one case at a time), and their partial index holds just them."""
+    return _holders_by_case(await db.execute(_OPEN_OFFERS_HELD))
+
+
+def _holders_by_case(rows: Iterable[Row[str, str]]) -> dict[str, list[str]]:
     holders: dict[str, list[str]] = {}
-    for case_id, consultant_id in await db.execute(_OPEN_OFFERS_HELD):
+    for case_id, consultant_id in rows:
         holders.setdefault(case_id, []).append(consultant_id)
     return holders
 
