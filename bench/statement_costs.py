@@ -443,11 +443,18 @@ class Steps:
 
     async def look_in_a_transaction(self, _session: AsyncSession, _row: dict[str, Any]) -> None:
         async with unit_of_work(self.maker) as session:
-            await open_cases_to_route(session)
+            await self._look(session)
 
     async def look_alone(self, _session: AsyncSession, _row: dict[str, Any]) -> None:
         async with reads_alone(self.maker) as session:
-            await open_cases_to_route(session)
+            await self._look(session)
+
+    async def _look(self, session: AsyncSession) -> None:
+        await open_cases_to_route(
+            session,
+            now=self.clock.now(),
+            ageing_step_seconds=self.ctx.settings.ageing_step_seconds,
+        )
 
     def posting_rows(self, _n: int) -> dict[str, Any]:
         """A commit's outbox rows to two peers over HTTP: four events, each to both."""

@@ -166,7 +166,9 @@ class RoutingEngine:
         read again before it is routed, and whatever frees a case or a consultant after
         the look wakes the loop for another pass."""
         async with reads_alone(self._maker) as reader:
-            open_cases, on_offer = await open_cases_to_route(reader)
+            open_cases, on_offer = await open_cases_to_route(
+                reader, now=now, ageing_step_seconds=self._ctx.settings.ageing_step_seconds
+            )
         if not open_cases:
             return
         if not sweeping and all(

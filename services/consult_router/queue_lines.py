@@ -35,8 +35,9 @@ from services.consult_router.repository.cases import FixedLine
 from services.shared.clock import Clock
 from services.shared.db.session import connection_alone
 
-# The longest waiting open cases, by arrival, shown most urgent first: a backlog beyond
-# this is not shown, and is not read at each change.
+# The open cases shown, the first this many in the queue's order (most urgent first,
+# then the longest waiting): in a backlog beyond it the least urgent are not shown, and
+# not read at each change.
 QUEUE_LIMIT = 500
 # A case is received (its row written) a moment before it commits, so a case received
 # just before the newest one kept may become visible after it: the database gives the
@@ -135,12 +136,10 @@ class QueueLines:
             self._newest_received = line.received_at
         return kept
 
-    async def encoded(
-        self, db: AsyncSession | AsyncConnection, *, now: datetime, limit: int = QUEUE_LIMIT
-    ) -> str:
+    async def encoded(self, db: AsyncSession | AsyncConnection, *, now: datetime) -> str:
         """The open queue's items as a JSON array: most urgent first, then the longest
         waiting, each the JSON form of a `QueueItem` (its keys in another order)."""
-        marks = await case_repo.queue_marks(db, limit=limit, since=self._since(now))
+        marks = await case_repo.queue_marks(db, limit=QUEUE_LIMIT, since=self._since(now))
         holders = await case_repo.every_open_offer_holder(db)
         found: dict[str, _Kept] = {}
         missing: list[str] = []

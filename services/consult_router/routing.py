@@ -31,7 +31,7 @@ from services.consult_router.views import offer_read
 from services.shared.db.base import read_only_row
 from services.shared.db.models import ConsultCase, ConsultOffer
 from services.shared.db.session import RetryWithSavepoints, after_commit, undoable
-from services.shared.domain.priority import aged_priority
+from services.shared.domain.priority import aged_priority, ageing_bounds
 from services.shared.domain.vocabulary import FALLBACK_SPECIALTY, ConsultantStatus, Specialty
 from services.shared.ids import new_id
 from services.shared.observability import log_failure
@@ -40,14 +40,22 @@ from services.shared.schemas.events import EventType
 logger = logging.getLogger("reach.router")
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
-# The open cases a routing pass orders: the oldest this many (far beyond any real queue).
+# The open cases a routing pass orders: the most urgent this many (far beyond any real
+# queue; in a backlog beyond it, the least urgent wait for the next pass).
 QUEUE_WINDOW = 200
 
 
-async def open_cases_to_route(session: AsyncSession) -> tuple[list[ConsultCase], set[str]]:
-    """The open cases a routing pass orders, oldest first (read for ordering only: their
-    clinical snapshot is not loaded), and which of them someone is being asked about."""
-    queue = await case_repo.queue_to_route(session, limit=QUEUE_WINDOW)
+async def open_cases_to_route(
+    session: AsyncSession, *, now: datetime, ageing_step_seconds: float
+) -> tuple[list[ConsultCase], set[str]]:
+    """The open cases a routing pass orders, the most urgent at `now` (read for ordering
+    only: their clinical snapshot is not loaded), and which of them someone is being
+    asked about."""
+    queue = await case_repo.queue_to_route(
+        session,
+        limit=QUEUE_WINDOW,
+        aged_by=ageing_bounds(now, ageing_step_seconds=ageing_step_seconds),
+    )
     return [case for case, _ in queue], {case.id for case, on_offer in queue if on_offer}
 
 
@@ -145,7 +153,9 @@ class RoutingView:
 
     async def open_queue(self, session: AsyncSession) -> list[ConsultCase]:
         """The open cases, most urgent first; which are on offer is read with them."""
-        cases, self.on_offer = await open_cases_to_route(session)
+        cases, self.on_offer = await open_cases_to_route(
+            session, now=self.now, ageing_step_seconds=self.ageing_step_seconds
+        )
         return self.queue_order(cases)
 
     async def queue_with(

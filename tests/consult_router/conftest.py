@@ -260,8 +260,9 @@ def kinds(log: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 
 def reads_the_queue(statement: str) -> bool:
-    """The routing queue's read (the open cases, oldest first)."""
-    return "FROM consult_case" in statement and "ORDER BY consult_case.created_at" in statement
+    """The routing queue's read (the open cases, the most urgent first: by the priority
+    aged by waiting, a CASE over the creation time)."""
+    return "FROM consult_case" in statement and "ORDER BY CASE" in statement
 
 
 async def case_state(resources: Resources, case_id: str) -> tuple[str, int]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
+from services.consult_router import queue_lines
 from services.shared.clock import ManualClock
 from tests.consult_router.conftest import Desk, snapshot
 
@@ -36,4 +39,20 @@ class TestTheQueue:
             urgent["id"],
             older["id"],
             newer["id"],
+        ]
+
+    async def test_a_backlog_beyond_the_limit_never_hides_an_urgent_case(
+        self, desk: Desk, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(queue_lines, "QUEUE_LIMIT", 2)
+        backlog = []
+        for _ in range(3):
+            backlog.append(snapshot(clock, priority=3))
+            await desk.send_case(backlog[-1])
+            clock.advance(timedelta(seconds=10))
+        urgent = snapshot(clock, priority=1)
+        await desk.send_case(urgent)
+        assert [item["case_id"] for item in await desk.queue()] == [
+            urgent["id"],
+            backlog[0]["id"],
         ]

@@ -228,6 +228,64 @@ class TestPriorityAndChanges:
         await engine.run_once()
         assert offered_case(await desk.log("dr-a")) == patient_one["id"]
 
+    async def test_a_backlog_beyond_the_window_never_hides_an_urgent_case(
+        self,
+        desk: Desk,
+        engine: RoutingEngine,
+        clock: ManualClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(routing, "QUEUE_WINDOW", 2)
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        backlog = []
+        for _ in range(3):
+            backlog.append(snapshot(clock, priority=3))
+            await desk.send_case(backlog[-1])
+            clock.advance(timedelta(seconds=10))
+        urgent = snapshot(clock, priority=1)
+        await desk.send_case(urgent)
+        await desk.status("dr-a", "available")
+        await engine.run_once()
+        assert offered_case(await desk.log("dr-a")) == urgent["id"]
+
+    @pytest.mark.parametrize("window", [1, routing.QUEUE_WINDOW])
+    async def test_the_window_takes_the_case_aged_into_priority_first(
+        self,
+        desk: Desk,
+        engine: RoutingEngine,
+        clock: ManualClock,
+        monkeypatch: pytest.MonkeyPatch,
+        window: int,
+    ) -> None:
+        monkeypatch.setattr(routing, "QUEUE_WINDOW", window)
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        waited_long = snapshot(clock, priority=4)
+        await desk.send_case(waited_long)
+        clock.advance(timedelta(minutes=16))  # three ageing steps: 4 -> 1
+        await desk.send_case(snapshot(clock, priority=2))
+        await desk.status("dr-a", "available")
+        await engine.run_once()
+        assert offered_case(await desk.log("dr-a")) == waited_long["id"]
+
+    @pytest.mark.parametrize("window", [1, routing.QUEUE_WINDOW])
+    async def test_the_window_takes_the_sicker_of_two_alike_first(
+        self,
+        desk: Desk,
+        engine: RoutingEngine,
+        clock: ManualClock,
+        monkeypatch: pytest.MonkeyPatch,
+        window: int,
+    ) -> None:
+        monkeypatch.setattr(routing, "QUEUE_WINDOW", window)
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        await desk.send_case(snapshot(clock, priority=1, score=5))
+        clock.advance(timedelta(seconds=30))
+        sicker = snapshot(clock, priority=1, score=9)
+        await desk.send_case(sicker)
+        await desk.status("dr-a", "available")
+        await engine.run_once()
+        assert offered_case(await desk.log("dr-a")) == sicker["id"]
+
     async def test_cancelling_withdraws_every_offer_and_sends_nothing_else(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources
     ) -> None:
@@ -465,7 +523,9 @@ class TestWakeUpPasses:
         case = snapshot(clock, priority=4)
         await desk.send_case(case)
         async with unit_of_work(resources.sessionmaker) as session:
-            [(seen, _)] = await case_repo.queue_to_route(session, limit=10)
+            [seen], _ = await routing.open_cases_to_route(
+                session, now=clock.now(), ageing_step_seconds=300.0
+            )
             # Another writer changes the case after the pass read it, before the lock.
             await session.execute(
                 text("UPDATE consult_case SET priority = 1 WHERE id = :id"), {"id": seen.id}

@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from services.shared.domain.news2 import News2Result
-from services.shared.domain.priority import aged_priority, case_priority
+from services.shared.domain.priority import (
+    LOWEST_PRIORITY,
+    aged_priority,
+    ageing_bounds,
+    case_priority,
+)
 from services.shared.domain.vocabulary import CallCategory, News2Risk, RiskFlag
 
 
@@ -44,3 +51,22 @@ class TestAgeing:
 
     def test_no_step_means_no_ageing(self) -> None:
         assert aged_priority(3, waited_seconds=10_000, ageing_step_seconds=0) == 3
+
+
+class TestAgeingBounds:
+    """The bounds a database orders by say what `aged_priority` says."""
+
+    NOW = datetime(2026, 12, 5, 18, 0, tzinfo=UTC)
+
+    @pytest.mark.parametrize("waited", [0, 299, 300, 301, 599, 600, 900, 901, 3600])
+    def test_a_case_has_aged_as_many_steps_as_bounds_it_was_created_by(self, waited: int) -> None:
+        created_at = self.NOW - timedelta(seconds=waited)
+        bounds = ageing_bounds(self.NOW, ageing_step_seconds=300)
+        steps = sum(created_at <= bound for bound in bounds)
+        assert LOWEST_PRIORITY - steps == aged_priority(
+            LOWEST_PRIORITY, waited_seconds=waited, ageing_step_seconds=300
+        )
+
+    def test_no_step_means_no_case_is_aged(self) -> None:
+        bounds = ageing_bounds(self.NOW, ageing_step_seconds=0)
+        assert all(datetime(2000, 1, 1, tzinfo=UTC) > bound for bound in bounds)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     BindParameter,
     ColumnClause,
+    ColumnElement,
     Row,
     Select,
     String,
@@ -43,6 +44,7 @@ from services.shared.db.statements import (
     insert_ignoring_conflicts,
     insert_many_if_absent,
 )
+from services.shared.domain.priority import AGEING_STEPS, HIGHEST_PRIORITY
 
 OPEN_CASE = ("queued", "offered")
 
@@ -71,10 +73,37 @@ _CASE_LOCKED = _CASE.with_for_update()
 _INSERT_CASE = insert(table_of(ConsultCase))
 _CASES = select(ConsultCase).where(ConsultCase.id.in_(bindparam("case_ids", expanding=True)))
 _CASES_LOCKED = _CASES.order_by(ConsultCase.id).with_for_update()
-_OPEN_CASES = (
+_IS_OPEN = ConsultCase.status.in_(_OPEN_CASE_WORDS)
+
+
+def _aged_priority() -> ColumnElement[int]:
+    """`aged_priority` in SQL: the case's priority raised one level for each ageing step
+    it has waited (`aged_1`, `aged_2`...: when a case must have been created by to have
+    waited that many steps, `ageing_bounds`), never above the highest. Bounds rather than
+    date arithmetic, which SQLite and PostgreSQL spell differently."""
+    steps = sql_case(
+        *(
+            (ConsultCase.created_at <= bindparam(f"aged_{step}"), step)
+            for step in range(AGEING_STEPS, 0, -1)
+        ),
+        else_=0,
+    )
+    raised = ConsultCase.priority - steps
+    return sql_case((raised < HIGHEST_PRIORITY, HIGHEST_PRIORITY), else_=raised)
+
+
+# The open cases a routing pass orders, in the order it routes them (`queue_order`: the
+# priority aged by waiting, then the higher NEWS2, then the oldest), so that its limit
+# takes the most urgent: a backlog beyond it never keeps an urgent case from the free.
+_OPEN_CASES_BY_URGENCY = (
     select(ConsultCase)
-    .where(ConsultCase.status.in_(_OPEN_CASE_WORDS))
-    .order_by(ConsultCase.created_at, ConsultCase.id)
+    .where(_IS_OPEN)
+    .order_by(
+        _aged_priority(),
+        func.coalesce(ConsultCase.news2_score, 0).desc(),
+        ConsultCase.created_at,
+        ConsultCase.id,
+    )
     .limit(bindparam("limit"))
 )
 
@@ -133,22 +162,32 @@ _FIXED_COLUMNS = (
 # statement's work on SQLite (40 cases: about 400 us with them, 120 without), and
 # decoding, validating and encoding them most of the process's.
 _ARRIVED_SINCE = ConsultCase.received_at >= bindparam("since")
-_QUEUE_MARKS = _OPEN_CASES.with_only_columns(
-    ConsultCase.id,
-    ConsultCase.version,
-    ConsultCase.status,
-    ConsultCase.escalations,
-    _ARRIVED_SINCE,
-    # The fixed line of a case received since `since`, in the same statement: a new case
-    # costs no statement of its own. The database picks nothing out of the others.
-    *(sql_case((_ARRIVED_SINCE, column)) for column in _FIXED_COLUMNS),
+# In the order the dashboards show the queue (most urgent first, then the longest
+# waiting), so that its limit takes the first cases shown: a backlog beyond it never
+# hides an urgent case.
+_QUEUE_MARKS = (
+    select(
+        ConsultCase.id,
+        ConsultCase.version,
+        ConsultCase.status,
+        ConsultCase.escalations,
+        _ARRIVED_SINCE,
+        # The fixed line of a case received since `since`, in the same statement: a new
+        # case costs no statement of its own. The database picks nothing out of the others.
+        *(sql_case((_ARRIVED_SINCE, column)) for column in _FIXED_COLUMNS),
+    )
+    .where(_IS_OPEN)
+    .order_by(ConsultCase.priority, ConsultCase.created_at, ConsultCase.id)
+    .limit(bindparam("limit"))
 )
 _FIXED_LINES = select(*_FIXED_COLUMNS).where(
     ConsultCase.id.in_(bindparam("case_ids", expanding=True))
 )
 # Ordering and choosing cases need none of the clinical document, the largest part of the
 # row to read and decode; touching it on these rows is an error, not a load.
-_OPEN_CASES_UNDOCUMENTED = _OPEN_CASES.options(defer(ConsultCase.snapshot, raiseload=True))
+_OPEN_CASES_UNDOCUMENTED = _OPEN_CASES_BY_URGENCY.options(
+    defer(ConsultCase.snapshot, raiseload=True)
+)
 # The routing queue: each open case with whether someone is being asked about it now.
 _QUEUE_TO_ROUTE = _OPEN_CASES_UNDOCUMENTED.add_columns(
     exists().where(ConsultOffer.case_id == ConsultCase.id, ConsultOffer.state == OPEN)
@@ -279,8 +318,9 @@ async def insert_cases_if_new(
 async def queue_marks(
     db: AsyncSession | AsyncConnection, *, limit: int, since: datetime
 ) -> list[QueueMark]:
-    """The oldest open cases' marks, oldest first; with its fixed line, each case the
-    router received at or after `since`."""
+    """The first `limit` open cases' marks in the order the dashboards show them (most
+    urgent first, then the longest waiting); with its fixed line, each case the router
+    received at or after `since`."""
     rows = await db.execute(_QUEUE_MARKS, {"limit": limit, "since": since})
     return [
         QueueMark(row[0], row[1], row[2], row[3], FixedLine(*row[5:]) if row[4] else None)
@@ -294,10 +334,14 @@ async def fixed_lines(db: AsyncSession | AsyncConnection, case_ids: list[str]) -
     return [FixedLine(*row) for row in rows]
 
 
-async def queue_to_route(session: AsyncSession, *, limit: int) -> list[tuple[ConsultCase, bool]]:
-    """The oldest open cases, read for ordering and choosing (their clinical snapshot is
-    not loaded), each with whether it has an open offer."""
-    rows = await session.execute(_QUEUE_TO_ROUTE, {"limit": limit})
+async def queue_to_route(
+    session: AsyncSession, *, limit: int, aged_by: Sequence[datetime]
+) -> list[tuple[ConsultCase, bool]]:
+    """The `limit` most urgent open cases as routing orders them, their priority aged by
+    `aged_by` (`ageing_bounds`), read for ordering and choosing (their clinical snapshot
+    is not loaded), each with whether it has an open offer."""
+    bounds = {f"aged_{step}": bound for step, bound in enumerate(aged_by, start=1)}
+    rows = await session.execute(_QUEUE_TO_ROUTE, {"limit": limit, **bounds})
     return [(case, bool(on_offer)) for case, on_offer in rows]
 
 

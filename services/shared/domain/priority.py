@@ -7,12 +7,17 @@ time, with ageing so that a low-priority case is not starved).
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 
 from services.shared.domain.news2 import News2Result
 from services.shared.domain.vocabulary import CallCategory, News2Risk, RiskFlag
 
 HIGHEST_PRIORITY = 1
 LOWEST_PRIORITY = 4
+# How many levels waiting can raise a case: from the lowest priority to the highest.
+AGEING_STEPS = LOWEST_PRIORITY - HIGHEST_PRIORITY
+# Before any case: no case was created by then, so with ageing off none has aged.
+_BEFORE_ANY_CASE = datetime(1970, 1, 1, tzinfo=UTC)
 
 _BY_RISK = {
     News2Risk.HIGH: 1,
@@ -52,3 +57,14 @@ def aged_priority(priority: int, *, waited_seconds: float, ageing_step_seconds: 
         return priority
     steps = int(max(waited_seconds, 0.0) // ageing_step_seconds)
     return max(HIGHEST_PRIORITY, priority - steps)
+
+
+def ageing_bounds(now: datetime, *, ageing_step_seconds: float) -> tuple[datetime, ...]:
+    """When a case must have been created by to have aged 1, 2 ... `AGEING_STEPS` levels
+    by `now` (`aged_priority`): the same rule as bounds on creation time, for a database
+    to order by. At a bound itself the two may differ by a microsecond's rounding."""
+    if ageing_step_seconds <= 0:
+        return (_BEFORE_ANY_CASE,) * AGEING_STEPS
+    return tuple(
+        now - timedelta(seconds=step * ageing_step_seconds) for step in range(1, AGEING_STEPS + 1)
+    )
