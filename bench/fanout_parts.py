@@ -4,9 +4,8 @@ by `bench.parts_server`, once without dashboards and once with one open for each
 consultant, and each part's CPU in the busy window with them less without, for each
 message the dashboards received.
 
-`ws_fanout` gives reach's CPU a message as the difference of two whole processes' CPU,
-minutes apart: on a VM whose speed moves from minute to minute, a round moves by more
-than a change of a few us a message is worth. Here the changes' own work (storing the
+`ws_fanout` gives reach's CPU a message as the difference of two whole processes' CPU
+(served side by side, over the same windows). Here the changes' own work (storing the
 case, routing it, the outboxes) falls in parts of its own, the same with dashboards and
 without, and the broadcast's parts stand apart: the queue feed's sends, its read of the
 queue at each change, the event loop's callbacks (the sockets' writes that had to wait),
