@@ -45,14 +45,15 @@ class TestTheQueue:
         self, desk: Desk, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(queue_lines, "QUEUE_LIMIT", 2)
-        backlog = []
-        for _ in range(3):
-            backlog.append(snapshot(clock, priority=3))
-            await desk.send_case(backlog[-1])
-            clock.advance(timedelta(seconds=10))
+        # Sent newest first, so that the order they were written in is not their order.
+        backlog = [
+            snapshot(clock, priority=3, created_at=clock.now() - timedelta(minutes=minutes))
+            for minutes in (1, 2, 3)
+        ]
+        await desk.send_case(*backlog)
         urgent = snapshot(clock, priority=1)
         await desk.send_case(urgent)
         assert [item["case_id"] for item in await desk.queue()] == [
             urgent["id"],
-            backlog[0]["id"],
+            backlog[-1]["id"],
         ]

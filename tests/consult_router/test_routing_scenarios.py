@@ -14,6 +14,7 @@ from sqlalchemy import event, select, text
 from services.consult_router import routing
 from services.consult_router.engine import RoutingEngine
 from services.consult_router.repository import cases as case_repo
+from services.embedded import EmbeddedSettings
 from services.shared.clock import ManualClock
 from services.shared.db.models import ConsultConsultant
 from services.shared.db.session import unit_of_work
@@ -261,8 +262,10 @@ class TestPriorityAndChanges:
         await desk.consultant("dr-a", ["frailty"], available=False)
         waited_long = snapshot(clock, priority=4)
         await desk.send_case(waited_long)
-        clock.advance(timedelta(minutes=16))  # three ageing steps: 4 -> 1
-        await desk.send_case(snapshot(clock, priority=2))
+        # Exactly three ageing steps: 4 -> 1, level with a new priority-1 case and, as
+        # alike in NEWS2, ahead of it by the longer wait.
+        clock.advance(timedelta(minutes=15))
+        await desk.send_case(snapshot(clock, priority=1))
         await desk.status("dr-a", "available")
         await engine.run_once()
         assert offered_case(await desk.log("dr-a")) == waited_long["id"]
@@ -279,12 +282,30 @@ class TestPriorityAndChanges:
         monkeypatch.setattr(routing, "QUEUE_WINDOW", window)
         await desk.consultant("dr-a", ["frailty"], available=False)
         await desk.send_case(snapshot(clock, priority=1, score=5))
-        clock.advance(timedelta(seconds=30))
+        await desk.send_case(snapshot(clock, priority=1, score=None))  # unscored: as 0
+        clock.advance(timedelta(minutes=16))  # waiting raises no case above the highest
         sicker = snapshot(clock, priority=1, score=9)
         await desk.send_case(sicker)
         await desk.status("dr-a", "available")
         await engine.run_once()
         assert offered_case(await desk.log("dr-a")) == sicker["id"]
+
+    async def test_an_unscored_case_comes_after_a_scored_one_alike(
+        self,
+        desk: Desk,
+        engine: RoutingEngine,
+        clock: ManualClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(routing, "QUEUE_WINDOW", 1)
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        await desk.send_case(snapshot(clock, priority=1, score=None))
+        clock.advance(timedelta(seconds=30))
+        scored = snapshot(clock, priority=1, score=1)
+        await desk.send_case(scored)
+        await desk.status("dr-a", "available")
+        await engine.run_once()
+        assert offered_case(await desk.log("dr-a")) == scored["id"]
 
     async def test_cancelling_withdraws_every_offer_and_sends_nothing_else(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources
@@ -553,3 +574,26 @@ class TestWakeUpPasses:
         # (to the only consultant) is read whole.
         assert len(selected) > len(with_document) == 1
         assert len(await desk.offers("dr-a")) == 1
+
+
+class TestWithoutAgeing:
+    @pytest.fixture
+    def router_settings(self, settings: EmbeddedSettings) -> EmbeddedSettings:
+        return settings.model_copy(update={"background_tasks": False, "ageing_step_seconds": 0})
+
+    async def test_a_long_wait_raises_no_case_above_a_more_urgent_one(
+        self,
+        desk: Desk,
+        engine: RoutingEngine,
+        clock: ManualClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(routing, "QUEUE_WINDOW", 1)
+        await desk.consultant("dr-a", ["frailty"], available=False)
+        await desk.send_case(snapshot(clock, priority=4, score=9))
+        clock.advance(timedelta(hours=2))
+        more_urgent = snapshot(clock, priority=3, score=1)
+        await desk.send_case(more_urgent)
+        await desk.status("dr-a", "available")
+        await engine.run_once()
+        assert offered_case(await desk.log("dr-a")) == more_urgent["id"]

@@ -67,6 +67,10 @@ class TestAgeingBounds:
             LOWEST_PRIORITY, waited_seconds=waited, ageing_step_seconds=300
         )
 
-    def test_no_step_means_no_case_is_aged(self) -> None:
-        bounds = ageing_bounds(self.NOW, ageing_step_seconds=0)
-        assert all(datetime(2000, 1, 1, tzinfo=UTC) > bound for bound in bounds)
+    @pytest.mark.parametrize("step", [0, float("inf"), 1e12])
+    def test_no_step_or_one_beyond_the_calendar_ages_no_case(self, step: float) -> None:
+        earliest_case = datetime(1, 1, 2, tzinfo=UTC)
+        assert all(
+            earliest_case > bound for bound in ageing_bounds(self.NOW, ageing_step_seconds=step)
+        )
+        assert aged_priority(4, waited_seconds=1e9, ageing_step_seconds=step) == 4

@@ -16,8 +16,8 @@ HIGHEST_PRIORITY = 1
 LOWEST_PRIORITY = 4
 # How many levels waiting can raise a case: from the lowest priority to the highest.
 AGEING_STEPS = LOWEST_PRIORITY - HIGHEST_PRIORITY
-# Before any case: no case was created by then, so with ageing off none has aged.
-_BEFORE_ANY_CASE = datetime(1970, 1, 1, tzinfo=UTC)
+# The earliest time there is: no case was created before it, so a bound there ages none.
+_NO_CASE_AGED = datetime.min.replace(tzinfo=UTC)
 
 _BY_RISK = {
     News2Risk.HIGH: 1,
@@ -64,7 +64,15 @@ def ageing_bounds(now: datetime, *, ageing_step_seconds: float) -> tuple[datetim
     by `now` (`aged_priority`): the same rule as bounds on creation time, for a database
     to order by. At a bound itself the two may differ by a microsecond's rounding."""
     if ageing_step_seconds <= 0:
-        return (_BEFORE_ANY_CASE,) * AGEING_STEPS
-    return tuple(
-        now - timedelta(seconds=step * ageing_step_seconds) for step in range(1, AGEING_STEPS + 1)
-    )
+        return (_NO_CASE_AGED,) * AGEING_STEPS
+    return tuple(_aged_by(now, step * ageing_step_seconds) for step in range(1, AGEING_STEPS + 1))
+
+
+def _aged_by(now: datetime, waited_seconds: float) -> datetime:
+    """`now` less the wait, or the earliest time there is if no case can have waited so
+    long (a step set beyond the calendar, or infinite, means no ageing, as it does for
+    `aged_priority`, not a pass that fails)."""
+    try:
+        return now - timedelta(seconds=waited_seconds)
+    except OverflowError:
+        return _NO_CASE_AGED
