@@ -40,17 +40,17 @@ from services.shared.schemas.events import EventType
 logger = logging.getLogger("reach.router")
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
-# The open cases a routing pass orders: the most urgent this many (far beyond any real
-# queue; in a backlog beyond it, the least urgent wait for the next pass).
+# The open cases a routing pass orders: in each specialty, the most urgent this many (far
+# beyond any real queue; in a backlog beyond it, the least urgent wait for a later pass).
 QUEUE_WINDOW = 200
 
 
 async def open_cases_to_route(
     session: AsyncSession, *, now: datetime, ageing_step_seconds: float
 ) -> tuple[list[ConsultCase], set[str]]:
-    """The open cases a routing pass orders, the most urgent at `now` (read for ordering
-    only: their clinical snapshot is not loaded), and which of them someone is being
-    asked about."""
+    """The open cases a routing pass orders, the most urgent at `now` in each specialty
+    (read for ordering only: their clinical snapshot is not loaded), and which of them
+    someone is being asked about."""
     queue = await case_repo.queue_to_route(
         session,
         limit=QUEUE_WINDOW,

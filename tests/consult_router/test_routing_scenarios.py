@@ -249,6 +249,25 @@ class TestPriorityAndChanges:
         await engine.run_once()
         assert offered_case(await desk.log("dr-a")) == urgent["id"]
 
+    async def test_a_backlog_in_one_specialty_never_keeps_another_from_its_consultants(
+        self,
+        desk: Desk,
+        engine: RoutingEngine,
+        clock: ManualClock,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(routing, "QUEUE_WINDOW", 2)
+        await desk.consultant("dr-f", ["frailty"], available=False)
+        await desk.consultant("dr-m", ["mental_health"], available=False)
+        for _ in range(3):
+            await desk.send_case(snapshot(clock, priority=1, score=9))
+        clock.advance(timedelta(seconds=30))
+        least_urgent = snapshot(clock, specialty="mental_health", priority=4, score=0)
+        await desk.send_case(least_urgent)
+        await desk.status("dr-m", "available")
+        await engine.run_once()
+        assert offered_case(await desk.log("dr-m")) == least_urgent["id"]
+
     @pytest.mark.parametrize("window", [1, routing.QUEUE_WINDOW])
     async def test_the_window_takes_the_case_aged_into_priority_first(
         self,

@@ -92,19 +92,32 @@ def _aged_priority() -> ColumnElement[int]:
     return sql_case((raised < HIGHEST_PRIORITY, HIGHEST_PRIORITY), else_=raised)
 
 
-# The open cases a routing pass orders, in the order it routes them (`queue_order`: the
-# priority aged by waiting, then the higher NEWS2, then the oldest), so that its limit
-# takes the most urgent: a backlog beyond it never keeps an urgent case from the free.
+# The open cases a routing pass orders: in each specialty the first `limit` in the order
+# the pass routes them (`queue_order`: the priority aged by waiting, then the higher
+# NEWS2, then the oldest). So a backlog beyond the limit never keeps an urgent case from
+# the free, and a backlog in one specialty never keeps another's cases from theirs.
+_RANKED_OPEN_CASES = (
+    select(
+        ConsultCase.id.label("case_id"),
+        func.row_number()
+        .over(
+            partition_by=ConsultCase.specialty,
+            order_by=(
+                _aged_priority(),
+                func.coalesce(ConsultCase.news2_score, 0).desc(),
+                ConsultCase.created_at,
+                ConsultCase.id,
+            ),
+        )
+        .label("place"),
+    )
+    .where(_IS_OPEN)
+    .subquery("ranked")
+)
 _OPEN_CASES_BY_URGENCY = (
     select(ConsultCase)
-    .where(_IS_OPEN)
-    .order_by(
-        _aged_priority(),
-        func.coalesce(ConsultCase.news2_score, 0).desc(),
-        ConsultCase.created_at,
-        ConsultCase.id,
-    )
-    .limit(bindparam("limit"))
+    .join(_RANKED_OPEN_CASES, _RANKED_OPEN_CASES.c.case_id == ConsultCase.id)
+    .where(_RANKED_OPEN_CASES.c.place <= bindparam("limit"))
 )
 
 
@@ -337,9 +350,10 @@ async def fixed_lines(db: AsyncSession | AsyncConnection, case_ids: list[str]) -
 async def queue_to_route(
     session: AsyncSession, *, limit: int, aged_by: Sequence[datetime]
 ) -> list[tuple[ConsultCase, bool]]:
-    """The `limit` most urgent open cases as routing orders them, their priority aged by
-    `aged_by` (`ageing_bounds`), read for ordering and choosing (their clinical snapshot
-    is not loaded), each with whether it has an open offer."""
+    """In each specialty, the `limit` most urgent open cases as routing orders them, their
+    priority aged by `aged_by` (`ageing_bounds`), in no order; read for ordering and
+    choosing (their clinical snapshot is not loaded), each with whether it has an open
+    offer."""
     bounds = {f"aged_{step}": bound for step, bound in enumerate(aged_by, start=1)}
     rows = await session.execute(_QUEUE_TO_ROUTE, {"limit": limit, **bounds})
     return [(case, bool(on_offer)) for case, on_offer in rows]
