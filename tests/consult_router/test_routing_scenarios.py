@@ -406,7 +406,13 @@ class TestPriorityAndChanges:
         # One malformed event does not hold back the rest of its batch.
         third = snapshot(clock, priority=4)
         malformed = {**snapshot(clock), "priority": "urgent"}
-        assert await desk.send_case(third, malformed) == ["accepted", "rejected"]
+        beyond_the_scale = [{**snapshot(clock), "priority": level} for level in (0, 5)]
+        assert await desk.send_case(third, malformed, *beyond_the_scale) == [
+            "accepted",
+            "rejected",
+            "rejected",
+            "rejected",
+        ]
         response = await desk.http.get("/v1/queue", headers={"Authorization": f"Bearer {_coord()}"})
         items = response.json()["items"]
         assert [(item["case_id"], item["priority"]) for item in items] == [

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.shared.domain.news2 import News2Result
+from services.shared.domain.priority import HIGHEST_PRIORITY, LOWEST_PRIORITY
 from services.shared.domain.vocabulary import (
     CallCategory,
     CaseStatus,
@@ -60,7 +61,9 @@ class CaseSnapshot(BaseModel):
     reference: str
     version: int
     status: CaseStatus
-    priority: int
+    # As `case_priority` gives it: the router's ageing, in SQL and in the process, holds
+    # only for priorities in this range.
+    priority: int = Field(ge=HIGHEST_PRIORITY, le=LOWEST_PRIORITY)
     created_at: AwareDatetime
     updated_at: AwareDatetime
     call_category: CallCategory
