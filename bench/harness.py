@@ -30,6 +30,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
+from services.shared.auth import mint_token
+from services.shared.clock import SystemClock
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -390,6 +393,23 @@ def fresh_postgres(name: str) -> str | None:
         return asyncio.run(_recreate_database(name))
     except (OSError, asyncpg.PostgresError, TimeoutError):
         return None
+
+
+def token(role: str, sub: str) -> str:
+    """A bearer token for `sub` in `role`, signed with the servers' benchmark secret."""
+    return mint_token(BENCH_SECRET, sub=sub, role=role, name=sub, clock=SystemClock())
+
+
+async def put_on_rota(http: httpx.AsyncClient, consultants: int) -> None:
+    """Consultants `dr-0` onwards, frailty, on the rota of the reach `http` talks to."""
+    admin = {"Authorization": f"Bearer {token('admin', 'bench-admin')}"}
+    for index in range(consultants):
+        response = await http.put(
+            f"/v1/consultants/dr-{index}",
+            json={"name": f"dr-{index}", "grade": "consultant", "specialties": ["frailty"]},
+            headers=admin,
+        )
+        response.raise_for_status()
 
 
 def fresh_sqlite(name: str) -> str:

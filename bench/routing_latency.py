@@ -30,7 +30,6 @@ import httpx
 from websockets.asyncio.client import connect
 
 from bench.harness import (
-    BENCH_SECRET,
     LOAD_CPU,
     PYTHON,
     Server,
@@ -45,18 +44,13 @@ from bench.harness import (
     migrate,
     pin_load_generator,
     serve,
+    token,
 )
 from bench.lean_http import ConnectionLost, LeanClient
-from services.shared.auth import mint_token
-from services.shared.clock import SystemClock
 from tests.factories import case_body
 
 CONSULTANTS = 10
 WARM_UP_CASES = 20
-
-
-def token(role: str, sub: str) -> str:
-    return mint_token(BENCH_SECRET, sub=sub, role=role, name=sub, clock=SystemClock())
 
 
 @dataclass

@@ -32,7 +32,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bench.harness import (
-    BENCH_SECRET,
     PYTHON,
     base_env,
     cpu_seconds,
@@ -42,11 +41,11 @@ from bench.harness import (
     machine_report,
     migrate,
     pin_load_generator,
+    put_on_rota,
     serve,
+    token,
 )
 from services.consult_router.queue_feed import DEBOUNCE_SECONDS
-from services.shared.auth import mint_token
-from services.shared.clock import SystemClock
 from tests.factories import case_body
 
 CONNECT_BATCH = 100
@@ -57,10 +56,6 @@ SUBMIT_EVERY_SECONDS = 0.5
 SERVE_WAIT_SECONDS = 180.0
 # Two of the streams' safety-net intervals (`REACH_STREAM_POLL_SECONDS`, 30 s).
 QUIET_SECONDS = 60.0
-
-
-def token(role: str, sub: str) -> str:
-    return mint_token(BENCH_SECRET, sub=sub, role=role, name=sub, clock=SystemClock())
 
 
 def resident_kib(pid: int) -> int:
@@ -186,14 +181,7 @@ async def all_served(everyone: list[Held], *, since: float) -> str:
 async def run(server_url: str, pid: int, consultants: int, crews: int, changes: int) -> None:
     ws_base = server_url.replace("http://", "ws://")
     async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
-        admin = {"Authorization": f"Bearer {token('admin', 'bench-admin')}"}
-        for index in range(consultants):
-            response = await http.put(
-                f"/v1/consultants/dr-{index}",
-                json={"name": f"dr-{index}", "grade": "consultant", "specialties": ["frailty"]},
-                headers=admin,
-            )
-            response.raise_for_status()
+        await put_on_rota(http, consultants)
         crew = {"Authorization": f"Bearer {token('paramedic', 'bench-crew')}"}
         response = await http.post(
             "/v1/cases",

@@ -82,7 +82,6 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.harness import (
-    BENCH_SECRET,
     PYTHON,
     FullPasses,
     Server,
@@ -94,10 +93,10 @@ from bench.harness import (
     machine_report,
     migrate,
     pin_load_generator,
+    put_on_rota,
     serve,
+    token,
 )
-from services.shared.auth import mint_token
-from services.shared.clock import SystemClock
 from tests.factories import case_body
 
 Hook = Callable[[], Awaitable[None]]
@@ -142,10 +141,6 @@ OFFSET_SECONDS = {
 PAYLOAD_WAIT_SECONDS = 0.05
 # A dashboard, or a bare server's client, is settled this long after the last connects.
 SETTLE_SECONDS = 1.5
-
-
-def token(role: str, sub: str) -> str:
-    return mint_token(BENCH_SECRET, sub=sub, role=role, name=sub, clock=SystemClock())
 
 
 @dataclass
@@ -296,17 +291,6 @@ async def close_clients(
         task.cancel()
     for socket in sockets:
         await socket.close()
-
-
-async def put_on_rota(http: httpx.AsyncClient, clients: int) -> None:
-    admin = {"Authorization": f"Bearer {token('admin', 'bench-admin')}"}
-    for index in range(clients):
-        response = await http.put(
-            f"/v1/consultants/dr-{index}",
-            json={"name": f"dr-{index}", "grade": "consultant", "specialties": ["frailty"]},
-            headers=admin,
-        )
-        response.raise_for_status()
 
 
 async def open_dashboard(server: Server, index: int) -> ClientConnection:

@@ -25,13 +25,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from pydantic import AwareDatetime, BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.repository.cases import FixedLine
+from services.consult_router.schemas import QueueLineFixed
 from services.shared.clock import Clock
 from services.shared.db.session import connection_alone
 
@@ -49,19 +48,6 @@ ARRIVALS_OVERLAP = timedelta(seconds=2)
 EVERY_CASE = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class _FixedPart(BaseModel):
-    """A line's fixed fields, in the form `QueueItem` gives them."""
-
-    case_id: str
-    reference: str
-    priority: int
-    specialty: str
-    call_category: str
-    news2: dict[str, Any] | None
-    risk_flags: list[str]
-    waiting_since: AwareDatetime
-
-
 @dataclass(frozen=True, slots=True)
 class _Kept:
     version: int
@@ -73,7 +59,7 @@ class _Kept:
 
 def fixed_head(line: FixedLine) -> str:
     """A line's JSON object as far as its fixed fields go, without its closing brace."""
-    part = _FixedPart(
+    part = QueueLineFixed(
         case_id=line.case_id,
         reference=line.reference,
         priority=line.priority,
@@ -138,7 +124,7 @@ class QueueLines:
 
     async def encoded(self, db: AsyncSession | AsyncConnection, *, now: datetime) -> str:
         """The open queue's items as a JSON array: most urgent first, then the longest
-        waiting, each the JSON form of a `QueueItem` (its keys in another order)."""
+        waiting, each the JSON form of a `QueueItem`."""
         marks = await case_repo.queue_marks(db, limit=QUEUE_LIMIT, since=self._since(now))
         holders = await case_repo.every_open_offer_holder(db)
         found: dict[str, _Kept] = {}

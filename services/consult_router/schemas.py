@@ -140,16 +140,22 @@ class ConsultRead(BaseModel):
     case: dict[str, Any]
 
 
-class QueueItem(BaseModel):
+class QueueLineFixed(BaseModel):
+    """What a queue line holds from one snapshot of the crew's to the next: the process
+    keeps it encoded (`QueueLines`), and adds what moves at each read."""
+
     case_id: str
     reference: str
-    status: str
     priority: int
     specialty: str
     call_category: str
     news2: dict[str, Any] | None
     risk_flags: list[str]
     waiting_since: AwareDatetime
+
+
+class QueueItem(QueueLineFixed):
+    status: str
     waiting_seconds: float
     held_by: list[str]
     escalated: bool

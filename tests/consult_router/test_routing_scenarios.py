@@ -200,6 +200,14 @@ class TestEscalation:
         )
 
 
+async def offered_when_free(desk: Desk, engine: RoutingEngine, consultant_id: str) -> str:
+    """The case a consultant is offered once they make themselves available and a
+    routing pass has run."""
+    await desk.status(consultant_id, "available")
+    await engine.run_once()
+    return offered_case(await desk.log(consultant_id))
+
+
 class TestPriorityAndChanges:
     async def test_worse_observations_move_a_case_up_the_queue(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock
@@ -212,9 +220,7 @@ class TestPriorityAndChanges:
         await desk.send_case(newer)
         worse = {**newer, "version": 2, "priority": 1}
         await desk.send_case(worse)
-        await desk.status("dr-a", "available")
-        await engine.run_once()
-        assert offered_case(await desk.log("dr-a")) == newer["id"]
+        assert await offered_when_free(desk, engine, "dr-a") == newer["id"]
 
     async def test_a_waiting_case_ages_into_priority(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock
@@ -225,9 +231,7 @@ class TestPriorityAndChanges:
         clock.advance(timedelta(minutes=11))  # two ageing steps: 4 -> 2
         urgent_later = snapshot(clock, priority=3)
         await desk.send_case(urgent_later)
-        await desk.status("dr-a", "available")
-        await engine.run_once()
-        assert offered_case(await desk.log("dr-a")) == patient_one["id"]
+        assert await offered_when_free(desk, engine, "dr-a") == patient_one["id"]
 
     async def test_a_backlog_beyond_the_window_never_hides_an_urgent_case(
         self,
@@ -245,9 +249,7 @@ class TestPriorityAndChanges:
             clock.advance(timedelta(seconds=10))
         urgent = snapshot(clock, priority=1)
         await desk.send_case(urgent)
-        await desk.status("dr-a", "available")
-        await engine.run_once()
-        assert offered_case(await desk.log("dr-a")) == urgent["id"]
+        assert await offered_when_free(desk, engine, "dr-a") == urgent["id"]
 
     async def test_a_backlog_in_one_specialty_never_keeps_another_from_its_consultants(
         self,
@@ -264,9 +266,7 @@ class TestPriorityAndChanges:
         clock.advance(timedelta(seconds=30))
         least_urgent = snapshot(clock, specialty="mental_health", priority=4, score=0)
         await desk.send_case(least_urgent)
-        await desk.status("dr-m", "available")
-        await engine.run_once()
-        assert offered_case(await desk.log("dr-m")) == least_urgent["id"]
+        assert await offered_when_free(desk, engine, "dr-m") == least_urgent["id"]
 
     @pytest.mark.parametrize("window", [1, routing.QUEUE_WINDOW])
     async def test_the_window_takes_the_case_aged_into_priority_first(
@@ -285,9 +285,7 @@ class TestPriorityAndChanges:
         # alike in NEWS2, ahead of it by the longer wait.
         clock.advance(timedelta(minutes=15))
         await desk.send_case(snapshot(clock, priority=1))
-        await desk.status("dr-a", "available")
-        await engine.run_once()
-        assert offered_case(await desk.log("dr-a")) == waited_long["id"]
+        assert await offered_when_free(desk, engine, "dr-a") == waited_long["id"]
 
     @pytest.mark.parametrize("window", [1, routing.QUEUE_WINDOW])
     async def test_the_window_takes_the_sicker_of_two_alike_first(
@@ -305,9 +303,7 @@ class TestPriorityAndChanges:
         clock.advance(timedelta(minutes=16))  # waiting raises no case above the highest
         sicker = snapshot(clock, priority=1, score=9)
         await desk.send_case(sicker)
-        await desk.status("dr-a", "available")
-        await engine.run_once()
-        assert offered_case(await desk.log("dr-a")) == sicker["id"]
+        assert await offered_when_free(desk, engine, "dr-a") == sicker["id"]
 
     async def test_an_unscored_case_comes_after_a_scored_one_alike(
         self,
@@ -322,9 +318,7 @@ class TestPriorityAndChanges:
         clock.advance(timedelta(seconds=30))
         scored = snapshot(clock, priority=1, score=1)
         await desk.send_case(scored)
-        await desk.status("dr-a", "available")
-        await engine.run_once()
-        assert offered_case(await desk.log("dr-a")) == scored["id"]
+        assert await offered_when_free(desk, engine, "dr-a") == scored["id"]
 
     async def test_cancelling_withdraws_every_offer_and_sends_nothing_else(
         self, desk: Desk, engine: RoutingEngine, clock: ManualClock, resources: Resources
@@ -619,6 +613,4 @@ class TestWithoutAgeing:
         clock.advance(timedelta(hours=2))
         more_urgent = snapshot(clock, priority=3, score=1)
         await desk.send_case(more_urgent)
-        await desk.status("dr-a", "available")
-        await engine.run_once()
-        assert offered_case(await desk.log("dr-a")) == more_urgent["id"]
+        assert await offered_when_free(desk, engine, "dr-a") == more_urgent["id"]
