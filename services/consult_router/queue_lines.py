@@ -40,11 +40,14 @@ from services.shared.db.session import connection_alone
 QUEUE_LIMIT = 500
 # A case is received (its row written) a moment before it commits, so a case received
 # just before the newest one kept may become visible after it: the database gives the
-# fixed lines of cases received this long before the newest kept too, where they are
-# cheap to give. One received out of turn by more than this (another router replica's
-# clock behind) costs a statement of its own (`case_repo.fixed_lines`), never a wrong
-# line; a clock ahead is not followed beyond the reader's own now (`_since`).
-ARRIVALS_OVERLAP = timedelta(seconds=2)
+# fixed lines of cases received this long before the newest kept too. Every read gives
+# them again, kept or not, at about 7 us a line with the caches a broadcast leaves cold:
+# at 50 cases a second, 2 s of overlap was 100 lines a read given for nothing. Half a
+# second is still hundreds of times a commit's usual wait. One received out of turn by
+# more than this (a commit that waited longer, another router replica's clock behind)
+# costs a statement of its own (`case_repo.fixed_lines`), never a wrong line; a clock
+# ahead is not followed beyond the reader's own now (`_since`).
+ARRIVALS_OVERLAP = timedelta(seconds=0.5)
 EVERY_CASE = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -135,6 +135,28 @@ class TestTheQueue:
             assert (await desk.queue())[0] == updated
         assert apart == []  # the newer version kept in turn
 
+    async def test_takes_a_case_committed_just_out_of_turn_with_the_marks(
+        self, desk: Desk, clock: ManualClock, resources: Resources
+    ) -> None:
+        """A case received a moment before the newest one kept, but visible only after it
+        (its commit took longer): within the overlap, its line still comes with the
+        marks, no statement of its own."""
+        late = snapshot(clock, priority=2, score=5)
+        newest = snapshot(clock, priority=3)
+        await desk.send_case(newest)
+        assert [item["case_id"] for item in await desk.queue()] == [newest["id"]]
+        now = clock.now()
+        clock.set(now - timedelta(seconds=0.3))  # received before the newest, seen after
+        await desk.send_case(late)
+        clock.set(now)
+        with statements_sent(resources.engine, reads_lines_apart) as apart:
+            items = await desk.queue()
+        assert apart == []
+        assert [(item["case_id"], item["priority"], item["news2"]["score"]) for item in items] == [
+            (late["id"], 2, 5),
+            (newest["id"], 3, newest["news2"]["score"]),
+        ]
+
     async def test_reads_a_case_received_out_of_turn_apart(
         self, desk: Desk, clock: ManualClock, resources: Resources
     ) -> None:
