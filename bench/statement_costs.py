@@ -101,6 +101,7 @@ from services.consult_router.cases import new_case_row
 from services.consult_router.context import RouterContext
 from services.consult_router.repository import cases as case_repo
 from services.consult_router.routing import open_cases_to_route
+from services.consult_router.settings import RouterSettings
 from services.shared.clients.peers import PeerClient
 from services.shared.clock import ManualClock
 from services.shared.db.base import table_of
@@ -247,7 +248,9 @@ class Steps:
 
     def __init__(self, maker: SessionMaker) -> None:
         self.clock = ManualClock(datetime(2026, 12, 3, 9, 0, tzinfo=UTC))
-        settings = SimpleNamespace(escalate_after_seconds=600)
+        # The router's own settings, defaults and all: a stand-in listing only the fields
+        # a step read at the time broke the script once a step read another.
+        settings = RouterSettings.model_construct(escalate_after_seconds=600)
         self.ctx = cast(RouterContext, SimpleNamespace(clock=self.clock, settings=settings))
         self.cases: list[str] = []
         self.triage_cases: list[str] = []
