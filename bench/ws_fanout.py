@@ -44,6 +44,14 @@ At a few hundred dashboards the messages' CPU is a few tenths of a second agains
 second or two of the changes' own work, and the ratio swings with the noise; 1,600 is
 the steady figure.
 
+Given two sizes or more, the script splits reach's ratio into its two parts, from the
+median rounds of the fewest and the most dashboards: what a socket's send costs beside
+the baseline's (its ratio at any number of dashboards), and what reach does once a
+change for all of them (reading and encoding the queue), in the baseline's messages.
+The ratio at N dashboards is then the first plus the second divided by N, and the
+smallest N within the target follows. Two sizes' noise moves the split a good deal;
+it says which part a change to reach would have to shrink, not a figure to the unit.
+
 Part of reach's figure is the garbage collector's first full pass after the dashboards
 connected: their sockets' objects (a few hundred each) are walked once they have lived
 long enough, and the busy window, which allocates, is where that pass falls. It is
@@ -100,6 +108,10 @@ from bench.harness import (
 from tests.factories import case_body
 
 Hook = Callable[[], Awaitable[None]]
+
+# The target: reach's CPU a delivered message at most this many times the baseline's
+# (the summary of bench/RESULTS.md).
+TARGET_RATIO = 1.5
 
 # Longer than the dashboards' queue debounce (0.2 s): each change is its own broadcast.
 CHANGE_INTERVAL_SECONDS = 0.4
@@ -610,6 +622,65 @@ def summarise(clients: int, rounds: list[Round]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class SizeSplit:
+    """reach's ratio to the baseline at N dashboards as `per_socket` + `per_change` / N:
+    a socket's send beside the baseline's, and reach's own work once a change (the
+    queue's read and encoding), in the baseline's messages."""
+
+    per_socket: float
+    per_change: float
+
+    def ratio_at(self, clients: float) -> float:
+        return self.per_socket + self.per_change / clients
+
+    def fewest_within(self, target: float) -> float | None:
+        """The fewest dashboards at which the ratio is within `target`: 0 if at any
+        number, None if at none."""
+        if self.per_socket > target:
+            return None
+        if self.per_change <= 0:
+            return 0.0
+        if self.per_socket == target:
+            return None
+        return self.per_change / (target - self.per_socket)
+
+
+def split_by_size(fewer: tuple[int, float], more: tuple[int, float]) -> SizeSplit:
+    """The split that gives ratio `fewer[1]` at `fewer[0]` dashboards and `more[1]` at
+    `more[0]`."""
+    (few, few_ratio), (many, many_ratio) = fewer, more
+    if not 0 < few < many:
+        raise ValueError("two sizes, the fewer dashboards first")
+    per_change = (few_ratio - many_ratio) * few * many / (many - few)
+    return SizeSplit(per_socket=many_ratio - per_change / many, per_change=per_change)
+
+
+def describe_split(fewer: tuple[int, float], more: tuple[int, float], base_us: float) -> str:
+    """The split of the ratio between the sizes' median rounds, said; `base_us`: the
+    baseline's median CPU a message, to put the cost a change in milliseconds."""
+    split = split_by_size(fewer, more)
+    fewest = split.fewest_within(TARGET_RATIO)
+    if fewest is None:
+        within = f"not within {TARGET_RATIO}x at any number"
+    elif fewest == 0:
+        within = f"within {TARGET_RATIO}x at any number"
+    else:
+        within = f"within {TARGET_RATIO}x from about {fewest:,.0f} dashboards"
+    per_change = (
+        f"reach's work once a change as much as {split.per_change:.0f} of the baseline's"
+        f" messages, about {split.per_change * base_us / 1000:.1f} ms"
+        if split.per_change > 0
+        else "no cost once a change shows between these sizes: their noise is larger"
+    )
+    return (
+        f"split over {fewer[0]:,} and {more[0]:,} dashboards: reach / baseline about"
+        f" {split.per_socket:.2f} {'-' if split.per_change < 0 else '+'}"
+        f" {abs(split.per_change):.0f} / dashboards (a socket's send"
+        f" {split.per_socket:.2f}x the baseline's; {per_change}); {within}"
+    )
+
+
 def slots_in_period(asgi: bool) -> str:
     """When in each period the servers served make their changes, the earliest first."""
     served = [REACH, REACH_IDLE, BASELINE, BASELINE_IDLE] + ([ASGI, ASGI_IDLE] if asgi else [])
@@ -647,10 +718,24 @@ def main() -> None:
         f" a round's servers, side by side; each server's slot in the period: {slots_in_period(args.asgi)};"
         f" {args.rounds} rounds"
     )
+    medians: dict[int, tuple[float, float]] = {}
     for clients in args.clients:
         rounds = [one_round(clients, args.changes, asgi=args.asgi) for _ in range(args.rounds)]
         if len(rounds) > 1:
             summarise(clients, rounds)
+        medians[clients] = (
+            statistics.median(r.ratio for r in rounds),
+            statistics.median(r.base_us for r in rounds),
+        )
+    if len(medians) > 1:
+        fewest, most = min(medians), max(medians)
+        print(
+            describe_split(
+                (fewest, medians[fewest][0]),
+                (most, medians[most][0]),
+                statistics.median(base_us for _, base_us in medians.values()),
+            )
+        )
 
 
 if __name__ == "__main__":
