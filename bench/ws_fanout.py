@@ -637,11 +637,9 @@ class SizeSplit:
     def fewest_within(self, target: float) -> float | None:
         """The fewest dashboards at which the ratio is within `target`: 0 if at any
         number, None if at none."""
-        if self.per_socket > target:
-            return None
-        if self.per_change <= 0:
-            return 0.0
-        if self.per_socket == target:
+        if self.per_change <= 0:  # the ratio never rises above a socket's share
+            return 0.0 if self.per_socket <= target else None
+        if self.per_socket >= target:
             return None
         return self.per_change / (target - self.per_socket)
 
