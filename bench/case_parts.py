@@ -44,6 +44,21 @@ MEANING = {
 
 
 def profiled_run(backend: str, url: str, rate: float, seconds: float) -> None:
+    parts, count = profiled_parts(backend, url, rate, seconds)
+    if parts is None:
+        print(f"{backend:<10} the server wrote no parts (see its log)")
+        return
+    # The warm-up's cases are counted with the run's (see `measure`); a second run on the
+    # same server would meet the first's leftovers.
+    summarise(parts, cases=count + WARM_UP_CASES, process_cpu=parts["process_cpu"])
+
+
+def profiled_parts(
+    backend: str, url: str, rate: float, seconds: float
+) -> tuple[dict[str, Any] | None, int]:
+    """The routing load at `rate` on `url`, served by `bench.parts_server`: the parts it
+    counted over the run (`Parts.report`; None if it wrote none), and how many cases were
+    measured."""
     out = Path(tempfile.gettempdir()) / f"reach-bench-parts-{backend}.json"
     out.unlink(missing_ok=True)
     with routing_server(
@@ -55,13 +70,10 @@ def profiled_run(backend: str, url: str, rate: float, seconds: float) -> None:
         server.process.send_signal(signal.SIGUSR2)  # the parts of this run, and no more
         wait_for_parts(out)
         report(backend, rate, run, count)
-    if not out.exists():
-        print(f"{backend:<10} the server wrote no parts (see its log)")
-        return
-    # The warm-up's cases are counted with the run's (see `measure`); a second run on the
-    # same server would meet the first's leftovers.
-    parts = json.loads(out.read_text(encoding="utf-8"))
-    summarise(parts, cases=count + WARM_UP_CASES, process_cpu=parts["process_cpu"])
+    if not (out.exists() and out.stat().st_size):
+        return None, count
+    parts: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return parts, count
 
 
 def summarise(parts: dict[str, Any], *, cases: int, process_cpu: float) -> None:

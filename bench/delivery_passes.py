@@ -36,14 +36,25 @@ SHOWN_PER_CASE = 0.2
 
 
 def traced_run(backend: str, url: str, rate: float, seconds: float) -> None:
+    passes, count = traced_passes(backend, url, rate, seconds)
+    summarise(passes, cases=count)
+
+
+def traced_passes(
+    backend: str, url: str, rate: float, seconds: float
+) -> tuple[list[dict[str, Any]], int]:
+    """The routing load at `rate` on `url`, served by `bench.traced_server`: the passes it
+    traced (`TracedPass`, as JSON), and how many cases were measured."""
     out = Path(tempfile.gettempdir()) / f"reach-bench-passes-{backend}.json"
+    out.unlink(missing_ok=True)
     with routing_server(
         backend, url, name="passes", module="bench.traced_server", **{OUT_VARIABLE: str(out)}
     ) as server:
         run, count = asyncio.run(measure(server.base_url, rate, seconds, server.cpu))
         report(backend, rate, run, count)
+    # Written as the server stopped.
     passes: list[dict[str, Any]] = json.loads(out.read_text(encoding="utf-8"))
-    summarise(passes, cases=count)
+    return passes, count
 
 
 def summarise(passes: list[dict[str, Any]], *, cases: int) -> None:

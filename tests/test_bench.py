@@ -1,5 +1,6 @@
-"""The benchmarks that call reach's own code in process still run against it, and the
-fan-out benchmark's split of its ratio by size says what it should.
+"""The benchmarks that call reach's own code in process, or serve it with instruments
+hooked into its internals, still run against it; and the fan-out benchmark's split of its
+ratio by size says what it should.
 
 `make bench` stops at the first script that cannot run. The scripts that drive a served
 reach go through the public API, which the rest of the suite holds still; a script that
@@ -13,6 +14,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import make_url
 
+from bench.case_parts import profiled_parts
+from bench.delivery_passes import traced_passes
+from bench.fanout_parts import FEED
 from bench.statement_costs import measure
 from bench.ws_fanout import describe_split, split_by_size
 
@@ -27,6 +31,10 @@ POSTGRESQL_ONLY = {
 }
 
 
+def _backend(database_url: str) -> str:
+    return make_url(database_url).get_backend_name()
+
+
 class TestStatementCosts:
     async def test_every_way_of_every_step_runs(self, database_url: str) -> None:
         results = await measure(database_url, steps=2, rounds=1)
@@ -34,12 +42,53 @@ class TestStatementCosts:
         measured = {
             label.removesuffix(", before") for label in results if label.endswith(", before")
         }
-        on_postgresql = make_url(database_url).get_backend_name() == "postgresql"
+        on_postgresql = _backend(database_url) == "postgresql"
         assert measured == (EVERY_DATABASE | POSTGRESQL_ONLY if on_postgresql else EVERY_DATABASE)
         for step in measured:
             # The warm-up round is not kept: one round, one figure for each way.
             assert len(results[f"{step}, before"]) == 1
             assert len(results[f"{step}, now"]) == 1
+
+
+class TestInstrumentedServers:
+    """The servers that time reach from inside (`bench.traced_server`, `bench.parts_server`)
+    wrap and name its internals: an outbox pass, a lane's task, a task's name. Renamed in
+    reach, they would not fail but measure nothing, or charge everything to "the rest".
+    Each serves the routing benchmark's load briefly (a second of cases after its warm-up)."""
+
+    def test_delivery_passes_are_traced_statement_by_statement(self, database_url: str) -> None:
+        passes, _ = traced_passes(_backend(database_url), database_url, rate=4, seconds=1)
+
+        # Every pass claims from its service's outbox, then takes the events into the
+        # inbox its lane serves: the new cases' hand-over to the router, the router's
+        # news back to the crews, and audit's trail from each.
+        begins = {
+            ("triage_api", "prompt"): ["CLAIM triage_outbox", "INSERT consult_inbox"],
+            ("consult_router", "prompt"): ["CLAIM consult_outbox", "INSERT triage_inbox"],
+            ("triage_api", "deferred"): ["CLAIM triage_outbox", "INSERT audit_inbox"],
+            ("consult_router", "deferred"): ["CLAIM consult_outbox", "INSERT audit_inbox"],
+        }
+        assert {(traced["service"], traced["lane"]) for traced in passes} == set(begins)
+        for traced in passes:
+            assert traced["statements"][:2] == begins[traced["service"], traced["lane"]]
+            assert len(traced["timings"]) == len(traced["statements"])
+            assert "commit sent" in traced["marks"]
+
+    def test_the_event_loops_cpu_is_charged_to_reachs_parts(self, database_url: str) -> None:
+        parts, _ = profiled_parts(_backend(database_url), database_url, rate=4, seconds=1)
+
+        assert parts is not None
+        charged = set(parts["cpu"])
+        assert {
+            "POST /v1/cases",
+            "outbox delivery from triage_api (prompt)",
+            "outbox delivery from consult_router (prompt)",
+            "outbox delivery from triage_api (deferred)",
+            "consult_router-routing",
+            FEED,  # `bench.fanout_parts` finds the dashboards' broadcast by this name
+            "event loop: I/O and other callbacks",
+        } <= charged
+        assert parts["process_cpu"] > 0
 
 
 class TestFanOutSplitBySize:
