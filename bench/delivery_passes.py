@@ -82,9 +82,12 @@ def print_steps(statements: tuple[str, ...], seen: list[dict[str, Any]]) -> None
     over its passes): the Python before each statement (since the last one's result, or
     the pass's start), the statement itself (sent to result back: the round trip and the
     driver's work), then the COMMIT's building, its round trip, the after-commit
-    callbacks, and the rest of the pass (the session closed, the counts). CPU is the
-    process's: whatever another task ran while the pass awaited is in it, which at this
-    low rate is seldom much, except after the commit, when the offer goes out."""
+    callbacks, the session's close (its connection back in the pool), and the rest of
+    the pass. CPU is the process's: whatever another task ran while the pass awaited is
+    in it, which at this low rate is seldom much, except at the end. SQLAlchemy closes a
+    session in a task of its own, and the pass resumes only after the tasks its commit
+    woke (the offer on its way to the consultant's socket, the routing loop...) have had
+    their turn: the rest of the pass is mostly their work, not its own."""
     print(f"  where a pass of {len(statements)} statements spends its time (wall / CPU, ms):")
 
     def median(values: list[float]) -> str:
@@ -101,7 +104,7 @@ def print_steps(statements: tuple[str, ...], seen: list[dict[str, Any]]) -> None
             f" / {median([s[3] - s[1] for s in steps])}   {statement}"
         )
         previous = [(step[2], step[3]) for step in steps]
-    for mark in ("commit sent", "commit back", "callbacks run"):
+    for mark in ("commit sent", "commit back", "callbacks run", "connection returned"):
         if not all(mark in traced["marks"] for traced in seen):
             continue
         steps = [traced["marks"][mark] for traced in seen]
@@ -111,7 +114,10 @@ def print_steps(statements: tuple[str, ...], seen: list[dict[str, Any]]) -> None
         previous = [(step[0], step[1]) for step in steps]
     after_wall = [t["wall_ms"] - last[0] for t, last in zip(seen, previous, strict=True)]
     after_cpu = [t["cpu_ms"] - last[1] for t, last in zip(seen, previous, strict=True)]
-    print(f"    then   {median(after_wall)} / {median(after_cpu)}   to the pass's end")
+    print(
+        f"    then   {median(after_wall)} / {median(after_cpu)}   to the pass's end (mostly"
+        " the work of the tasks its commit woke)"
+    )
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
 
 from services import cli
 from services.shared.db.session import ReachSession
@@ -41,8 +42,9 @@ class TracedPass:
     # For each statement, from the pass's start: when it was sent and when its result was
     # back, in wall and CPU milliseconds ([sent_wall, sent_cpu, back_wall, back_cpu]).
     timings: list[list[float]] = field(default_factory=list)
-    # When the COMMIT was sent, when it was back, and when the after-commit callbacks
-    # were done, from the pass's start ([wall, cpu] each).
+    # When the COMMIT was sent, when it was back, when the after-commit callbacks were
+    # done, and when the session's connection was back in the pool, from the pass's start
+    # ([wall, cpu] each).
     marks: dict[str, list[float]] = field(default_factory=dict)
     started_wall: float = field(default=0.0, repr=False)
     started_cpu: float = field(default=0.0, repr=False)
@@ -125,6 +127,9 @@ def _install() -> None:
     event.listen(Engine, "commit", _mark("commit sent"))
     event.listen(ReachSession, "after_commit", _mark("commit back"), insert=True)
     event.listen(ReachSession, "after_commit", _mark("callbacks run"))
+    # The session's close, which SQLAlchemy runs in a task of its own (so that a
+    # cancellation cannot cut it short), ends with the connection back in the pool.
+    event.listen(Pool, "checkin", _mark("connection returned"))
     event.listen(Engine, "before_cursor_execute", _record_statement)
     event.listen(Engine, "after_cursor_execute", _record_result)
     original = OutboxDelivery._pass
