@@ -68,11 +68,21 @@ class TestInstrumentedServers:
             ("triage_api", "deferred"): ["CLAIM triage_outbox", "INSERT audit_inbox"],
             ("consult_router", "deferred"): ["CLAIM consult_outbox", "INSERT audit_inbox"],
         }
-        assert {(traced["service"], traced["lane"]) for traced in passes} == set(begins)
         for traced in passes:
-            assert traced["statements"][:2] == begins[traced["service"], traced["lane"]]
+            claim, taken_in = begins[traced["service"], traced["lane"]]
+            assert traced["statements"][0] == claim
             assert len(traced["timings"]) == len(traced["statements"])
-            assert {"commit sent", "connection returned"} <= set(traced["marks"])
+            # A pass that failed is traced too, and one run again with savepoints has
+            # them between its statements: the rest holds for those that committed.
+            if "commit sent" in traced["marks"]:
+                assert taken_in in traced["statements"]
+                assert "connection returned" in traced["marks"]
+        committed = {
+            (traced["service"], traced["lane"])
+            for traced in passes
+            if "commit sent" in traced["marks"]
+        }
+        assert committed == set(begins)
 
     def test_the_event_loops_cpu_is_charged_to_reachs_parts(self, database_url: str) -> None:
         parts, _ = profiled_parts(_backend(database_url), database_url, rate=4, seconds=1)
