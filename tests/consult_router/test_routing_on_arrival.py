@@ -39,17 +39,35 @@ class TestOfferedOnArrival:
     ) -> None:
         await desk.consultant("dr-a", ["frailty"])
         case = snapshot(clock)
-        began: list[object] = []
+        # Each transaction's statements. The app's other loops may run transactions of
+        # their own meanwhile (the outbox delivery its commit wakes), so the test picks
+        # out the one that wrote the case rather than counting them.
+        transactions: list[list[str]] = []
+        open_on: dict[int, list[str]] = {}
 
-        def count(connection: object) -> None:
-            began.append(connection)
+        def began(connection: object) -> None:
+            statements: list[str] = []
+            open_on[id(connection)] = statements
+            transactions.append(statements)
 
-        event.listen(resources.engine.sync_engine, "begin", count)
+        def sent(connection: object, _cursor: object, statement: str, *_rest: object) -> None:
+            if id(connection) in open_on:
+                open_on[id(connection)].append(statement)
+
+        sync_engine = resources.engine.sync_engine
+        event.listen(sync_engine, "begin", began)
+        event.listen(sync_engine, "before_cursor_execute", sent)
         try:
             await desk.send_case(case)  # no routing pass runs in this test
         finally:
-            event.remove(resources.engine.sync_engine, "begin", count)
-        assert len(began) == 1
+            event.remove(sync_engine, "begin", began)
+            event.remove(sync_engine, "before_cursor_execute", sent)
+
+        def wrote(statements: list[str], table: str) -> bool:
+            return any(re.search(rf"INSERT INTO {table}\b", sql) for sql in statements)
+
+        [recorded] = [t for t in transactions if wrote(t, "consult_case")]
+        assert wrote(recorded, "consult_offer")
         assert kinds(await desk.log("dr-a")) == ["offer"]
         assert offered_case(await desk.log("dr-a")) == case["id"]
 
