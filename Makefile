@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -26,8 +27,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/reach serve
 
+# The suite runs on TEST_WORKERS processes at once (pytest-xdist; each has its own
+# PostgreSQL database), then the tests marked `alone` (they restart the PostgreSQL server
+# every worker uses) by themselves. Exit status 5 is pytest's "no tests selected": a
+# PYTEST_ARGS subset may hold none of one kind. Coverage comes from every process.
 test: $(STAMP)
-	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m coverage erase
+	$(BIN)/python -m coverage run -m pytest -n $(TEST_WORKERS) -m "not alone" $(PYTEST_ARGS) \
+		|| [ $$? -eq 5 ]
+	$(BIN)/python -m coverage run -m pytest -m alone $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	@$(BIN)/python -m coverage combine -q
 	$(BIN)/python -m coverage report --fail-under=90 --skip-covered --skip-empty
 
 format: $(STAMP)

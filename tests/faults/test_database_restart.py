@@ -43,6 +43,7 @@ async def readiness(cluster: Cluster, http: httpx.AsyncClient) -> list[int]:
     return codes
 
 
+@pytest.mark.alone  # every other test's PostgreSQL goes down with it
 @pytest.mark.skipif(
     not postgres_control_available(), reason="pg_ctlcluster is not available to restart PostgreSQL"
 )
